@@ -1,0 +1,73 @@
+"""The ``ra3`` command: Lightning's ``LightningCLI`` (fit / validate / test / predict) plus ``ra3 export``.
+
+Model and data are chosen by ``class_path`` (subclass mode), so a user's own subclass of any module or DataModule
+plugs in from YAML. ``-c configs/...`` falls back to the configs installed with the package when the path does
+not exist relative to the working directory.
+
+``ra3 export CKPT OUT_DIR`` writes a checkpoint's LM and tokenizer as a Hugging Face directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+class RA3CLI(LightningCLI):
+    """``LightningCLI`` with subclass mode for model and data and the configs shipped with the package."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+
+
+def resolve_config_paths(argv: list[str]) -> list[str]:
+    """Rewrite ``-c/--config PATH`` to the packaged copy when ``PATH`` does not exist but ``configs/PATH`` does."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg in ("-c", "--config") and not Path(out[i + 1]).exists():
+            rel = Path(out[i + 1])
+            rel = rel.relative_to("configs") if rel.parts[:1] == ("configs",) else rel
+            if (PACKAGED_CONFIGS / rel).exists():
+                out[i + 1] = str(PACKAGED_CONFIGS / rel)
+    return out
+
+
+def export_main(argv: list[str]) -> None:
+    """``ra3 export CKPT OUT_DIR``: save a checkpoint's LM + tokenizer with ``save_pretrained``."""
+    parser = argparse.ArgumentParser(prog="ra3 export", description=export_main.__doc__)
+    parser.add_argument("ckpt", help="a .ckpt written by any ra3 stage (or a Hugging Face directory)")
+    parser.add_argument("out_dir", help="directory to write config.json, weights and tokenizer files to")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    args = parser.parse_args(argv)
+    from ra3_lightning.modules.base import load_lm_source
+
+    model, tokenizer = load_lm_source(args.ckpt, dtype=args.dtype)
+    model.save_pretrained(args.out_dir)
+    tokenizer.save_pretrained(args.out_dir)
+    print(f"exported {args.ckpt} -> {args.out_dir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        export_main(argv[1:])
+        return
+    RA3CLI(args=resolve_config_paths(argv))
+
+
+if __name__ == "__main__":
+    main()

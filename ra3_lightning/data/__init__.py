@@ -1,0 +1,1 @@
+"""Data: record sources, trace corpora, coding tasks, the synthetic world and DataModules."""

@@ -1,0 +1,164 @@
+"""Reading records from wherever a user keeps them, with errors that name the record.
+
+A *source* is one string, so it fits a YAML key:
+
+* a local ``.jsonl`` / ``.jsonl.gz`` / ``.json`` file, a ``.parquet`` file, or a directory written by
+  ``Dataset.save_to_disk`` (arrow);
+* a directory of ``.jsonl``/``.jsonl.gz``/``.parquet`` shards (read in sorted order);
+* a Hugging Face hub id (``datasets.load_dataset``; optional ``@config`` suffix, e.g. ``google-research-datasets/mbpp@sanitized``);
+* ``synthetic:<split>[?key=value&...]`` — the built-in synthetic code world (:mod:`ra3_lightning.data.synthetic`).
+
+JSON Lines are parsed here, line by line, rather than by ``datasets``' JSON builder, so that a broken line or
+a non-UTF-8 byte is reported as ``file:line`` instead of an arrow error; the records still end up in an
+arrow-backed, memory-mapped ``datasets.Dataset`` (``Dataset.from_generator`` caches them), which scales to
+millions of snippets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import datasets
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
+
+
+class DataError(ValueError):
+    """A record of a data source is unusable; the message names the source, the record and the field."""
+
+
+def load_records(source: str, split: str = "train") -> datasets.Dataset:
+    """Load ``source`` as a ``datasets.Dataset`` (see the module docstring for the accepted forms)."""
+    if source.startswith("synthetic:"):
+        return _load_synthetic(source)
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / "dataset_info.json").exists():
+        loaded = datasets.load_from_disk(str(path))
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if path.is_dir():
+        return _concat([_load_file(f) for f in _data_files(path)])
+    if path.exists():
+        return _load_file(path)
+    if _looks_local(source):
+        raise FileNotFoundError(f"data source {source!r} does not exist")
+    name, _, config = source.partition("@")
+    return datasets.load_dataset(name, config or None, split=split)
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.endswith(JSONL_SUFFIXES + (".parquet", ".arrow"))
+
+
+def _data_files(directory: Path) -> list[Path]:
+    files = sorted(p for p in directory.iterdir() if p.name.endswith(JSONL_SUFFIXES + (".parquet",)))
+    if not files:
+        raise DataError(f"{directory}: no .jsonl/.jsonl.gz/.parquet files and no saved dataset in this directory")
+    return files
+
+
+def _concat(parts: list[datasets.Dataset]) -> datasets.Dataset:
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _load_file(path: Path) -> datasets.Dataset:
+    if path.name.endswith(".parquet"):
+        return datasets.Dataset.from_parquet(str(path))
+    if path.name.endswith(JSONL_SUFFIXES):
+        stat = path.stat()
+        return datasets.Dataset.from_generator(
+            iter_jsonl,
+            gen_kwargs={"path": str(path), "_fingerprint": f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"},
+        )
+    raise DataError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz, .json, .parquet or a dataset dir)")
+
+
+def iter_jsonl(path: str, _fingerprint: str = "") -> Iterator[dict]:
+    """Yield the JSON objects of a (gzipped) JSON Lines file; blank lines are skipped.
+
+    Raises:
+        DataError: naming ``file:line`` for bytes that are not UTF-8, invalid JSON, or a line that is not an object.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: line is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            yield record
+
+
+def _load_synthetic(source: str) -> datasets.Dataset:
+    from ra3_lightning.data import synthetic
+
+    spec = urlsplit(source)
+    params = {k: _parse_scalar(v) for k, v in parse_qsl(spec.query)}
+    return synthetic.load_split(spec.path, **params)
+
+
+def _parse_scalar(value: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def check_text_field(ds: datasets.Dataset, field: str, source: str) -> None:
+    """Raise :class:`DataError` for the first record whose ``field`` is missing, not a string, empty or undecodable.
+
+    "Undecodable" covers strings that cannot be encoded as UTF-8, e.g. lone surrogates from a ``"\\udc80"`` escape.
+    """
+    if field not in ds.column_names:
+        raise DataError(f"{source}: records have no field {field!r} (fields: {', '.join(ds.column_names)})")
+    for index, value in enumerate(ds[field]):
+        problem = text_problem(value)
+        if problem:
+            raise DataError(f"{source}: record {index}: field {field!r} {problem}")
+
+
+def text_problem(value: object) -> str | None:
+    """Why ``value`` is not usable text, or ``None`` when it is."""
+    if value is None:
+        return "is missing (null)"
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return "is empty"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"is not valid Unicode text ({e.reason} at position {e.start})"
+    return None
+
+
+def load_texts(source: str, field: str = "text", limit: int | None = None) -> list[str]:
+    """The validated ``field`` of the first ``limit`` records of ``source``."""
+    ds = load_records(source)
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    check_text_field(ds, field, source)
+    return list(ds[field])
+
+
+def source_fingerprint(source: str) -> str:
+    """A cheap string that changes when a local source changes (size and mtime); the spec itself otherwise."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        return source
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return ";".join(f"{p}:{os.path.getsize(p)}:{p.stat().st_mtime_ns}" for p in files)

@@ -1,0 +1,183 @@
+"""The LightningModule every stage derives from: one causal LM (``self.model``) and its tokenizer.
+
+It owns what all stages share — where the weights come from (``pretrained`` / ``init_from`` / ``tiny``), FSDP2
+sharding under ``ModelParallelStrategy``, the tokenizer travelling inside every checkpoint, and export to a
+Hugging Face directory — so that ``NTPModule``, ``LatentPolicyModule`` and ``RLVRModule`` only add their step logic.
+
+Convention: the trained LM is always ``self.model``; checkpoints therefore hold its weights under ``model.*``,
+which is what ``init_from`` and ``ra3 export`` read back, whatever module wrote the checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ra3_lightning.models import (
+    DType,
+    TinyLMConfig,
+    build_tiny_lm,
+    load_pretrained_lm,
+    load_tokenizer,
+    tiny_config_from_dict,
+    tokenizer_files,
+    tokenizer_for_tiny,
+    tokenizer_from_files,
+)
+
+TOKENIZER_KEY = "ra3_tokenizer"
+
+
+class CausalLMModule(L.LightningModule):
+    """A causal LM and its tokenizer, shardable with FSDP2 and exportable to a Hugging Face directory.
+
+    Args:
+        pretrained: Hugging Face hub id or local directory to ``from_pretrained`` (e.g. ``Qwen/Qwen2.5-Coder-1.5B``).
+        init_from: Start from a ``.ckpt`` written by any ra3_lightning stage, or from a Hugging Face directory.
+        tiny: Build a tiny randomly initialised model from this config (tests, CPU demo).
+        tokenizer: Tokenizer hub id or directory; defaults to the model's own (or, for ``tiny``, a byte-level BPE
+            trained on ``tiny.tokenizer_corpus``).
+        dtype: Parameter dtype when loading ``pretrained`` weights (``None`` keeps the checkpoint's).
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        attn_implementation: Passed to ``from_pretrained`` (``"sdpa"``, ``"flash_attention_2"``, ...).
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        init_from: str | None = None,
+        tiny: TinyLMConfig | None = None,
+        tokenizer: str | None = None,
+        dtype: DType | None = None,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+    ) -> None:
+        super().__init__()
+        given = [name for name, v in (("pretrained", pretrained), ("init_from", init_from), ("tiny", tiny)) if v]
+        if len(given) != 1:
+            raise ValueError(
+                f"Give exactly one of `pretrained`, `init_from` or `tiny` (got {given or 'none'}); e.g. "
+                "`--model.pretrained Qwen/Qwen2.5-Coder-1.5B` or `--model.tiny.hidden_size 64`."
+            )
+        self.pretrained, self.init_from, self.tiny = pretrained, init_from, tiny
+        self.dtype_name, self.gradient_checkpointing = dtype, gradient_checkpointing
+        self.attn_implementation = attn_implementation
+        self.tokenizer: PreTrainedTokenizerBase = self._load_tokenizer(tokenizer)
+        self.model: PreTrainedModel | None = None
+
+    # ----------------------------------------------------------------------------------------- building
+    def _load_tokenizer(self, tokenizer: str | None) -> PreTrainedTokenizerBase:
+        if tokenizer is not None:
+            return load_tokenizer(tokenizer)
+        if self.tiny is not None:
+            return tokenizer_for_tiny(self.tiny)
+        if self.pretrained is not None:
+            return load_tokenizer(self.pretrained)
+        return load_lm_source(self.init_from, tokenizer_only=True)[1]
+
+    def build_model(self) -> PreTrainedModel:
+        """Create the LM (called once, from :meth:`configure_model`). Override to customise the network."""
+        if self.tiny is not None:
+            model = build_tiny_lm(self.tiny, self.tokenizer)
+        elif self.pretrained is not None:
+            model = load_pretrained_lm(self.pretrained, self.dtype_name, self.attn_implementation)
+        else:
+            model = load_lm_source(self.init_from, dtype=self.dtype_name)[0]
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        return model
+
+    def configure_model(self) -> None:
+        """Build the LM, then shard it with FSDP2 when the strategy is ``ModelParallelStrategy``."""
+        if self.model is None:
+            self.model = self.build_model()
+        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            shard_lm(self.model, self.device_mesh)
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TOKENIZER_KEY] = tokenizer_files(self.tokenizer)
+
+    def export_hf(self, out_dir: str | Path) -> Path | None:
+        """Write ``self.model`` and the tokenizer with ``save_pretrained`` (loadable by ``transformers`` and vLLM).
+
+        Under FSDP2 every rank must call this (the full state dict is gathered collectively); rank 0 writes.
+        Returns the directory on the writing rank, ``None`` elsewhere.
+        """
+        state_dict = full_state_dict(self.model)
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return None
+        out = Path(out_dir)
+        self.model.save_pretrained(out, state_dict=state_dict)
+        self.tokenizer.save_pretrained(out)
+        return out
+
+
+def shard_lm(model: torch.nn.Module, device_mesh: Any) -> None:
+    """Apply FSDP2 ``fully_shard`` to every decoder block (``model._no_split_modules``), then to the root."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(model, FSDPModule):
+        return
+    mesh = device_mesh["data_parallel"] if "data_parallel" in (device_mesh.mesh_dim_names or ()) else device_mesh
+    block_names = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in block_names:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A full (unsharded) CPU state dict of ``model``, whether or not it is FSDP2-sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_lm_source(
+    source: str, dtype: DType | None = None, tokenizer_only: bool = False
+) -> tuple[PreTrainedModel | None, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)`` from a ra3_lightning ``.ckpt`` file or a Hugging Face directory / hub id.
+
+    A checkpoint rebuilds the architecture from its saved hyper-parameters (``tiny``, ``pretrained`` or its own
+    ``init_from``), takes the tokenizer stored inside it and loads the ``model.*`` weights.
+    """
+    if not str(source).endswith(".ckpt"):
+        tokenizer = load_tokenizer(source)
+        return (None if tokenizer_only else load_pretrained_lm(source, dtype)), tokenizer
+    ckpt = torch.load(source, map_location="cpu", weights_only=False, mmap=True)
+    if TOKENIZER_KEY not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{source}: not a ra3_lightning checkpoint (no {TOKENIZER_KEY!r} / 'hyper_parameters')")
+    tokenizer = tokenizer_from_files(ckpt[TOKENIZER_KEY])
+    if tokenizer_only:
+        return None, tokenizer
+    model = _architecture_from_hparams(ckpt["hyper_parameters"], tokenizer, dtype, source)
+    weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(weights, strict=True)
+    return model, tokenizer
+
+
+def _architecture_from_hparams(
+    hp: dict, tokenizer: PreTrainedTokenizerBase, dtype: DType | None, source: str
+) -> PreTrainedModel:
+    if hp.get("tiny"):
+        return build_tiny_lm(tiny_config_from_dict(hp["tiny"]), tokenizer)
+    if hp.get("pretrained"):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from ra3_lightning.models import torch_dtype
+
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hp["pretrained"]), dtype=torch_dtype(dtype))
+    if hp.get("init_from"):
+        return load_lm_source(hp["init_from"], dtype)[0]
+    raise ValueError(f"{source}: hyper-parameters name no model source (tiny / pretrained / init_from)")

@@ -1,0 +1,1 @@
+"""Pure functions for RL: returns, group advantages, policy losses, KL estimators."""

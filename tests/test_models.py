@@ -1,0 +1,32 @@
+"""Model and tokenizer building: tiny models from config, BPE trained locally, checkpoint round trips."""
+
+import pytest
+import torch
+
+from ra3_lightning.models import TinyLMConfig, build_tiny_lm, tokenizer_files, tokenizer_from_files
+
+
+def test_bpe_round_trips_code(tiny_tokenizer, code_snippets):
+    for text in code_snippets + ["x = 'ünïcödé'\n\tif y:\r\n  pass\n"]:
+        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tiny_tokenizer.decode(ids) == text
+    assert tiny_tokenizer.eos_token == tiny_tokenizer.pad_token == "<|endoftext|>"
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_tiny_lm_forward(family, tiny_tokenizer):
+    cfg = TinyLMConfig(family=family, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    model = build_tiny_lm(cfg, tiny_tokenizer)
+    out = model(torch.tensor([[1, 2, 3]]))
+    assert out.logits.shape == (1, 3, len(tiny_tokenizer))
+
+
+def test_tiny_config_rejects_bad_heads():
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        TinyLMConfig(hidden_size=30, num_heads=4)
+
+
+def test_tokenizer_survives_checkpoint_files(tiny_tokenizer):
+    again = tokenizer_from_files(tokenizer_files(tiny_tokenizer))
+    text = "def f(x):\n    return x\n"
+    assert again(text)["input_ids"] == tiny_tokenizer(text)["input_ids"]
