@@ -116,7 +116,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
     )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, clean_up_tokenization_spaces=False
+        tokenizer_object=tok,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -133,7 +137,13 @@ def tokenizer_for_tiny(cfg: TinyLMConfig) -> PreTrainedTokenizerBase:
     from ra3_lightning.data.sources import load_texts, source_fingerprint
 
     key = json.dumps(
-        [cfg.tokenizer_corpus, cfg.text_field, cfg.tokenizer_max_docs, cfg.vocab_size, source_fingerprint(cfg.tokenizer_corpus)]
+        [
+            cfg.tokenizer_corpus,
+            cfg.text_field,
+            cfg.tokenizer_max_docs,
+            cfg.vocab_size,
+            source_fingerprint(cfg.tokenizer_corpus),
+        ]
     )
     cache_dir = _cache_root() / "tokenizers" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (cache_dir / "tokenizer.json").exists():

@@ -32,7 +32,8 @@ def _session_cache(tmp_path_factory):
 CODE_SNIPPETS = [
     "def add(a, b):\n    return a + b\n",
     "def total(xs):\n    acc = 0\n    for x in xs:\n        acc += x\n    return acc\n",
-    "def evens(xs):\n    out = []\n    for x in xs:\n        if x % 2 == 0:\n            out.append(x)\n    return out\n",
+    "def evens(xs):\n    out = []\n    for x in xs:\n        if x % 2 == 0:\n"
+    "            out.append(x)\n    return out\n",
     "def rev(s):\n    # reverse a string\n    return s[::-1]\n",
     "def count(xs, v):\n    n = 0\n    for x in xs:\n        if x == v:\n            n += 1\n    return n\n",
     "def clamp(x, lo, hi):\n    return max(lo, min(hi, x))\n",

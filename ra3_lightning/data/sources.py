@@ -5,7 +5,8 @@ A *source* is one string, so it fits a YAML key:
 * a local ``.jsonl`` / ``.jsonl.gz`` / ``.json`` file, a ``.parquet`` file, or a directory written by
   ``Dataset.save_to_disk`` (arrow);
 * a directory of ``.jsonl``/``.jsonl.gz``/``.parquet`` shards (read in sorted order);
-* a Hugging Face hub id (``datasets.load_dataset``; optional ``@config`` suffix, e.g. ``google-research-datasets/mbpp@sanitized``);
+* a Hugging Face hub id (``datasets.load_dataset``), with an optional ``@config`` suffix
+  (e.g. ``google-research-datasets/mbpp@sanitized``);
 * ``synthetic:<split>[?key=value&...]`` — the built-in synthetic code world (:mod:`ra3_lightning.data.synthetic`).
 
 JSON Lines are parsed here, line by line, rather than by ``datasets``' JSON builder, so that a broken line or
@@ -19,7 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -32,8 +33,18 @@ class DataError(ValueError):
     """A record of a data source is unusable; the message names the source, the record and the field."""
 
 
-def load_records(source: str, split: str = "train") -> datasets.Dataset:
-    """Load ``source`` as a ``datasets.Dataset`` (see the module docstring for the accepted forms)."""
+def load_records(
+    source: str, split: str = "train", columns: Sequence[str] | None = None, text_columns: Sequence[str] = ()
+) -> datasets.Dataset:
+    """Load ``source`` as a ``datasets.Dataset`` (see the module docstring for the accepted forms).
+
+    Args:
+        source: Where the records are.
+        split: Split of a hub dataset or a saved ``DatasetDict``.
+        columns: For JSON Lines: keep only these fields (a missing one becomes ``None``), so records with extra or
+            differently typed fields elsewhere do not break the arrow schema.
+        text_columns: For JSON Lines: fields validated as text while reading, so the error names ``file:line``.
+    """
     if source.startswith("synthetic:"):
         return _load_synthetic(source)
     path = Path(source).expanduser()
@@ -41,9 +52,9 @@ def load_records(source: str, split: str = "train") -> datasets.Dataset:
         loaded = datasets.load_from_disk(str(path))
         return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
     if path.is_dir():
-        return _concat([_load_file(f) for f in _data_files(path)])
+        return _concat([_load_file(f, columns, text_columns) for f in _data_files(path)])
     if path.exists():
-        return _load_file(path)
+        return _load_file(path, columns, text_columns)
     if _looks_local(source):
         raise FileNotFoundError(f"data source {source!r} does not exist")
     name, _, config = source.partition("@")
@@ -65,24 +76,45 @@ def _concat(parts: list[datasets.Dataset]) -> datasets.Dataset:
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _load_file(path: Path) -> datasets.Dataset:
+def _load_file(path: Path, columns: Sequence[str] | None, text_columns: Sequence[str]) -> datasets.Dataset:
     if path.name.endswith(".parquet"):
         return datasets.Dataset.from_parquet(str(path))
     if path.name.endswith(JSONL_SUFFIXES):
         stat = path.stat()
-        return datasets.Dataset.from_generator(
-            iter_jsonl,
-            gen_kwargs={"path": str(path), "_fingerprint": f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"},
-        )
+        # tuples, not lists: datasets would treat list-valued gen_kwargs as shards
+        kwargs = {"path": str(path), "columns": tuple(columns or ()), "text_columns": tuple(text_columns)}
+        kwargs["_fingerprint"] = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        try:
+            return datasets.Dataset.from_generator(iter_jsonl, gen_kwargs=kwargs)
+        except datasets.exceptions.DatasetGenerationError as e:
+            if isinstance(e.__cause__, DataError):
+                raise e.__cause__ from None
+            raise DataError(f"{path}: could not build a dataset: {e.__cause__ or e}") from e
     raise DataError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz, .json, .parquet or a dataset dir)")
 
 
-def iter_jsonl(path: str, _fingerprint: str = "") -> Iterator[dict]:
+def iter_jsonl(
+    path: str, columns: Sequence[str] = (), text_columns: Sequence[str] = (), _fingerprint: str = ""
+) -> Iterator[dict]:
     """Yield the JSON objects of a (gzipped) JSON Lines file; blank lines are skipped.
 
+    With ``columns``, each record is projected onto them; ``text_columns`` are validated with :func:`text_problem`.
+
     Raises:
-        DataError: naming ``file:line`` for bytes that are not UTF-8, invalid JSON, or a line that is not an object.
+        DataError: naming ``file:line`` (and the record index) for bytes that are not UTF-8, invalid JSON, a line
+            that is not an object, or an unusable text field.
     """
+    for index, (lineno, record) in enumerate(_jsonl_objects(path)):
+        if columns:
+            record = {c: record.get(c) for c in columns}
+        for field in text_columns:
+            problem = text_problem(record.get(field))
+            if problem:
+                raise DataError(f"{path}:{lineno}: record {index}: field {field!r} {problem}")
+        yield record
+
+
+def _jsonl_objects(path: str) -> Iterator[tuple[int, dict]]:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -98,7 +130,7 @@ def iter_jsonl(path: str, _fingerprint: str = "") -> Iterator[dict]:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield record
+            yield lineno, record
 
 
 def _load_synthetic(source: str) -> datasets.Dataset:
