@@ -198,6 +198,10 @@ def tokenizer_from_files(files: dict[str, str]) -> PreTrainedTokenizerBase:
         return load_tokenizer(tmp)
 
 
-def tiny_config_from_dict(d: dict) -> TinyLMConfig:
-    """Rebuild a :class:`TinyLMConfig` from checkpoint hyper-parameters (a dict or a namespace)."""
-    return TinyLMConfig(**{k: v for k, v in dict(d).items() if k in asdict(TinyLMConfig())})
+def tiny_config_from_dict(d: object) -> TinyLMConfig:
+    """Rebuild a :class:`TinyLMConfig` from checkpoint hyper-parameters (the dataclass, a dict or a namespace)."""
+    if isinstance(d, TinyLMConfig):
+        return d
+    fields = asdict(TinyLMConfig()).keys()
+    items = d.items() if isinstance(d, dict) else vars(d).items()
+    return TinyLMConfig(**{k: v for k, v in items if k in fields})
