@@ -1,0 +1,328 @@
+"""The built-in synthetic code world: Python programs composed of hidden skills, with tests and ground truth.
+
+Every program is a chain of 2-6 skills from :mod:`ra3_lightning.data.skills` (each a typed 2-5 line idiom), so its
+body is a sequence of known action abstractions. Identifiers and constants are randomised; the docstring says
+what the composition does in words; the tests are the reference body run (in this process — it is our own
+generated code) on random small inputs. Everything is a deterministic function of ``(split, seed, options)``.
+
+Splits (``load_split(split, n, seed)``, or the data source ``synthetic:<split>?n=..&seed=..``):
+
+* ``pretrain`` — column ``text``: programs with *sparse* ground-truth comments, a ``# <skill name>`` line before
+  each skill start with probability ``comment_rate`` (default 0.2), so that a tiny model learns comments exist;
+* ``midtrain`` — column ``text``: the expert programs with no comments at all (RA3's mid-training corpus);
+* ``rlvr`` / ``eval`` — HumanEval schema (``task_id``, ``prompt`` = signature + docstring, ``entry_point``,
+  ``canonical_solution`` = body, ``test`` = ``def check(candidate): assert ...``).
+
+All splits carry the ground truth: ``id``, ``skills`` (skill ids in order), ``skill_starts`` / ``skill_ends``
+(0-based ``[start, end)`` indices, among the *non-comment* lines of the whole program — the ``def`` line is 0 —
+of each skill's lines; for task splits the program is ``prompt + canonical_solution``). These are the same line
+indices as ``think_lines`` of an annotated trace of the ``midtrain`` text.
+
+Held-out compositions: a composition (the ordered tuple of skill ids) is held out when a fixed hash of it falls
+below ``heldout_fraction``; ``eval`` draws only held-out compositions, all other splits never do. The partition
+does not depend on the seed, so every seed evaluates on compositions no training split has seen.
+
+Compared with the paper's corpus (≈3.5M real Python snippets) this world is tiny and clean on purpose: the
+abstractions are known, so where the E-step puts its THINKs and what they say can be scored
+(:mod:`ra3_lightning.abstraction_metrics`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import datasets
+
+from ra3_lightning.data.skills import (
+    CONSUMERS,
+    LOOP_NAMES,
+    SKILLS,
+    TEMP_NAMES,
+    TYPE_HINTS,
+    TYPE_WORDS,
+    VALUE_NAMES,
+    Skill,
+)
+
+SPLITS: tuple[str, ...] = ("pretrain", "midtrain", "rlvr", "eval")
+DEFAULT_SIZES: dict[str, int] = {"pretrain": 2000, "midtrain": 2000, "rlvr": 256, "eval": 128}
+ENTRY_POINTS: tuple[str, ...] = ("solve", "process", "compute", "transform", "convert", "summarize")
+WORDS: tuple[str, ...] = ("cat", "dog", "sun", "tea", "apple", "sky", "bob", "egg", "moon", "tree", "a", "noon")
+EMPTY: dict[str, object] = {"int": 0, "ints": [], "str": "", "strs": [], "counts": {}}
+INDENT = "    "
+_PARTITION_SALT = "ra3-synthetic-v1"
+_MAX_TRIES_PER_PROGRAM = 1000
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Options of the generator (the ``**kw`` of :func:`load_split`).
+
+    Args:
+        min_skills: Fewest skills per program.
+        max_skills: Most skills per program.
+        max_lines: Longest program in lines (without comments); longer draws are rejected.
+        num_tests: Test cases per program (one of them on the empty value of the input type).
+        heldout_fraction: Share of the composition space reserved for ``eval``.
+        comment_rate: ``pretrain`` only: probability of a ground-truth comment before each skill start.
+        docstring_width: Wrap width of the docstring text.
+    """
+
+    min_skills: int = 2
+    max_skills: int = 6
+    max_lines: int = 25
+    num_tests: int = 5
+    heldout_fraction: float = 0.1
+    comment_rate: float = 0.2
+    docstring_width: int = 88
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_skills <= self.max_skills:
+            raise ValueError(f"need 1 <= min_skills <= max_skills, got {self.min_skills} and {self.max_skills}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+        if not 0.0 <= self.comment_rate <= 1.0:
+            raise ValueError(f"comment_rate must lie in [0, 1], got {self.comment_rate}")
+        if self.num_tests < 2:
+            raise ValueError(f"num_tests must be >= 2 (one empty input and at least one random), got {self.num_tests}")
+
+
+@dataclass
+class Program:
+    """One generated function: header (``def`` + docstring), one chunk of body lines per skill, a return line."""
+
+    entry_point: str
+    arg_type: str
+    skills: tuple[Skill, ...]
+    header: list[str]
+    chunks: list[list[str]]
+    footer: list[str]
+    tests: list[tuple[object, object]]
+
+    @property
+    def composition(self) -> tuple[str, ...]:
+        return tuple(s.id for s in self.skills)
+
+    @property
+    def prompt(self) -> str:
+        return "\n".join(self.header) + "\n"
+
+    @property
+    def body(self) -> str:
+        return "\n".join([line for chunk in self.chunks for line in chunk] + self.footer) + "\n"
+
+    @property
+    def source(self) -> str:
+        return self.prompt + self.body
+
+    def spans(self) -> tuple[list[int], list[int]]:
+        """``[start, end)`` line indices of each skill among the non-comment lines (``def`` is line 0)."""
+        starts, ends, line = [], [], len(self.header)
+        for chunk in self.chunks:
+            starts.append(line)
+            line += len(chunk)
+            ends.append(line)
+        return starts, ends
+
+    def commented_text(self, commented: list[bool]) -> str:
+        """The source with a ``# <skill name>`` line before each skill whose flag is set."""
+        lines = list(self.header)
+        for skill, chunk, flag in zip(self.skills, self.chunks, commented, strict=True):
+            lines += ([f"{INDENT}# {skill.comment}"] if flag else []) + chunk
+        return "\n".join(lines + self.footer) + "\n"
+
+    def check_code(self) -> str:
+        """HumanEval-style ``check(candidate)`` asserting the reference outputs."""
+        asserts = [f"{INDENT}assert candidate({arg!r}) == {expected!r}" for arg, expected in self.tests]
+        return "\n".join(["def check(candidate):", *asserts]) + "\n"
+
+
+def composition_bucket(composition: tuple[str, ...]) -> float:
+    """A fixed pseudo-random number in [0, 1) for a composition (seed-independent)."""
+    digest = hashlib.sha256(f"{_PARTITION_SALT}:{'+'.join(composition)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def is_heldout(composition: tuple[str, ...], heldout_fraction: float) -> bool:
+    """Whether ``composition`` belongs to the held-out ``eval`` part of the composition space."""
+    return composition_bucket(composition) < heldout_fraction
+
+
+def sample_composition(rng: random.Random, cfg: WorldConfig) -> tuple[Skill, ...]:
+    """A well-typed chain of skills: each consumes what the previous one produced; no skill twice in a row."""
+    length = rng.randint(cfg.min_skills, cfg.max_skills)
+    chain = [rng.choice(SKILLS)]
+    while len(chain) < length:
+        options = [s for s in CONSUMERS[chain[-1].produces] if s is not chain[-1]]
+        chain.append(rng.choice(options))
+    return tuple(chain)
+
+
+def render_program(skills: tuple[Skill, ...], rng: random.Random, cfg: WorldConfig) -> Program:
+    """Fill names and constants into the skills' templates; tests are added by :func:`attach_tests`."""
+    arg_type = skills[0].consumes
+    entry_point = rng.choice(ENTRY_POINTS)
+    arg = rng.choice(VALUE_NAMES[arg_type])
+    var, chunks, phrases = arg, [], []
+    for skill in skills:
+        out = rng.choice([n for n in VALUE_NAMES[skill.produces] if n != var])
+        names = {"inp": var, "out": out, "x": rng.choice(LOOP_NAMES[skill.loop_type]), "t": rng.choice(TEMP_NAMES)}
+        lines, phrase = skill.render({**names, **skill.params(rng)})
+        chunks.append([INDENT + line for line in lines])
+        phrases.append(phrase)
+        var = out
+    signature = f"def {entry_point}({arg}: {TYPE_HINTS[arg_type]}) -> {TYPE_HINTS[skills[-1].produces]}:"
+    doc = f"Given {arg} ({TYPE_WORDS[arg_type]}), " + ", then ".join(phrases) + ", and return the result."
+    header = [signature, *_docstring(doc, cfg.docstring_width)]
+    return Program(entry_point, arg_type, skills, header, chunks, [f"{INDENT}return {var}"], tests=[])
+
+
+def _docstring(text: str, width: int) -> list[str]:
+    wrapped = textwrap.wrap(text, width=width)
+    wrapped[0] = '"""' + wrapped[0]
+    wrapped[-1] += '"""'
+    return [INDENT + line for line in wrapped]
+
+
+def _random_str(rng: random.Random) -> str:
+    words = rng.choices(WORDS, k=rng.randint(1, 5))
+    return "".join(w + rng.choice(" ,;-") for w in words[:-1]) + words[-1]
+
+
+# Small random inputs by type: lists of at most 8 items, ints below 100 (the empty value is tested separately).
+VALUE_SAMPLERS: dict[str, Callable[[random.Random], object]] = {
+    "int": lambda rng: rng.randint(-20, 99),
+    "ints": lambda rng: [rng.randint(-3, 9) for _ in range(rng.randint(1, 8))],
+    "str": _random_str,
+    "strs": lambda rng: rng.choices(WORDS, k=rng.randint(1, 6)),
+    "counts": lambda rng: {w: rng.randint(1, 4) for w in rng.sample(WORDS, rng.randint(1, 4))},
+}
+
+
+def reference_function(program: Program) -> Callable[..., object]:
+    """The program's function, defined by executing its (trusted, generated) source in a fresh namespace."""
+    namespace: dict[str, object] = {}
+    exec(compile(program.source, f"<synthetic {program.entry_point}>", "exec"), namespace)  # noqa: S102
+    return namespace[program.entry_point]
+
+
+def attach_tests(program: Program, rng: random.Random, num_tests: int) -> bool:
+    """Fill ``program.tests`` with (input, reference output) pairs.
+
+    Returns ``False`` when the tests would barely tell programs apart (fewer than ``min(3, num_tests)`` distinct
+    expected outputs, e.g. a composition that maps almost everything to ``[]``), so the draw should be rejected.
+    """
+    fn = reference_function(program)
+    inputs = [EMPTY[program.arg_type]]
+    for _ in range(20 * num_tests):
+        if len(inputs) == num_tests:
+            break
+        value = VALUE_SAMPLERS[program.arg_type](rng)
+        if value not in inputs:
+            inputs.append(value)
+    program.tests = [(value, fn(copy.deepcopy(value))) for value in inputs]
+    return len({repr(expected) for _, expected in program.tests}) >= min(3, num_tests)
+
+
+def generate_programs(split: str, n: int, seed: int, cfg: WorldConfig) -> list[Program]:
+    """``n`` distinct programs of ``split``: held-out compositions for ``eval``, the rest for the other splits."""
+    rng = random.Random(f"ra3-synthetic/{split}/{seed}")
+    want_heldout = split == "eval"
+    programs: list[Program] = []
+    seen: set[str] = set()
+    for _ in range(n * _MAX_TRIES_PER_PROGRAM):
+        if len(programs) == n:
+            return programs
+        skills = sample_composition(rng, cfg)
+        if is_heldout(tuple(s.id for s in skills), cfg.heldout_fraction) != want_heldout:
+            continue
+        program = render_program(skills, rng, cfg)
+        if len(program.header) + sum(map(len, program.chunks)) + 1 > cfg.max_lines or program.source in seen:
+            continue
+        if attach_tests(program, rng, cfg.num_tests):
+            programs.append(program)
+            seen.add(program.source)
+    if len(programs) < n:
+        raise ValueError(f"synthetic:{split}: could only generate {len(programs)} of {n} distinct programs")
+    return programs
+
+
+def _ground_truth(program: Program, record_id: str) -> dict[str, object]:
+    starts, ends = program.spans()
+    return {"id": record_id, "skills": list(program.composition), "skill_starts": starts, "skill_ends": ends}
+
+
+def _text_record(program: Program, record_id: str, rng: random.Random, comment_rate: float) -> dict[str, object]:
+    commented = [rng.random() < comment_rate for _ in program.skills]
+    return {**_ground_truth(program, record_id), "text": program.commented_text(commented)}
+
+
+def _task_record(program: Program, record_id: str) -> dict[str, object]:
+    task = {
+        "task_id": record_id,
+        "prompt": program.prompt,
+        "entry_point": program.entry_point,
+        "canonical_solution": program.body,
+        "test": program.check_code(),
+    }
+    return {**task, **_ground_truth(program, record_id)}
+
+
+def build_records(split: str, n: int, seed: int, cfg: WorldConfig) -> list[dict[str, object]]:
+    """The records of a split as plain dicts (see the module docstring for the columns)."""
+    programs = generate_programs(split, n, seed, cfg)
+    ids = [f"synthetic/{split}/{seed}/{i}" for i in range(n)]
+    if split in ("rlvr", "eval"):
+        return [_task_record(p, i) for p, i in zip(programs, ids, strict=True)]
+    comment_rate = cfg.comment_rate if split == "pretrain" else 0.0
+    rng = random.Random(f"ra3-synthetic-comments/{split}/{seed}")
+    return [_text_record(p, i, rng, comment_rate) for p, i in zip(programs, ids, strict=True)]
+
+
+def load_split(split: str, n: int | None = None, seed: int = 0, **kw: float | int) -> datasets.Dataset:
+    """Generate a split of the synthetic world as an in-memory ``datasets.Dataset`` (nothing is cached).
+
+    Args:
+        split: ``"pretrain"``, ``"midtrain"``, ``"rlvr"`` or ``"eval"``.
+        n: Number of records (default: :data:`DEFAULT_SIZES`).
+        seed: Seed; the same ``(split, n, seed, kw)`` always gives the same records.
+        **kw: Fields of :class:`WorldConfig` (``comment_rate``, ``min_skills``, ``max_skills``, ...).
+
+    Raises:
+        ValueError: for an unknown split or option, or a size below 1.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown synthetic split {split!r}; expected one of {', '.join(SPLITS)}")
+    known = {f.name for f in fields(WorldConfig)}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValueError(f"synthetic:{split}: unknown option(s) {unknown}; expected n, seed or {sorted(known)}")
+    n = DEFAULT_SIZES[split] if n is None else int(n)
+    if n < 1:
+        raise ValueError(f"synthetic:{split}: n must be >= 1, got {n}")
+    return datasets.Dataset.from_list(build_records(split, n, int(seed), WorldConfig(**kw)))
+
+
+def write_splits(
+    out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0, **kw: float | int
+) -> dict[str, Path]:
+    """Generate every split (``sizes`` overrides :data:`DEFAULT_SIZES`) and ``save_to_disk`` it under ``out_dir``.
+
+    Returns:
+        The directory of each split, readable with ``ra3_lightning.data.sources.load_records(str(path))``.
+    """
+    unknown = sorted(set(sizes or {}) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"write_splits: unknown split(s) {unknown} in sizes; expected {', '.join(SPLITS)}")
+    sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    paths = {}
+    for split in SPLITS:
+        paths[split] = Path(out_dir) / split
+        load_split(split, n=sizes[split], seed=seed, **kw).save_to_disk(str(paths[split]))
+    return paths
