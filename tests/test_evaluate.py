@@ -1,0 +1,164 @@
+"""The scoring command: HumanEval canonical solutions score 1.0, ``return None`` 0.0; every schema end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from ra3_lightning.data.sources import DataError
+from ra3_lightning.data.tasks import load_tasks
+from ra3_lightning.evaluate import evaluate_functional_correctness, main, read_samples, results_path
+
+ASSETS = Path(__file__).parent / "assets" / "tasks"
+HUMANEVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "HumanEval.jsonl.gz"
+
+
+def _write_samples(path: Path, samples: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return path
+
+
+@pytest.mark.skipif(not HUMANEVAL.exists(), reason=f"{HUMANEVAL} absent")
+def test_humaneval_canonical_is_one_and_return_none_is_zero(tmp_path, capsys):
+    tasks = load_tasks(str(HUMANEVAL))
+    canonical = _write_samples(
+        tmp_path / "canonical.jsonl", [{"task_id": t.task_id, "completion": t.canonical_solution} for t in tasks]
+    )
+    main(["--tasks", str(HUMANEVAL), "--samples", str(canonical), "--no-progress", "--write-results"])
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last_line) == {"pass@1": 1.0}  # 10 and 100 are undefined with one sample per task
+    rows = [json.loads(line) for line in results_path(canonical).read_text().splitlines()]
+    assert len(rows) == 164 and all(r["passed"] and r["status"] == "passed" for r in rows)
+
+    nones = _write_samples(
+        tmp_path / "none.jsonl", [{"task_id": t.task_id, "completion": "    return None\n"} for t in tasks]
+    )
+    assert evaluate_functional_correctness(nones, tasks, k=(1,), progress=False) == {"pass@1": 0.0}
+
+
+@pytest.mark.skipif(not HUMANEVAL.exists(), reason=f"{HUMANEVAL} absent")
+def test_humaneval_chat_style_full_solutions_without_imports_pass(tmp_path):
+    # A chat model answers with a fenced, complete program and often drops the prompt's imports
+    # (`from typing import List`): CodingTask.program puts them (and unredefined helpers) back.
+    tasks = load_tasks(str(HUMANEVAL))
+
+    def chat_answer(task):
+        code = re.sub(r"^(import|from) .*\n", "", task.prompt + task.canonical_solution, flags=re.M)
+        return f"Here is the solution:\n```python\n{code}```\nIt works because ..."
+
+    samples = _write_samples(
+        tmp_path / "chat.jsonl", [{"task_id": t.task_id, "completion": chat_answer(t)} for t in tasks]
+    )
+    assert evaluate_functional_correctness(samples, tasks, k=(1,), progress=False) == {"pass@1": 1.0}
+
+
+def test_synthetic_eval_tasks_score_canonical_one(tmp_path):
+    tasks = load_tasks("synthetic:eval?n=20&seed=0")
+    right = _write_samples(
+        tmp_path / "r.jsonl", [{"task_id": t.task_id, "completion": t.canonical_solution} for t in tasks]
+    )
+    wrong = _write_samples(
+        tmp_path / "w.jsonl", [{"task_id": t.task_id, "completion": "    return None\n"} for t in tasks]
+    )
+    assert evaluate_functional_correctness(right, tasks, k=(1,), workers=1, progress=False) == {"pass@1": 1.0}
+    assert evaluate_functional_correctness(wrong, tasks, k=(1,), workers=1, progress=False) == {"pass@1": 0.0}
+
+
+def test_pass_at_k_over_several_samples_and_results_file(tmp_path):
+    right, wrong = "    return sum(xs)\n", "    return 0\n"
+    samples = [{"task_id": "Toy/0", "completion": c} for c in (right, wrong, right)]
+    samples += [{"task_id": "Toy/1", "completion": "    return True\n", "extra": i} for i in range(3)]
+    path = _write_samples(tmp_path / "s.jsonl", samples)
+    out = evaluate_functional_correctness(path, str(ASSETS / "humaneval.jsonl"), k=(1, 2, 10), write_results=True)
+    # Toy/0: n=3, c=2 -> pass@1 = 2/3, pass@2 = 1 - C(1,2)/C(3,2) = 1.  Toy/1 (`return True` fails 'ab'): 0, 0.
+    # Means over the two tasks: pass@1 = 1/3, pass@2 = 1/2; pass@10 undefined (n = 3) and left out.
+    assert out == pytest.approx({"pass@1": 1 / 3, "pass@2": 0.5})
+    rows = [json.loads(line) for line in (tmp_path / "s_results.jsonl").read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [True, False, True, False, False, False]
+    assert rows[1]["status"] == "failed" and rows[3]["extra"] == 0 and rows[0]["completion"] == right
+
+
+def _reference(kind_file: str) -> list[tuple[str, str, str]]:
+    """(task_id, right completion, wrong completion) for every fixture task."""
+    lcb_stdin = "n = int(input())\nprint(sum(map(int, input().split())))\n"
+    lcb_func = (
+        "```python\nclass Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n"
+        "        seen = {}\n        for j, x in enumerate(nums):\n            if target - x in seen:\n"
+        "                return (seen[target - x], j)\n            seen[x] = j\n```"
+    )  # returns a tuple: LiveCodeBench compares it as a list
+    if kind_file == "livecodebench.jsonl":
+        return [
+            ("abc000_a", lcb_stdin, "print(6)\n"),
+            ("9001", lcb_func, lcb_func.replace("(seen[target - x], j)", "[j]")),
+        ]
+    return [
+        (t.task_id, t.canonical_solution, "def nothing():\n    pass\n") for t in load_tasks(str(ASSETS / kind_file))
+    ]
+
+
+@pytest.mark.parametrize(
+    "kind_file", ["humaneval.jsonl", "mbpp_full.jsonl", "mbpp_sanitized.jsonl", "mbppplus.jsonl", "livecodebench.jsonl"]
+)
+def test_every_schema_scores_reference_one_and_wrong_zero(tmp_path, kind_file):
+    refs = _reference(kind_file)
+    right = _write_samples(tmp_path / "right.jsonl", [{"task_id": i, "completion": r} for i, r, _ in refs])
+    wrong = _write_samples(tmp_path / "wrong.jsonl", [{"task_id": i, "completion": w} for i, _, w in refs])
+    source = str(ASSETS / kind_file)
+    assert evaluate_functional_correctness(right, source, k=(1,), workers=1, progress=False) == {"pass@1": 1.0}
+    assert evaluate_functional_correctness(wrong, source, k=(1,), workers=1, progress=False) == {"pass@1": 0.0}
+
+
+def test_unknown_task_id_names_the_line(tmp_path):
+    path = _write_samples(
+        tmp_path / "s.jsonl", [{"task_id": "Toy/0", "completion": "x"}, {"task_id": "Nope/9", "completion": "x"}]
+    )
+    with pytest.raises(DataError, match=rf"{path}:2: unknown task_id 'Nope/9'"):
+        evaluate_functional_correctness(path, str(ASSETS / "humaneval.jsonl"), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [("{oops", r":2: invalid JSON"), ('{"completion": "x"}', r":2: field 'task_id' is missing"),
+     ('{"task_id": "Toy/0", "completion": 3}', r":2: field 'completion' must be a string, got int")],
+)  # fmt: skip
+def test_bad_sample_lines(tmp_path, line, message):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"task_id": "Toy/0", "completion": "x"}\n' + line + "\n")
+    with pytest.raises(DataError, match=message):
+        read_samples(path)
+
+
+def test_results_path():
+    assert results_path("/a/b/samples.jsonl") == Path("/a/b/samples_results.jsonl")
+    assert results_path("s.jsonl.gz") == Path("s_results.jsonl")
+
+
+def _run_module(argv: list[str], monkeypatch) -> None:
+    """``python -m ra3_lightning.evaluate ARGV``, in this process (runpy is what ``-m`` uses; no interpreter start)."""
+    monkeypatch.setattr(sys, "argv", ["ra3_lightning.evaluate", *argv])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "found in sys.modules": it is, we imported it above
+        runpy.run_module("ra3_lightning.evaluate", run_name="__main__")
+
+
+def test_module_entry_point_prints_json_last(tmp_path, monkeypatch, capsys):
+    samples = [
+        {"task_id": "Toy/0", "completion": "    return sum(xs)\n"},
+        {"task_id": "Toy/1", "completion": "  x = ("},
+    ]
+    path = _write_samples(tmp_path / "s.jsonl", samples)
+    tasks = ["--tasks", str(ASSETS / "humaneval.jsonl")]
+    _run_module([*tasks, "--samples", str(path), "--k", "1,10", "--workers", "1"], monkeypatch)
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1]) == {"pass@1": 0.5}
+    assert "pass@1: 0.5000" in out and "undefined" in err and "[10]" in err
+
+    bad = _write_samples(tmp_path / "bad.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
+    with pytest.raises(SystemExit, match=f"error: {bad}:1: unknown task_id 'HumanEval/0'"):
+        _run_module([*tasks, "--samples", str(bad)], monkeypatch)
