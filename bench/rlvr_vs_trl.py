@@ -1,0 +1,157 @@
+"""Wall time per GRPO optimizer step: ``RLVRModule`` vs TRL's ``GRPOTrainer`` on the same problem, one CPU run.
+
+Both trainers get the same tiny Qwen2 (built from a config, saved to a temporary Hugging Face directory that each
+loads), the same prompts (coding tasks whose tests a short completion passes), the same group size ``G``,
+completion budget, sandboxed reward function (one :class:`~ra3_lightning.rewards.SandboxReward`), learning rate,
+``beta = 0``, "dapo" loss, one optimizer step per generation batch, no vLLM, no evaluation and minimal logging.
+The first ``--warmup`` steps of each are excluded; the median of the rest is reported.
+
+    python bench/rlvr_vs_trl.py                 # needs the bench extra: pip install -e ".[bench]"
+    python bench/rlvr_vs_trl.py --steps 12 --prompts 4 --G 8 --max-new-tokens 32
+
+Where ours is faster: the sandbox scores while the trainer keeps working (``submit`` futures), no old-logprob
+forward pass at ``mu = 1``, and no accelerate / Trainer machinery per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+CODE = [
+    "def add(a, b):\n    return a + b\n",
+    "def total(xs):\n    acc = 0\n    for x in xs:\n        acc += x\n    return acc\n",
+    "def evens(xs):\n    return [x for x in xs if x % 2 == 0]\n",
+    "def rev(s):\n    return s[::-1]\n",
+]
+
+
+def write_tasks(path: Path, n: int) -> list[dict]:
+    records = [
+        {
+            "task_id": f"bench/{i}",
+            "prompt": f"def f{i}():\n    return {i} ",
+            "entry_point": f"f{i}",
+            "canonical_solution": "\n",
+            "test": f"def check(candidate):\n    assert candidate() == {i}\n",
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def build_model_dir(out: Path, hidden: int, layers: int) -> None:
+    from ra3_lightning.models import TinyLMConfig, build_tiny_lm, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(CODE * 50, vocab_size=512)
+    torch.manual_seed(0)
+    cfg = TinyLMConfig(hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=2, intermediate_size=3 * hidden)
+    build_tiny_lm(cfg, tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def run_ours(model_dir: Path, tasks_path: Path, reward, args) -> list[float]:
+    import lightning as L
+
+    from ra3_lightning.data.task_data import TaskDataModule
+    from ra3_lightning.modules.rlvr import RLVRModule
+
+    times: list[float] = []
+
+    class StepTimer(L.Callback):
+        def on_train_batch_start(self, *a):
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, *a):
+            times.append(time.perf_counter() - self.t)
+
+    module = RLVRModule(
+        pretrained=str(model_dir), num_generations=args.G, max_new_tokens=args.max_new_tokens, reward_fn=reward,
+        loss_aggregation="dapo", lr=args.lr, max_grad_norm=1.0, log_samples_every_n_steps=0, beta=0.0,
+    )  # fmt: skip
+    data = TaskDataModule(str(tasks_path), batch_size=args.prompts, prompt_template="plain")
+    trainer = L.Trainer(
+        max_steps=args.steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[StepTimer()], limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    return times
+
+
+def run_trl(model_dir: Path, records: list[dict], reward, args, out_dir: Path) -> list[float]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from ra3_lightning.data.tasks import tasks_from_records
+
+    by_id = {t.task_id: t for t in tasks_from_records(records)}
+
+    def sandbox_reward(prompts, completions, task_id, **kwargs):
+        return reward(list(completions), [by_id[t] for t in task_id])
+
+    sandbox_reward.__name__ = "sandbox_reward"
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t)
+
+    config = GRPOConfig(
+        output_dir=str(out_dir), max_steps=args.steps, per_device_train_batch_size=args.prompts * args.G,
+        gradient_accumulation_steps=1, steps_per_generation=1, num_generations=args.G,
+        max_completion_length=args.max_new_tokens, learning_rate=args.lr, lr_scheduler_type="constant",
+        beta=0.0, loss_type="dapo", use_vllm=False, use_cpu=True, bf16=False, report_to="none",
+        logging_steps=10_000, save_strategy="no", eval_strategy="no", temperature=1.0, top_p=1.0, seed=0,
+        max_grad_norm=1.0, warmup_steps=0, weight_decay=0.0, dataloader_num_workers=0,
+    )  # fmt: skip
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "task_id": r["task_id"]} for r in records])
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=sandbox_reward, args=config,
+        train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(model_dir), callbacks=[StepTimer()],
+    )  # fmt: skip
+    trainer.train()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per step (x G completions)")
+    parser.add_argument("--G", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--workers", type=int, default=2, help="sandbox worker processes")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    from ra3_lightning.rewards import SandboxReward
+
+    with tempfile.TemporaryDirectory() as tmp, SandboxReward(mode="binary", workers=args.workers) as reward:
+        tmp = Path(tmp)
+        build_model_dir(tmp / "model", args.hidden, args.layers)
+        records = write_tasks(tmp / "tasks.jsonl", max(16, args.prompts * 4))
+        ours = run_ours(tmp / "model", tmp / "tasks.jsonl", reward, args)
+        trl = run_trl(tmp / "model", records, reward, args, tmp / "trl_out")
+    ours_s, trl_s = statistics.median(ours[args.warmup :]), statistics.median(trl[args.warmup :])
+    print(f"config: {args.prompts} prompts x G={args.G}, max_new_tokens={args.max_new_tokens}, {args.steps} steps")
+    print(f"RLVRModule   : {ours_s:.3f} s/step (median of {len(ours) - args.warmup})")
+    print(f"TRL GRPO     : {trl_s:.3f} s/step (median of {len(trl) - args.warmup})")
+    print(f"ratio ours/TRL: {ours_s / trl_s:.2f}x (target <= 0.8x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""``RLVRModule``: GRPO-family RL with verifiable (sandbox-executed) rewards on coding tasks.
+
+One training step = one *generation batch*: ``B`` prompts from :class:`~ra3_lightning.data.task_data.TaskDataModule`
+-> ``G`` completions each (:mod:`ra3_lightning.generation`) -> rewards (the sandbox's own worker processes; scoring
+runs while the trainer computes the old / reference log-probs) -> group advantages (:mod:`ra3_lightning.rl.advantages`)
+-> ``mu`` optimizer updates of the clipped policy loss (:mod:`ra3_lightning.rl.losses`) over micro-batches.
+
+Semantics worth knowing:
+
+* **Optimisation is manual.** Each of the ``mu`` passes over the generation batch accumulates gradients over its
+  micro-batches and takes one optimizer step, so ``trainer.global_step`` counts *optimizer updates*:
+  ``global_step = mu * generation_batches`` and ``trainer.max_steps`` is in updates. The LR schedule steps with them.
+* **Loss normalisers** (sequence count, token count — all-reduced over ranks for ``"dapo"``) are computed once per
+  generation batch and passed to every micro-batch: splitting into micro-batches never changes the gradient.
+* **Groups.** A batch holds prompts; all ``G`` samples of a prompt are generated and scored on one rank and form
+  one group (rows ``b*G .. b*G+G-1``).
+* **No reference model when ``beta == 0``** (nothing is built or loaded); with ``beta > 0`` the reference is a
+  frozen copy of the initial policy, kept out of checkpoints.
+* **Resuming** restores the data position (the data module's state) and the sampling RNG: each rollout is seeded
+  from ``(seed, global_step, rank)``, so a resumed run draws what the uninterrupted run would have drawn.
+* **Dynamic sampling** (``drop_zero_variance_groups``) masks groups whose rewards are all equal out of the loss
+  and its normalisers. Deviation from DAPO: it does not re-sample more prompts to refill the batch, and a batch
+  with no informative group still takes a (zero-gradient) step so ranks stay in lockstep.
+
+Logged: ``train/reward_mean|std``, ``train/pass_rate``, ``train/frac_zero_var_groups``, ``train/kl``,
+``train/clip_fraction``, ``train/entropy``, ``train/completion_len``, ``train/clipped_len_ratio``, ``timing_s/gen|
+reward|update``, ``perf/throughput`` (tokens/s), ``perf/mfu`` (GPU only), ``perf/sandbox_programs_per_s``, sample
+prompts and completions with their outcome as TensorBoard text; validation ``val/pass@k`` via :class:`PassAtK`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import Tensor
+
+from ra3_lightning.data.task_data import TaskBatch
+from ra3_lightning.data.tasks import CodingTask
+from ra3_lightning.generation import GenerationBackend, HFGenerate, Rollout, unsharded_for_generation
+from ra3_lightning.metrics import PassAtK
+from ra3_lightning.modules.base import CausalLMModule, shard_lm
+from ra3_lightning.optim import adamw_warmup_cosine
+from ra3_lightning.rl.advantages import AdvantageScale, group_advantages, zero_variance_groups
+from ra3_lightning.rl.kl import KLKind
+from ra3_lightning.rl.losses import AGGREGATIONS, Aggregation, LossNormaliser, mask_truncated, policy_loss
+
+RewardFn = Callable[[list[str], list[CodingTask]], list[float]]
+
+
+class RLVRModule(CausalLMModule):
+    """GRPO / DAPO / Dr. GRPO on coding tasks with sandboxed unit-test rewards.
+
+    Args:
+        num_generations: ``G``, completions sampled per prompt (one group).
+        max_new_tokens: Completion budget in tokens (Dr. GRPO's constant normaliser).
+        generation: Sampling backend (default :class:`~ra3_lightning.generation.HFGenerate` at temperature 1).
+        reward_fn: ``(completions, tasks) -> list[float]``; default ``SandboxReward(mode="binary")``. Override by
+            ``class_path`` in YAML or by overriding :meth:`compute_rewards` in a subclass.
+        format_reward: Weight of the format reward (1 when the program parses as Python) added to the reward.
+        advantage_scale: ``"group"`` std, ``"batch"`` std or ``"none"`` (Dr. GRPO).
+        loss_aggregation: ``"grpo"`` (sequence mean) | ``"dapo"`` (token mean over all ranks) | ``"bnpo"`` (token
+            mean on this rank) | ``"dr_grpo"`` (constant normaliser).
+        epsilon: Lower clip range of the ratio (``1 - epsilon``).
+        epsilon_high: Upper clip range (``1 + epsilon_high``; DAPO's clip-higher uses 0.28). Default ``epsilon``.
+        mu: Optimizer updates per generation batch (PPO epochs). ``mu == 1`` is on-policy (ratio 1).
+        beta: KL coefficient towards the reference policy. ``0`` builds no reference model.
+        kl_estimator: ``"k1"`` | ``"k2"`` | ``"k3"``.
+        drop_zero_variance_groups: DAPO dynamic sampling: no loss on groups whose rewards are all equal.
+        mask_truncated_completions: No loss on completions that hit ``max_new_tokens`` without EOS.
+        micro_batch_size: Sequences per forward/backward (default: the whole generation batch).
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up in optimizer steps.
+        min_lr_ratio: Cosine floor as a fraction of ``lr`` (1.0 = constant LR after warm-up).
+        total_steps: Length of the cosine in optimizer steps (default ``trainer.max_steps``).
+        max_grad_norm: Gradient-norm clip (``None`` = off).
+        val_num_samples: Samples per validation task for pass@k.
+        val_temperature: Sampling temperature in validation.
+        pass_at_k: The k values of the validation pass@k.
+        log_samples_every_n_steps: Write sample prompts / completions as TensorBoard text this often (0 = never).
+        num_logged_samples: How many samples to write each time.
+        seed: Seed of the per-step rollout RNG.
+        **kwargs: Model source and loading options of :class:`CausalLMModule` (``pretrained`` / ``init_from`` /
+            ``tiny``, ``tokenizer``, ``dtype``, ...).
+    """
+
+    def __init__(
+        self,
+        num_generations: int = 8,
+        max_new_tokens: int = 256,
+        generation: GenerationBackend | None = None,
+        reward_fn: RewardFn | None = None,
+        format_reward: float = 0.0,
+        advantage_scale: AdvantageScale = "group",
+        loss_aggregation: Aggregation = "dapo",
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        mu: int = 1,
+        beta: float = 0.0,
+        kl_estimator: KLKind = "k3",
+        drop_zero_variance_groups: bool = False,
+        mask_truncated_completions: bool = False,
+        micro_batch_size: int | None = None,
+        lr: float = 1e-6,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 1.0,
+        total_steps: int | None = None,
+        max_grad_norm: float | None = 1.0,
+        val_num_samples: int = 4,
+        val_temperature: float = 1.0,
+        pass_at_k: tuple[int, ...] = (1,),
+        log_samples_every_n_steps: int = 50,
+        num_logged_samples: int = 4,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        _validate(num_generations, mu, loss_aggregation, beta, val_num_samples, pass_at_k)
+        self.save_hyperparameters(ignore=["generation", "reward_fn"])
+        self.automatic_optimization = False
+        self.G, self.max_new_tokens, self.mu, self.beta = num_generations, max_new_tokens, mu, beta
+        self.generation = generation or HFGenerate()
+        self.val_generation = HFGenerate(temperature=val_temperature)
+        self.reward_fn = reward_fn
+        self.format_reward = format_reward
+        self.advantage_scale, self.loss_aggregation, self.kl_estimator = advantage_scale, loss_aggregation, kl_estimator
+        self.epsilon, self.epsilon_high = epsilon, epsilon_high
+        self.drop_zero_var, self.mask_truncated = drop_zero_variance_groups, mask_truncated_completions
+        self.micro_batch_size = micro_batch_size
+        self.val_num_samples = val_num_samples
+        self.pass_at_k = PassAtK(ks=pass_at_k)
+        self.ref_model: torch.nn.Module | None = None  # set in configure_model only when beta > 0
+        self._executor: ThreadPoolExecutor | None = None
+        self._last_pass = torch.zeros(0)
+
+    # ----------------------------------------------------------------------------------------- building
+    def configure_model(self) -> None:
+        """Build the policy (and, only when ``beta > 0``, a frozen reference copy), sharded under FSDP2."""
+        if self.model is None:
+            self.model = self.build_model()
+        if self.beta > 0 and self.ref_model is None:
+            ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+            object.__setattr__(self, "ref_model", ref)  # not a submodule: stays out of checkpoints and optimizer
+        super().configure_model()
+        if self.ref_model is not None and self._trainer is not None:
+            if isinstance(self.trainer.strategy, ModelParallelStrategy):
+                shard_lm(self.ref_model, self.device_mesh)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        total = hp.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000)
+        return adamw_warmup_cosine(
+            self.model.named_parameters(), hp.lr, total, hp.warmup_steps, hp.min_lr_ratio, hp.weight_decay
+        )
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def default_reward_fn(self) -> RewardFn:
+        """Hook: the reward used when none is configured (a binary :class:`~ra3_lightning.rewards.SandboxReward`)."""
+        from ra3_lightning.rewards import SandboxReward
+
+        return SandboxReward(mode="binary")
+
+    def submit_rewards(self, completions: list[str], tasks: list[CodingTask]) -> Future[list[float]]:
+        """Hook: start scoring ``completions`` and return a future (the trainer keeps working meanwhile)."""
+        if self.reward_fn is None:
+            self.reward_fn = self.default_reward_fn()
+        if hasattr(self.reward_fn, "submit"):
+            return self.reward_fn.submit(completions, tasks)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ra3-reward")
+        return self._executor.submit(self.reward_fn, completions, tasks)
+
+    def compute_format_rewards(self, completions: list[str], tasks: list[CodingTask]) -> list[float]:
+        """Hook: the format reward of each completion (default: 1 when its program parses as Python)."""
+        from ra3_lightning.rewards import format_reward
+
+        return format_reward(completions, tasks)
+
+    # ----------------------------------------------------------------------------------------- training
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        t0 = time.perf_counter()
+        rollout = self.rollout(batch, self.generation, self.G, self.trainer.global_step)
+        texts, tasks = self.decode(rollout), [t for t in batch.tasks for _ in range(self.G)]
+        t_gen = time.perf_counter()
+        pending = self.submit_rewards(texts, tasks)
+        old_logp, ref_logp = self.fixed_logps(rollout)  # runs while the sandbox scores
+        rewards, t_reward = self.await_rewards(pending, texts, tasks, t_gen)
+        advantages, sample_mask = self.advantages(rewards)  # [B*G], [B*G]
+        stats = self.update(rollout, old_logp, ref_logp, advantages, sample_mask)
+        t_end = time.perf_counter()
+        self.log_step(rollout, rewards, stats, {"gen": t_gen - t0, "reward": t_reward, "update": t_end - t_gen})
+        self.log_samples(batch, texts, rewards)
+
+    def rollout(self, batch: TaskBatch, backend: GenerationBackend, num_samples: int, step: int) -> Rollout:
+        """``num_samples`` completions per prompt, sampled with an RNG seeded from ``(seed, step, rank)``."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.hparams.seed * 1_000_003 + step * 1_009 + self.global_rank)
+            return backend.generate(
+                self.model,
+                batch.prompt_ids,
+                batch.prompt_mask,
+                num_samples,
+                self.max_new_tokens,
+                self.tokenizer.eos_token_id,
+                self.tokenizer.pad_token_id,
+            )
+
+    def decode(self, rollout: Rollout) -> list[str]:
+        ids = rollout.completion_ids.masked_fill(rollout.completion_mask == 0, self.tokenizer.pad_token_id)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def await_rewards(
+        self, pending: Future[list[float]], texts: list[str], tasks: list[CodingTask], t_start: float
+    ) -> tuple[Tensor, float]:
+        """Rewards ``[B, G]`` (plus the weighted format reward) and the seconds spent waiting since ``t_start``."""
+        scores = torch.tensor(pending.result(), dtype=torch.float32, device=self.device)  # [B*G]
+        elapsed = time.perf_counter() - t_start
+        if self.format_reward:
+            fmt = torch.tensor(self.compute_format_rewards(texts, tasks), dtype=torch.float32, device=self.device)
+            scores = scores + self.format_reward * fmt
+        self._last_pass = scores.new_tensor([float(r.passed) for r in getattr(self.reward_fn, "last_results", [])])
+        return scores.view(-1, self.G), elapsed
+
+    def advantages(self, rewards: Tensor) -> tuple[Tensor, Tensor]:  # rewards [B, G] -> [B*G], [B*G] bool
+        adv = group_advantages(rewards, scale=self.advantage_scale)  # [B, G]
+        keep = torch.ones_like(rewards, dtype=torch.bool)  # [B, G]
+        if self.drop_zero_var:
+            keep &= ~zero_variance_groups(rewards).unsqueeze(1)
+        return adv.reshape(-1), keep.reshape(-1)
+
+    # ----------------------------------------------------------------------------------------- log-probs
+    def sequence_inputs(self, rollout: Rollout, rows: slice) -> dict[str, Tensor]:
+        ids = torch.cat([rollout.prompt_ids[rows], rollout.completion_ids[rows]], dim=1)  # [b, P+T]
+        mask = torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows]], dim=1)  # [b, P+T]
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # [b, P+T], as generate() numbers them
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
+
+    def completion_logps(
+        self, model: torch.nn.Module, rollout: Rollout, rows: slice, with_entropy: bool = False
+    ) -> tuple[Tensor, Tensor | None]:  # [b, T], [b, T]
+        """Log-probs of the completion tokens (and the policy entropy at each position) under ``model``."""
+        P = rollout.prompt_ids.shape[1]
+        logits = model(**self.sequence_inputs(rollout, rows)).logits[:, P - 1 : -1].float()  # [b, T, V]
+        logp_all = logits.log_softmax(-1)  # [b, T, V]
+        logp = logp_all.gather(-1, rollout.completion_ids[rows].unsqueeze(-1)).squeeze(-1)  # [b, T]
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = -(logp_all.exp() * logp_all).sum(-1)  # [b, T]
+        return logp, entropy
+
+    def micro_batches(self, n: int) -> Iterator[slice]:
+        size = self.micro_batch_size or n
+        for start in range(0, n, size):
+            yield slice(start, min(start + size, n))
+
+    @torch.no_grad()
+    def fixed_logps(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
+        """``old_logp`` (only for ``mu > 1``; on-policy it equals the detached current log-prob) and ``ref_logp``
+        (only for ``beta > 0``), each ``[B*G, T]``."""
+        n = rollout.num_samples
+        old = None
+        if self.mu > 1:
+            old = torch.cat([self.completion_logps(self.model, rollout, r)[0] for r in self.micro_batches(n)])
+        ref = None
+        if self.ref_model is not None:
+            self.ref_model.to(self.device)
+            ref = torch.cat([self.completion_logps(self.ref_model, rollout, r)[0] for r in self.micro_batches(n)])
+        return old, ref
+
+    # ----------------------------------------------------------------------------------------- update
+    def loss_normaliser(self, mask: Tensor) -> LossNormaliser:
+        """Denominators over the whole generation batch (token count all-reduced over ranks for ``"dapo"``)."""
+        local = mask.sum().float()
+        total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum") if self.trainer.world_size > 1 else local
+        return LossNormaliser(
+            num_sequences=float((mask.sum(-1) > 0).sum()) if self.drop_zero_var else float(mask.shape[0]),
+            num_tokens=float(local),
+            num_tokens_global=float(total),
+            world_size=self.trainer.world_size,
+            max_completion_length=self.max_new_tokens,
+        )
+
+    def update(
+        self,
+        rollout: Rollout,
+        old_logp: Tensor | None,  # [B*G, T] or None (mu == 1)
+        ref_logp: Tensor | None,  # [B*G, T] or None (beta == 0)
+        advantages: Tensor,  # [B*G]
+        sample_mask: Tensor,  # [B*G] bool
+    ) -> dict[str, Tensor]:
+        """``mu`` optimizer steps over the generation batch; returns the mean diagnostics of the last pass."""
+        mask = rollout.completion_mask.float() * sample_mask.unsqueeze(-1)  # [B*G, T]
+        if self.mask_truncated:
+            mask = mask_truncated(mask, rollout.truncated)
+        norm = self.loss_normaliser(mask)
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        for epoch in range(self.mu):
+            stats = self.accumulate(rollout, old_logp, ref_logp, advantages, mask, norm, with_entropy=epoch == 0)
+            if epoch == 0:
+                entropy = stats.pop("entropy")
+            if self.hparams.max_grad_norm is not None:
+                self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        return {**stats, "entropy": entropy}
+
+    def accumulate(
+        self,
+        rollout: Rollout,
+        old_logp: Tensor | None,
+        ref_logp: Tensor | None,
+        advantages: Tensor,
+        mask: Tensor,
+        norm: LossNormaliser,
+        with_entropy: bool,
+    ) -> dict[str, Tensor]:
+        """Forward/backward every micro-batch (gradients accumulate); summed loss and token-weighted diagnostics."""
+        totals: dict[str, Tensor] = {}
+        for rows in self.micro_batches(rollout.num_samples):
+            logp, entropy = self.completion_logps(self.model, rollout, rows, with_entropy)  # [b, T]
+            old = logp.detach() if old_logp is None else old_logp[rows]
+            ref = None if ref_logp is None else ref_logp[rows]
+            loss, diag = policy_loss(
+                logp, old, advantages[rows], mask[rows], norm, self.loss_aggregation, self.epsilon,
+                self.epsilon_high, ref, self.beta, self.kl_estimator,
+            )  # fmt: skip
+            self.manual_backward(loss)
+            share = float(mask[rows].sum()) / max(norm.num_tokens, 1.0)  # this micro-batch's share of the tokens
+            if entropy is not None:
+                real = rollout.completion_mask[rows]
+                diag["entropy"] = (entropy * real).sum() / real.sum().clamp_min(1)
+            totals["loss"] = totals.get("loss", 0.0) + loss.detach()  # micro-batch losses add up to the batch loss
+            for k, v in diag.items():
+                totals[k] = totals.get(k, 0.0) + v * (share if k != "entropy" else rows_share(rows, rollout))
+        return totals
+
+    # ----------------------------------------------------------------------------------------- logging
+    def log_step(self, rollout: Rollout, rewards: Tensor, stats: dict[str, Tensor], timing: dict[str, float]) -> None:
+        lengths = rollout.completion_mask.sum(-1).float()  # [B*G]
+        step_s = sum(timing.values())
+        tokens = float((rollout.prompt_mask.sum() + lengths.sum()) * self.mu + lengths.sum())
+        metrics = {
+            "train/reward_mean": rewards.mean(),
+            "train/reward_std": rewards.std() if rewards.numel() > 1 else rewards.new_tensor(0.0),
+            "train/pass_rate": self._last_pass.mean() if self._last_pass.numel() else (rewards >= 1).float().mean(),
+            "train/frac_zero_var_groups": zero_variance_groups(rewards).float().mean(),
+            "train/completion_len": lengths.mean(),
+            "train/clipped_len_ratio": rollout.truncated.float().mean(),
+            **{f"train/{k}": v for k, v in stats.items()},
+            **{f"timing_s/{k}": v for k, v in timing.items()},
+            "perf/throughput": tokens / step_s,
+            "perf/sandbox_programs_per_s": rollout.num_samples / max(timing["reward"], 1e-9),
+            "lr": self.lr_schedulers().get_last_lr()[0],
+        }
+        mfu = self.mfu(tokens, step_s)
+        if mfu is not None:
+            metrics["perf/mfu"] = mfu
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()}, sync_dist=True)
+        self.log("reward", rewards.mean(), prog_bar=True, logger=False)
+
+    def mfu(self, tokens: float, seconds: float) -> float | None:
+        """Model FLOPs utilisation (~6 N flops per trained token, 2 N per generated/scored one); GPU only."""
+        if self.device.type != "cuda":
+            return None
+        from lightning.fabric.utilities.throughput import get_available_flops
+
+        peak = get_available_flops(self.device, next(self.model.parameters()).dtype)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return None if not peak else 6 * n_params * tokens / seconds / peak
+
+    def log_samples(self, batch: TaskBatch, texts: list[str], rewards: Tensor) -> None:
+        every = self.hparams.log_samples_every_n_steps
+        logger = self.logger
+        if not every or logger is None or not hasattr(logger.experiment, "add_text") or not self.trainer.is_global_zero:
+            return
+        if (self.trainer.global_step // self.mu) % every:
+            return
+        flat = rewards.reshape(-1).tolist()
+        rows = []
+        for i in range(min(self.hparams.num_logged_samples, len(texts))):
+            task = batch.tasks[i // self.G]
+            rows.append(
+                f"**{task.task_id}** reward={flat[i]:.2f}\n\n```python\n{batch.prompts[i // self.G]}{texts[i]}\n```"
+            )
+        logger.experiment.add_text("samples", "\n\n---\n\n".join(rows), self.trainer.global_step)
+
+    # ----------------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        if len(batch) == 0:  # a padding batch: join the collective unshard/reshard so FSDP2 ranks stay in step
+            with unsharded_for_generation(self.model):
+                return
+        n = self.val_num_samples
+        rollout = self.rollout(batch, self.val_generation, n, -1 - batch_idx)
+        tasks = [t for t in batch.tasks for _ in range(n)]
+        rewards = self.submit_rewards(self.decode(rollout), tasks).result()
+        passed = torch.tensor([float(r.passed) for r in getattr(self.reward_fn, "last_results", [])])
+        if passed.numel() != len(tasks):  # a plain reward callable without last_results: reward >= 1 is a pass
+            passed = torch.tensor(rewards) >= 1.0
+        correct = passed.float().view(-1, n).sum(-1)  # [B]
+        self.pass_at_k.update(torch.full_like(correct, n), correct)
+
+    def on_validation_epoch_end(self) -> None:
+        results = self.pass_at_k.compute()
+        self.pass_at_k.reset()
+        for name, value in results.items():
+            self.log(f"val/{name}", value, prog_bar=name == "pass@1")
+
+    def on_fit_end(self) -> None:
+        if hasattr(self.reward_fn, "close"):  # stop sandbox workers (a SandboxReward restarts them on next use)
+            self.reward_fn.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def _validate(G: int, mu: int, aggregation: str, beta: float, val_n: int, ks: tuple[int, ...]) -> None:
+    if G < 2:
+        raise ValueError(f"num_generations must be >= 2 for a group baseline (got {G})")
+    if mu < 1:
+        raise ValueError(f"mu (updates per generation batch) must be >= 1 (got {mu})")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"loss_aggregation={aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0 (got {beta})")
+    if ks and max(ks) > val_n:
+        raise ValueError(f"pass_at_k={ks} needs val_num_samples >= {max(ks)} (got {val_n})")
+
+
+def rows_share(rows: slice, rollout: Rollout) -> float:
+    """Fraction of the generation batch's sequences in ``rows``."""
+    return (rows.stop - rows.start) / rollout.num_samples

@@ -1,0 +1,187 @@
+"""RLVRModule and TaskDataModule: learning on sandbox rewards through the real CLI, the reference-model rule,
+micro-batch invariance, resumable data order and seeded rollouts, prompt templates."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from ra3_lightning.cli import main
+from ra3_lightning.data.sources import DataError
+from ra3_lightning.data.task_data import TaskDataModule
+from ra3_lightning.models import TinyLMConfig
+from ra3_lightning.modules.rlvr import RLVRModule
+from ra3_lightning.rl.losses import LossNormaliser
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo" / "rlvr_tiny.yaml"
+TINY = TinyLMConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64)
+
+
+def write_solvable_tasks(path: Path, n: int = 16) -> str:
+    """HumanEval-style tasks whose prompt already returns the right value: the completion only has to keep the
+    program valid (e.g. end at once). A random model rarely does (~3% of 4-token samples pass), so the reward is
+    low at first and learnable."""
+    with open(path, "w") as f:
+        for i in range(n):
+            record = {
+                "task_id": f"solvable/{i}",
+                "prompt": f"def f{i}():\n    return {i} ",
+                "entry_point": f"f{i}",
+                "canonical_solution": "\n",
+                "test": f"def check(candidate):\n    assert candidate() == {i}\n",
+            }
+            f.write(json.dumps(record) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def tok_dir(tiny_tokenizer, tmp_path) -> str:
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    return str(tmp_path / "tok")
+
+
+def fixed_reward(completions: list[str], tasks: list) -> list[float]:
+    """Stand-in reward (no sandbox): 1 for completions shorter than 8 characters."""
+    return [float(len(c) < 8) for c in completions]
+
+
+def test_reward_rises_through_the_cli(tmp_path, tok_dir):
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl")
+    steps = 24
+    main(
+        [
+            *("fit", "-c", str(DEMO), "--model.tokenizer", tok_dir, "--data.path", tasks, "--data.val_path", "null"),
+            *("--model.tiny.hidden_size", "32", "--model.tiny.intermediate_size", "64"),
+            *("--model.max_new_tokens", "4", "--model.lr", "2e-2", "--model.drop_zero_variance_groups", "false"),
+            *("--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0"),
+            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)),
+            *("--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"),
+            *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
+        ]
+    )
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    rewards = [float(r["train/reward_mean"]) for r in rows if r.get("train/reward_mean")]
+    assert len(rewards) == steps
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    # seeded run: ~0.03 over the first 4 steps, ~1.0 over the last 4
+    assert first <= 0.25 and last >= 0.6, rewards
+    assert {"timing_s/gen", "timing_s/reward", "timing_s/update", "perf/throughput", "train/entropy"} <= set(rows[0])
+
+
+def test_beta_zero_builds_no_reference_model(tok_dir):
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, beta=0.0, num_generations=2)
+    module.configure_model()
+    assert module.ref_model is None
+    with_ref = RLVRModule(tiny=TINY, tokenizer=tok_dir, beta=0.1, num_generations=2)
+    with_ref.configure_model()
+    assert with_ref.ref_model is not None and not any(p.requires_grad for p in with_ref.ref_model.parameters())
+    assert all(k.startswith(("model.", "pass_at_k")) for k in with_ref.state_dict())  # reference not checkpointed
+
+
+def test_kl_mu_and_validation_with_a_plain_reward_callable(tmp_path, tok_dir):
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=8)
+    module = RLVRModule(
+        tiny=TINY, tokenizer=tok_dir, num_generations=4, max_new_tokens=6, reward_fn=fixed_reward, beta=0.1, mu=2,
+        micro_batch_size=5, lr=1e-2, val_num_samples=2, pass_at_k=(1, 2), log_samples_every_n_steps=0,
+    )  # fmt: skip
+    data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", val_path=tasks, max_val_tasks=3)
+    seen = {}
+
+    class Grab(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            seen.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    trainer = L.Trainer(
+        max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[Grab()], num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    assert trainer.global_step == 4  # mu=2 updates per generation batch -> 2 batches
+    assert seen["train/kl"] > 0 and "train/clip_fraction" in seen
+    val = trainer.validate(module, data, verbose=False)[0]
+    assert set(val) == {"val/pass@1", "val/pass@2"} and 0.0 <= val["val/pass@1"] <= val["val/pass@2"] <= 1.0
+
+
+def test_micro_batches_give_the_full_batch_gradient(tmp_path, tok_dir):
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
+    data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", shuffle=False)
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_new_tokens=5, loss_aggregation="grpo")
+    module.configure_model()
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    rollout = module.rollout(batch, module.generation, 3, step=0)
+    advantages = torch.linspace(-1, 1, rollout.num_samples)  # [6]
+    mask = rollout.completion_mask.float()
+    norm = LossNormaliser.from_mask(mask, 5)
+    module.manual_backward = lambda loss: loss.backward()
+    grads = []
+    for size in (None, 4):
+        module.micro_batch_size = size
+        module.model.zero_grad()
+        module.accumulate(rollout, None, None, advantages, mask, norm, with_entropy=False)
+        grads.append(torch.cat([p.grad.flatten() for p in module.model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    assert grads[0].abs().sum() > 0
+
+
+def test_rollouts_are_seeded_by_step(tmp_path, tok_dir):
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
+    data = TaskDataModule(tasks, batch_size=2, prompt_template="plain")
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=2, max_new_tokens=6)
+    module.configure_model()
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    a, b, c = (module.rollout(batch, module.generation, 2, step=s).completion_ids for s in (3, 3, 4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_data_position_resumes_without_replay(tmp_path, tiny_tokenizer):
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=12)
+    data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", seed=3)
+    data.connect(tiny_tokenizer)
+    data.setup("fit")
+    full = [[t.task_id for t in b.tasks] for b in data.train_dataloader()]
+    assert len(full) == 6 and len({t for b in full for t in b}) == 12
+    resumed = TaskDataModule(tasks, batch_size=2, prompt_template="plain", seed=3)
+    resumed.connect(tiny_tokenizer)
+    resumed.setup("fit")
+    resumed.load_state_dict({"epoch": 0, "consumed": 4, "seed": 3})  # 4 batches trained before the checkpoint
+    rest = list(resumed.train_dataloader())
+    assert [[t.task_id for t in b.tasks] for b in rest] == full[4:]
+    assert [b.batch_index for b in rest] == [4, 5]
+
+
+def test_prompt_templates_and_overlong_prompts(tmp_path, tiny_tokenizer):
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=2)
+    data = TaskDataModule(tasks, batch_size=1, prompt_template="auto")
+    data.connect(tiny_tokenizer)
+    data.setup("fit")
+    assert data.collate(data.train_tasks).prompts[0] == "def f0():\n    return 0 "  # no chat template: plain
+    tiny_tokenizer.chat_template = "{% for m in messages %}<user>{{ m['content'] }}{% endfor %}<assistant>"
+    try:
+        chat = TaskDataModule(tasks, batch_size=1, prompt_template="chat", chat_instruction="Solve:\n")
+        chat.connect(tiny_tokenizer)
+        chat.setup("fit")
+        assert chat.collate(chat.train_tasks[:1]).prompts == ["<user>Solve:\ndef f0():\n    return 0 <assistant>"]
+    finally:
+        tiny_tokenizer.chat_template = None
+    short = TaskDataModule(tasks, batch_size=1, prompt_template="plain", max_prompt_length=3)
+    short.connect(tiny_tokenizer)
+    with pytest.raises(DataError, match=r"solvable/0.*'prompt'"):
+        short.setup("fit")
+
+
+def test_bad_configuration_is_rejected(tok_dir):
+    with pytest.raises(ValueError, match="num_generations"):
+        RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=1)
+    with pytest.raises(ValueError, match="loss_aggregation"):
+        RLVRModule(tiny=TINY, tokenizer=tok_dir, loss_aggregation="sum")
+    with pytest.raises(ValueError, match="val_num_samples"):
+        RLVRModule(tiny=TINY, tokenizer=tok_dir, pass_at_k=(1, 8), val_num_samples=4)

@@ -1,0 +1,67 @@
+"""RLVR under ModelParallelStrategy (FSDP2) on 2 CPU processes (gloo) through the real CLI, with ranks that need
+different numbers of decoding steps, and validation with an uneven number of tasks per rank.
+
+Rank r generates at most ``max_new_tokens - 3 r`` tokens (:class:`RankSkewedGenerate`), so rank 1 stops decoding
+while rank 0 still runs forward passes: with per-step all-gathers this would deadlock (the test's timeout fails
+it); with the model unsharded once per rollout it completes.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from test_rlvr import write_solvable_tasks  # sibling test module (tests/ is on sys.path)
+
+from ra3_lightning.generation import HFGenerate
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo" / "rlvr_tiny.yaml"
+
+
+class RankSkewedGenerate(HFGenerate):
+    """``HFGenerate`` with a rank-dependent token budget: ranks finish decoding at different steps."""
+
+    def generate(self, model, prompt_ids, prompt_mask, num_samples, max_new_tokens, eos_token_id, pad_token_id):
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        budget = max_new_tokens - 3 * rank
+        return super().generate(model, prompt_ids, prompt_mask, num_samples, budget, eos_token_id, pad_token_id)
+
+
+def test_rlvr_fit_and_validate_on_two_fsdp2_cpu_processes(tmp_path, tiny_tokenizer):
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=8)
+    val = write_solvable_tasks(tmp_path / "val.jsonl", n=3)  # 2 tasks on rank 0, 1 (+ a padding batch) on rank 1
+    cmd = [
+        *(
+            sys.executable,
+            "-m",
+            "ra3_lightning.cli",
+            "fit",
+            "-c",
+            str(DEMO),
+            "--model.tokenizer",
+            str(tmp_path / "tok"),
+        ),
+        *("--model.tiny.hidden_size", "32", "--model.tiny.intermediate_size", "64", "--model.max_new_tokens", "8"),
+        *("--model.generation", "test_rlvr_fsdp2.RankSkewedGenerate", "--model.micro_batch_size", "4"),
+        *("--model.loss_aggregation", "dapo", "--model.reward_fn.init_args.workers", "1"),
+        *("--data.path", tasks, "--data.val_path", val, "--data.batch_size", "2", "--data.val_batch_size", "1"),
+        *("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.devices", "2"),
+        *("--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy"),
+        *("--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1"),
+        *("--trainer.strategy.save_distributed_checkpoint", "false", "--trainer.enable_progress_bar", "false"),
+        *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)),
+        *("--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "distributed_backend=gloo" in out and "FSDPQwen2ForCausalLM" in out
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    assert sum(1 for r in rows if r.get("train/reward_mean")) == 2
+    assert any(r.get("val/pass@1") for r in rows)
