@@ -27,6 +27,8 @@ class TestSuite:
         stdio_cases: ``"stdio"`` style: ``(stdin, expected_stdout)`` pairs.
     """
 
+    __test__ = False  # not a pytest test class, despite the name
+
     style: TestStyle
     asserts: tuple[str, ...] = ()
     setup_code: str = ""

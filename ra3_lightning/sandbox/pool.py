@@ -1,0 +1,412 @@
+"""The sandbox: a pool of long-lived, isolated worker processes that run untrusted programs against tests.
+
+Each worker is one ``bubblewrap`` sandbox started once (read-only root, private size-capped tmpfs scratch, no
+network, own PID / IPC / UTS namespaces, ``--die-with-parent``) holding a pre-imported harness
+(``_harness.py``); per program the worker forks a runner, so executing a short program costs a ``fork`` rather than
+an interpreter start. Runners get rlimits (address space, CPU time, processes, file size, open files) and, where
+the worker runs as root inside the sandbox, a fresh unprivileged uid per job — which is what makes the process
+limit bind, keeps the program from signalling or tracing the worker, and hides the host's files that are not
+world-readable. The wall-clock limit is enforced by the worker from outside the runner (kill of the job's whole
+PID namespace) and, as a backstop, by this process (kill of the worker's sandbox).
+
+The trainer process only sends program text over a pipe and parses JSON back; it never imports or execs untrusted
+code. Without bubblewrap (``isolation="none"``, or ``"auto"`` where it is missing) the same pool runs with rlimits
+and process-group kill only, and a loud warning says that namespace isolation is off. ``docs/sandbox.md`` states
+the threat model, including what an adversarial program inside the harness's interpreter can still forge.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import logging
+import os
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from ra3_lightning.sandbox.types import ExecResult, Limits, TestSuite
+from ra3_lightning.sandbox.verdict import verdict
+
+log = logging.getLogger(__name__)
+
+Isolation = Literal["auto", "bwrap", "none"]
+HARNESS = Path(__file__).with_name("_harness.py")
+SCRATCH = "/tmp"  # the worker's private tmpfs inside the sandbox
+# Capabilities the worker (root inside the sandbox) keeps to hand each runner its own uid and clean up after it.
+KEEP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
+STARTUP_TIMEOUT_S = 60.0
+BACKSTOP_SLACK_S = 10.0  # extra time the worker gets for cleanup before this process kills it
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+_warned_no_isolation = False
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ra3-sandbox-spawner")
+
+
+# --------------------------------------------------------------------------------------- bubblewrap command line
+
+
+def _hidden_ancestor(path: str) -> str | None:
+    """The outermost directory on ``path`` that other users cannot traverse (e.g. ``/root``), if any."""
+    current = "/"
+    for part in Path(path).parts[1:]:
+        current = os.path.join(current, part)
+        try:
+            if os.path.isdir(current) and not os.stat(current).st_mode & 0o001:
+                return current
+        except OSError:
+            return None
+    return None
+
+
+def _interpreter_paths() -> list[str]:
+    """Directories the runner's interpreter reads from after it dropped to an unprivileged uid."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    paths |= {p for p in sys.path if p and os.path.isdir(p)}
+    paths.add(str(HARNESS.parent))
+    return sorted({os.path.realpath(p) for p in paths} | paths)
+
+
+def _unhide_mounts(paths: Sequence[str]) -> list[str]:
+    """bwrap arguments that cover each non-traversable ancestor with a tmpfs and bind back only ``paths``."""
+    groups: dict[str, list[str]] = {}
+    for p in paths:
+        hidden = _hidden_ancestor(p)
+        if hidden is not None and hidden != p:
+            groups.setdefault(hidden, []).append(p)
+        elif hidden == p:
+            log.warning("sandbox: %s is not readable by other users; imports from it will fail in the sandbox", p)
+    args: list[str] = []
+    for hidden, inner in sorted(groups.items()):
+        args += ["--tmpfs", hidden]
+        outermost = [p for p in sorted(inner) if not any(p != q and p.startswith(q + os.sep) for q in inner)]
+        for p in outermost:
+            parents = Path(p).relative_to(hidden).parents
+            # bwrap would create the missing parents with mode 0700; make them traversable like the originals.
+            args += [a for d in reversed(list(parents)[:-1]) for a in ("--dir", os.path.join(hidden, d))]
+            args += ["--ro-bind", p, p]
+    return args
+
+
+def bwrap_argv(scratch_mb: int, privileged: bool) -> list[str]:
+    """The bubblewrap command line of one worker sandbox (``privileged``: we are root and can skip a user ns)."""
+    if privileged:
+        namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        caps = ["--cap-drop", "ALL"] + [a for cap in KEEP_CAPS for a in ("--cap-add", cap)]
+    else:
+        namespaces, caps = ["--unshare-all"], []
+    mounts = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--size", str(scratch_mb << 20)]
+    mounts += ["--tmpfs", SCRATCH] + (_unhide_mounts(_interpreter_paths()) if privileged else [])
+    env = [a for k, v in ENV.items() for a in ("--setenv", k, v)]
+    return [
+        "bwrap",
+        *namespaces,
+        "--die-with-parent",
+        "--new-session",
+        *caps,
+        *mounts,
+        "--chdir",
+        SCRATCH,
+        "--clearenv",
+        *env,
+    ]
+
+
+@functools.cache
+def _bwrap_problem() -> str | None:
+    """Why bubblewrap cannot be used here (``None`` if a probe sandbox starts and runs Python)."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    argv = bwrap_argv(16, os.geteuid() == 0) + [sys.executable, "-I", "-c", "print('ok')"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S, env=ENV)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap probe failed: {exc}"
+    if proc.returncode != 0 or proc.stdout.strip() != "ok":
+        return f"bwrap probe failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}"
+    return None
+
+
+def _random_uid_base() -> int:
+    """A base for 4096 per-job uids, drawn at random far above the uids of real accounts."""
+    return 100_000_000 + int.from_bytes(os.urandom(4), "little") % 200_000 * 8192
+
+
+def isolation_available() -> bool:
+    """Whether bubblewrap namespace isolation works on this machine."""
+    return _bwrap_problem() is None
+
+
+def _warn_no_isolation(reason: str) -> None:
+    global _warned_no_isolation
+    if _warned_no_isolation:
+        return
+    _warned_no_isolation = True
+    if os.geteuid() == 0:
+        who = "as a fresh unprivileged uid each (they can still read world-readable files and use the network"
+        hidden = sorted({h for p in _interpreter_paths() if (h := _hidden_ancestor(p))})
+        who += f"; modules under {', '.join(hidden)} cannot be imported unless preloaded)" if hidden else ")"
+    else:
+        who = "as YOUR user: they can read and write your files, kill your processes and use the network"
+    msg = (
+        f"!!! ra3_lightning.sandbox: NAMESPACE ISOLATION IS OFF ({reason}). Untrusted programs run as plain child "
+        f"processes with rlimits and process-group kill only, {who}. Install bubblewrap (apt-get install "
+        "bubblewrap) before running model-generated code. !!!"
+    )
+    log.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------- one worker process
+
+
+class _Worker:
+    """One sandboxed zygote process and its JSON-lines pipe; restarted lazily after it dies."""
+
+    def __init__(self, isolation: Literal["bwrap", "none"], scratch_mb: int) -> None:
+        self.isolation = isolation
+        self.scratch_mb = scratch_mb
+        self.proc: subprocess.Popen | None = None
+        self.host_scratch: str | None = None
+        self.uid_bases: list[int] = []  # one per start; runner uids are uid_base + (job % 4096)
+        self._buf = bytearray()
+
+    def _argv(self) -> list[str]:
+        harness = [sys.executable, "-I", str(HARNESS)]
+        # As root, every runner gets a fresh unprivileged uid: RLIMIT_NPROC does not bind root, and a root runner
+        # could signal (``kill(-1)``), trace or overwrite anything its uid owns.
+        self.uid_bases.append(_random_uid_base())
+        uid = ["--uid-base", str(self.uid_bases[-1])] if os.geteuid() == 0 else []
+        if self.isolation == "bwrap":
+            return bwrap_argv(self.scratch_mb, os.geteuid() == 0) + harness + ["--scratch", SCRATCH, "--pidns", *uid]
+        if self.host_scratch is None:
+            self.host_scratch = tempfile.mkdtemp(prefix="ra3-sandbox-")
+            os.chmod(self.host_scratch, 0o711)  # runners (other uids) must reach their job dir inside it
+        return harness + ["--scratch", self.host_scratch, "--parent-pid", str(os.getpid()), *uid]
+
+    def start(self) -> None:
+        errlog = tempfile.TemporaryFile()
+        # Spawned from one long-lived thread: bwrap's --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread*
+        # that forked it exits, so a short-lived batch thread must not be the parent.
+        popen = functools.partial(
+            subprocess.Popen, self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
+            start_new_session=True, env=ENV, cwd="/",
+        )  # fmt: skip
+        self.proc = _SPAWNER.submit(popen).result()
+        self._buf.clear()
+        hello = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S)
+        if not hello or not hello.get("ready"):
+            self.kill()
+            errlog.seek(0)
+            raise RuntimeError(f"sandbox worker failed to start: {errlog.read().decode(errors='replace')[-1000:]}")
+
+    def request(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+        """Run one job; ``None`` if the worker died or stopped answering (it is then killed, restarted later)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self.kill()
+            return None
+        answer = self._read_line(time.monotonic() + timeout_s + BACKSTOP_SLACK_S)
+        if answer is None or "worker_error" in answer:
+            if answer is not None:
+                log.error("sandbox worker error: %s", answer["worker_error"])
+            self.kill()
+            return None
+        return answer
+
+    def _read_line(self, deadline: float) -> dict[str, Any] | None:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.kill()
+        if self.host_scratch:
+            shutil.rmtree(self.host_scratch, ignore_errors=True)
+            self.host_scratch = None
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sandbox", unit="program")
+
+
+def _close_workers(workers: list[_Worker]) -> None:
+    for w in workers:
+        w.close()
+
+
+# --------------------------------------------------------------------------------------------------- the sandbox
+
+
+def _validate(program: str, tests: TestSuite) -> None:
+    if not isinstance(program, str):
+        raise TypeError(f"program must be a str, got {type(program).__name__}")
+    if not isinstance(tests, TestSuite):
+        raise TypeError(f"tests must be a TestSuite, got {type(tests).__name__}")
+    if tests.style not in ("assert", "check", "stdio"):
+        raise ValueError(f"TestSuite.style must be 'assert', 'check' or 'stdio', got {tests.style!r}")
+    if tests.num_tests == 0:
+        raise ValueError(f"TestSuite of style {tests.style!r} has no tests: nothing would judge the program")
+    if tests.style == "check" and not (tests.entry_point and tests.check_code):
+        raise ValueError("TestSuite of style 'check' needs both check_code and entry_point")
+
+
+class Sandbox:
+    """Run untrusted Python programs against tests in a pool of isolated worker processes.
+
+    Args:
+        workers: parallel worker processes (default: number of CPUs). Each starts on first use.
+        limits: default resource limits per program (one program = its whole test suite).
+        isolation: ``"bwrap"`` requires bubblewrap; ``"none"`` runs without namespaces (rlimits and process-group
+            kill only, with a loud warning); ``"auto"`` uses bubblewrap when it works here, else ``"none"``.
+
+    Example:
+        >>> from ra3_lightning.sandbox import Sandbox, TestSuite
+        >>> tests = TestSuite("assert", asserts=("assert add(1, 2) == 3", "assert add(2, 2) == 5"))
+        >>> with Sandbox(workers=1) as sb:
+        ...     result = sb.run("def add(a, b):\\n    return a + b\\n", tests)
+        >>> result.status, result.tests
+        ('failed', [True, False])
+    """
+
+    def __init__(self, workers: int | None = None, limits: Limits = Limits(), isolation: Isolation = "auto") -> None:  # noqa: B008
+        if isolation not in ("auto", "bwrap", "none"):
+            raise ValueError(f"isolation must be 'auto', 'bwrap' or 'none', got {isolation!r}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        problem = None if isolation == "none" else _bwrap_problem()
+        if isolation == "bwrap" and problem:
+            raise RuntimeError(f"isolation='bwrap' requested but {problem}")
+        self.isolation: Literal["bwrap", "none"] = "bwrap" if isolation != "none" and not problem else "none"
+        if self.isolation == "none":
+            _warn_no_isolation(problem or "isolation='none' was requested")
+        self.workers = workers or os.cpu_count() or 1
+        self.limits = limits
+        scratch_mb = max(64, 4 * limits.max_file_mb)
+        self._all = [_Worker(self.isolation, scratch_mb) for _ in range(self.workers)]
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for w in self._all:
+            self._idle.put(w)
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="ra3-sandbox")
+        self._finalizer = weakref.finalize(self, _close_workers, self._all)
+
+    def submit(
+        self, program: str, tests: TestSuite, limits: Limits | None = None
+    ) -> concurrent.futures.Future[ExecResult]:
+        """Queue one program; the future resolves to its :class:`ExecResult`."""
+        _validate(program, tests)
+        return self._executor.submit(self._execute, program, tests, limits or self.limits)
+
+    def run(self, program: str, tests: TestSuite, limits: Limits | None = None) -> ExecResult:
+        """Run one program against its tests and wait for the result."""
+        return self.submit(program, tests, limits).result()
+
+    def run_batch(
+        self, jobs: Sequence[tuple[str, TestSuite]], limits: Limits | None = None, progress: bool = False
+    ) -> list[ExecResult]:
+        """Run ``(program, tests)`` pairs in parallel over the workers; results come back in input order.
+
+        One thread per worker pulls the next job itself (no future per program): the trainer's share of the work
+        per program stays a JSON round trip.
+        """
+        for program, tests in jobs:
+            _validate(program, tests)
+        results: list[ExecResult | None] = [None] * len(jobs)
+        pending = iter(enumerate(jobs))
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+        bar = _progress_bar(len(jobs)) if progress else None
+        args = (pending, lock, results, errors, limits or self.limits, bar)
+        threads = [threading.Thread(target=self._drain, args=args) for _ in range(min(self.workers, len(jobs)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if bar is not None:
+            bar.close()
+        if errors:
+            raise errors[0]
+        return results  # type: ignore[return-value]
+
+    def _drain(self, pending, lock, results, errors, limits, bar) -> None:  # noqa: ANN001 — run_batch's thread body
+        while not errors:
+            with lock:
+                item = next(pending, None)
+            if item is None:
+                return
+            i, (program, tests) = item
+            try:
+                results[i] = self._execute(program, tests, limits)
+            except BaseException as exc:  # noqa: B036 — re-raised in the calling thread by run_batch
+                errors.append(exc)
+            if bar is not None:
+                bar.update()
+
+    def _execute(self, program: str, tests: TestSuite, limits: Limits) -> ExecResult:
+        job = {"program": program, "tests": dataclasses.asdict(tests), "limits": dataclasses.asdict(limits)}
+        worker = self._idle.get()
+        start = time.monotonic()
+        try:
+            facts = worker.request(job, limits.timeout_s)
+        finally:
+            self._idle.put(worker)
+        if facts is None:
+            return ExecResult(
+                status="crashed",
+                tests=[False] * tests.num_tests,
+                runtime_s=time.monotonic() - start,
+                detail="the sandbox worker died or stopped answering during this program; it was restarted",
+            )
+        return verdict(facts, tests)
+
+    def close(self) -> None:
+        """Stop the workers (running programs are killed) and remove their scratch directories."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._finalizer()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
