@@ -3,7 +3,9 @@
 The schedule is a pure function of the global step (:meth:`EMScheduler.phase_at`): iteration ``k`` owns the
 optimizer steps ``[k·(e+m), (k+1)·(e+m))``, the first ``e_steps`` of them E-phase (train the latent policy ``q``
 against the frozen model ``π``), the rest M-phase (next-token prediction of ``π`` on the traces ``q`` annotated).
-Annotation is not a step: it runs once between the last E-step and the first M-step of an iteration.
+Annotation is not a step: it runs once between the last E-step and the first M-step of an iteration. Each phase
+is one Lightning epoch (the EM data module's train loader ends with the phase), so per-step metrics of one phase
+never linger in the logs of the next.
 
 The hooks are thin. The module does the work through four methods (see :class:`EMModule`); the callback only
 decides *when*, remembers which iterations' annotation is complete, and saves a checkpoint right after each
@@ -80,6 +82,12 @@ class EMScheduler(Callback):
             return EMPosition(iteration, "E", offset)
         return EMPosition(iteration, "M", offset - self.e_steps)
 
+    def phase_end(self, step: int) -> int:
+        """The first global step after the phase that contains ``step``."""
+        position = self.phase_at(step)
+        length = self.e_steps if position.phase == "E" else self.m_steps
+        return step - position.step_in_phase + length
+
     # ------------------------------------------------------------------------------------------ hooks
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -101,6 +109,7 @@ class EMScheduler(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         position = self.phase_at(trainer.global_step)
         previous, self.current = self.current, position
+        pl_module.em_position = position
         if previous is not None and (previous.iteration, previous.phase) == (position.iteration, position.phase):
             return
         if position.phase == "E":

@@ -46,6 +46,19 @@ def code_snippets() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def code_jsonl(tmp_path_factory) -> str:
+    """A local ``.jsonl`` corpus of 200 small programs (field ``text``): the snippets with renamed functions."""
+    import json
+
+    path = tmp_path_factory.mktemp("corpus") / "code.jsonl"
+    with open(path, "w") as f:
+        for i in range(200):
+            text = CODE_SNIPPETS[i % len(CODE_SNIPPETS)].replace("def ", f"def f{i}_", 1)
+            f.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE (vocab 400) trained on a handful of snippets — milliseconds, no download."""
     from ra3_lightning.models import train_bpe_tokenizer

@@ -40,6 +40,7 @@ def test_state_round_trip_and_schedule_mismatch():
 class FakeModule:
     def __init__(self):
         self.calls = []
+        self.em_position = None
 
     def begin_e_phase(self, iteration, fresh):
         self.calls.append(("E", iteration, fresh))

@@ -133,15 +133,19 @@ def shard_lm(model: torch.nn.Module, device_mesh: Any) -> None:
     fully_shard(model, mesh=mesh)
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A full (unsharded) CPU state dict of ``model``, whether or not it is FSDP2-sharded."""
+def full_state_dict(model: torch.nn.Module, all_ranks: bool = False) -> dict[str, torch.Tensor]:
+    """A full (unsharded) CPU state dict of ``model``, whether or not it is FSDP2-sharded.
+
+    Under FSDP2 this is a collective; the result is on rank 0 only unless ``all_ranks`` (then on every rank).
+    """
     from torch.distributed.fsdp import FSDPModule
 
     if not isinstance(model, FSDPModule):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks)
+    return {k: v.cpu() for k, v in get_model_state_dict(model, options=options).items()}
 
 
 def load_lm_source(
@@ -181,3 +185,21 @@ def _architecture_from_hparams(
     if hp.get("init_from"):
         return load_lm_source(hp["init_from"], dtype)[0]
     raise ValueError(f"{source}: hyper-parameters name no model source (tiny / pretrained / init_from)")
+
+
+def load_full_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a full (unsharded) state dict into ``model``, which may be FSDP2-sharded (every rank passes it all)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        model.load_state_dict(state_dict)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state_dict, options=StateDictOptions(full_state_dict=True))
+
+
+def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    """``dst ← src`` for two copies of one architecture, either of them possibly FSDP2-sharded (collective then)."""
+    with torch.no_grad():
+        load_full_state_dict(dst, full_state_dict(src, all_ranks=True))

@@ -1,0 +1,43 @@
+"""``ResumableCheckpoint``: a ``ModelCheckpoint`` whose final ``last.ckpt`` resumes exactly with ``--ckpt_path last``.
+
+Why it exists (Lightning 2.6): when no ``last.ckpt`` was written during a run — e.g. ``max_steps`` is not a
+multiple of ``every_n_train_steps`` — ``ModelCheckpoint.on_train_end`` writes it after the fit loop has already
+marked the epoch complete. Lightning's restart logic then counts that epoch twice: a run resumed from it starts one
+epoch too far (``current_epoch`` off by one, hence a different shuffle order and a different data position). The
+same problem is described for NeMo's checkpoint callback (NVIDIA-NeMo issue 6734). This subclass writes ``last``
+from ``on_train_batch_end`` of the final training batch instead — the state Lightning's every-N-steps checkpoints
+have, which it restores correctly — so the save in ``on_train_end`` never fires. ``tests/test_resume.py`` checks
+that N straight steps equal N/2 + stop + resume N/2 with it.
+
+Training stopped for other reasons (``EarlyStopping``, ``max_time``, ``should_stop``) still gets Lightning's
+behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from typing_extensions import override
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` (same arguments) that also writes ``last`` right after the final training batch."""
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.save_last and is_final_batch(trainer) and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def is_final_batch(trainer: L.Trainer) -> bool:
+    """Whether the batch that just ended is the last one ``fit`` will run (``max_steps`` or ``max_epochs`` reached)."""
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        return True
+    max_epochs = trainer.max_epochs
+    last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    return max_epochs not in (None, -1) and last_batch and trainer.current_epoch + 1 >= max_epochs

@@ -1,0 +1,219 @@
+"""Bootstrapping: the latent policy ``q`` annotates expert traces with rationales for the M-step.
+
+:func:`annotate` runs ``q`` over a trace dataset (``G`` rollouts per trace, scored by the frozen ``π``), picks one
+annotation per trace (``choose="sample"``: the first sample, i.e. a plain draw from ``q``; ``"best"``: the best of
+``G`` by total return) and writes a ``datasets`` dataset with the annotated-trace schema
+(:data:`ANNOTATION_FEATURES`). Work is split into shards of ``shard_size`` records written atomically under
+``out_dir/_shards``; a rerun skips finished shards (resumable), then the merged dataset is saved to
+``out_dir/data`` (what ``TraceDataModule(path=out_dir/data, rationale_spans_field="rationale_spans")`` reads).
+
+No record is silently dropped: bad text, a failing rollout, or an annotation whose stripped text differs from the
+original raises an error that names the record id(s).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from ra3_lightning.data.sources import DataError, text_problem
+from ra3_lightning.data.texts import load_trace_records
+from ra3_lightning.latent import LatentFormat, strip_rationales
+from ra3_lightning.rl.returns import elbo_rewards
+from ra3_lightning.rollout import LatentVocab, Rollout, encode_trace, plain_layout, rollout, score_lines
+
+Choose = Literal["sample", "best"]
+
+ANNOTATION_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "original": datasets.Value("string"),
+        "text": datasets.Value("string"),
+        "think_lines": datasets.Sequence(datasets.Value("int32")),
+        "rationale_spans": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
+        "line_logp_with": datasets.Sequence(datasets.Value("float32")),
+        "line_logp_without": datasets.Sequence(datasets.Value("float32")),
+        "elbo": datasets.Value("float32"),
+    }
+)
+
+
+@dataclass
+class AnnotationConfig:
+    """How traces are annotated.
+
+    Args:
+        num_samples: ``G`` rollouts per trace.
+        choose: ``"sample"`` (first draw) or ``"best"`` (highest total return of the ``G``).
+        max_latent_tokens: Most tokens in a rationale (newline included).
+        temperature: Sampling temperature of ``q``.
+        think_cost: ``c`` in ``r_t = log π(a_t|…) − c·1[THINK]`` (the return used by ``"best"`` and ``elbo``).
+        engine: Rollout engine (``"kv"`` or ``"reencode"``).
+    """
+
+    num_samples: int = 4
+    choose: Choose = "sample"
+    max_latent_tokens: int = 16
+    temperature: float = 1.0
+    think_cost: float = 0.05
+    engine: str = "kv"
+
+
+def _choose_sample(returns: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B]
+    return torch.zeros(returns.shape[0], dtype=torch.long)
+
+
+def _choose_best(returns: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B]
+    return returns.argmax(dim=1)
+
+
+CHOOSERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"sample": _choose_sample, "best": _choose_best}
+
+
+@torch.no_grad()
+def annotate_batch(
+    q: torch.nn.Module,
+    pi: torch.nn.Module,
+    vocab: LatentVocab,
+    texts: Sequence[str],
+    ids: Sequence[str],
+    cfg: AnnotationConfig,
+    generator: torch.Generator | None = None,
+) -> list[dict[str, Any]]:
+    """Annotate ``texts`` (one record per text, in order) with the annotated-trace schema."""
+    if cfg.choose not in CHOOSERS:
+        raise ValueError(f"choose={cfg.choose!r}; choose one of {sorted(CHOOSERS)}")
+    for i, text in zip(ids, texts, strict=True):
+        problem = text_problem(text)
+        if problem:
+            raise DataError(f"record {i!r}: field 'text' {problem}")
+    traces = [encode_trace(vocab.tokenizer, t) for t in texts]
+    roll = rollout(q, traces, vocab, cfg.num_samples, cfg.max_latent_tokens, cfg.temperature, generator, cfg.engine)
+    lines = roll.think.shape[1]
+    device = next(pi.parameters()).device
+    with_r = score_lines(pi, roll.layout, lines).cpu() * roll.line_mask  # [N, T]
+    without = score_lines(pi, plain_layout(traces, vocab, device), lines).cpu()  # [B, T]
+    returns = elbo_rewards(with_r, roll.think, cfg.think_cost).sum(-1).view(len(texts), cfg.num_samples)  # [B, G]
+    picks = CHOOSERS[cfg.choose](returns)
+    return [
+        _record(roll, b * cfg.num_samples + int(g), ids[b], with_r, without[b], float(returns[b, g]), vocab)
+        for b, g in enumerate(picks)
+    ]
+
+
+def _record(
+    roll: Rollout, n: int, record_id: str, with_r: torch.Tensor, without: torch.Tensor, elbo: float, vocab: LatentVocab
+) -> dict[str, Any]:
+    trace = roll.trace_of(n)
+    ann = roll.annotated(n, vocab)
+    if strip_rationales(ann.text, ann.rationale_spans) != trace.text:
+        raise RuntimeError(f"record {record_id!r}: stripping the annotation does not give back the original text")
+    num_lines = trace.num_lines
+    return {
+        "id": record_id,
+        "original": trace.text,
+        "text": ann.text,
+        "think_lines": ann.think_lines,
+        "rationale_spans": ann.rationale_spans,
+        "line_logp_with": with_r[n, :num_lines].tolist(),
+        "line_logp_without": without[:num_lines].tolist(),
+        "elbo": elbo,
+    }
+
+
+def _models(source: Any) -> tuple[torch.nn.Module, torch.nn.Module, PreTrainedTokenizerBase, LatentFormat | None]:
+    """``(q, π, tokenizer, format)`` from a ``LatentPolicyModule`` or a ``(q, π, tokenizer)`` tuple."""
+    if isinstance(source, tuple):
+        q, pi, tokenizer = source
+        return q, pi, tokenizer, None
+    if getattr(source, "model", None) is None:
+        source.configure_model()
+    return source.model, source.pi, source.tokenizer, source.latent_format()
+
+
+def annotate(
+    source: Any,
+    dataset: str | datasets.Dataset,
+    out_dir: str | Path,
+    text_field: str = "text",
+    id_field: str | None = None,
+    shard_size: int = 256,
+    batch_size: int = 8,
+    config: AnnotationConfig | None = None,
+    seed: int = 0,
+    max_records: int | None = None,
+    progress: bool = True,
+) -> datasets.Dataset:
+    """Annotate every record of ``dataset`` and save the annotated traces to ``out_dir`` (resumable by shard).
+
+    Args:
+        source: A ``LatentPolicyModule`` (its ``model`` is ``q``, ``pi`` is ``π``) or a ``(q, π, tokenizer)`` tuple.
+        dataset: A data source string or a ``datasets.Dataset``.
+        out_dir: Output directory: the merged dataset goes to ``out_dir/data``, finished shards to ``out_dir/_shards``.
+        text_field: Field of the traces.
+        id_field: Field of record ids (default: the record index).
+        shard_size: Records per shard (the unit of resumption).
+        batch_size: Traces rolled out together.
+        config: Sampling / choice settings.
+        seed: Seed; shard ``i`` uses ``seed + i``, so a resumed run writes what an uninterrupted one would.
+        max_records: Annotate only the first records.
+        progress: Show a tqdm progress bar.
+    """
+    cfg = config or AnnotationConfig()
+    q, pi, tokenizer, fmt = _models(source)
+    vocab = LatentVocab.from_tokenizer(tokenizer, fmt)
+    records = load_trace_records(dataset, text_field, id_field, max_records)
+    out, shard_root = Path(out_dir), Path(out_dir) / "_shards"
+    shard_root.mkdir(parents=True, exist_ok=True)
+    starts = range(0, len(records), shard_size)
+    bar = tqdm(total=len(records), desc="annotate", disable=not progress)
+    for index, start in enumerate(starts):
+        path = shard_root / f"shard-{index:05d}"
+        chunk = records[start : start + shard_size]
+        if not (path / "dataset_info.json").exists():
+            generator = torch.Generator().manual_seed(seed + index)
+            rows = [
+                row
+                for i in range(0, len(chunk), batch_size)
+                for row in _annotate_rows(q, pi, vocab, chunk[i : i + batch_size], cfg, generator)
+            ]
+            _save_atomically(datasets.Dataset.from_list(rows, features=ANNOTATION_FEATURES), path)
+        bar.update(len(chunk))
+    bar.close()
+    shards = [datasets.load_from_disk(str(shard_root / f"shard-{i:05d}")) for i in range(len(starts))]
+    merged = (
+        datasets.concatenate_datasets(shards)
+        if shards
+        else datasets.Dataset.from_list([], features=ANNOTATION_FEATURES)
+    )
+    _save_atomically(merged, out / "data", replace=True)
+    return datasets.load_from_disk(str(out / "data"))
+
+
+def _annotate_rows(q, pi, vocab, rows, cfg, generator) -> list[dict[str, Any]]:
+    ids = [r["id"] for r in rows]
+    try:
+        return annotate_batch(q, pi, vocab, [r["text"] for r in rows], ids, cfg, generator)
+    except DataError:
+        raise
+    except Exception as e:
+        raise RuntimeError(f"annotation failed for records {ids}: {type(e).__name__}: {e}") from e
+
+
+def _save_atomically(ds: datasets.Dataset, path: Path, replace: bool = False) -> None:
+    """``save_to_disk`` into a temporary sibling, then rename (a killed run never leaves a half-written shard)."""
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    if replace and path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)

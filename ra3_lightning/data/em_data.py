@@ -1,0 +1,180 @@
+"""Data for RA3's EM loop inside one ``ra3 fit``: raw traces for the E-phase, annotated traces for the M-phase.
+
+The two phases need different batches (whole trace texts vs. packed token blocks), the M-phase data only exists
+after the annotation pass of its iteration, and a resumed run must continue with exactly the batches an
+uninterrupted run would have seen. So batches are *addressed*, not streamed: the batch of a step is a pure
+function of ``(iteration, phase, step_in_phase, rank)`` (:meth:`EMDataModule.e_batch`, :meth:`EMDataModule.m_batch`),
+and the Trainer's train loader only ticks (:class:`PhaseTicker`). Nothing to fast-forward on resume, no prefetched
+batch of the wrong phase at a phase switch, and every rank takes its own stride of the same order.
+
+Iteration ``k`` works on a slice of ``records_per_iteration`` training records (wrapping around the corpus, in a
+seeded order; default: the whole training split every iteration): its E-phase samples batches from the slice, its
+annotation pass annotates the whole slice (each rank a stride of it), its M-phase trains on the packed annotation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from ra3_lightning.data.texts import load_trace_records
+from ra3_lightning.data.traces import PadCollator, TraceDataModule
+
+
+class PhaseTicker(IterableDataset):
+    """The Trainer's batches in the EM loop: the global steps left in the current EM phase, then the epoch ends.
+
+    The module fetches each step's real data itself; one EM phase is one Lightning epoch.
+    """
+
+    def __init__(self, steps: Callable[[], range]) -> None:
+        self.steps = steps
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.steps())
+
+
+class EMDataModule(L.LightningDataModule):
+    """Expert traces for :class:`ra3_lightning.modules.RA3Module` and :class:`ra3_lightning.callbacks.EMScheduler`.
+
+    Args:
+        path: The trace corpus (any source :mod:`ra3_lightning.data.sources` reads, e.g. ``synthetic:midtrain``).
+        text_field: Field holding the code.
+        id_field: Field holding record ids (default: the record index).
+        e_batch_size: Traces per E-step batch (per device); each is rolled out ``num_rollouts`` times.
+        m_batch_size: Packed sequences per M-step batch (per device).
+        max_length: Tokens per packed M-step sequence.
+        records_per_iteration: Training records each EM iteration works on (``None``: all of them).
+        val_size: Raw validation traces (fraction < 1 or count), for the M-step loss on un-annotated code.
+        seed: Seed of the split and of every batch order.
+        max_records: Read at most this many records.
+        split: Split of a hub dataset or saved ``DatasetDict``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        text_field: str = "text",
+        id_field: str | None = None,
+        e_batch_size: int = 4,
+        m_batch_size: int = 8,
+        max_length: int = 512,
+        records_per_iteration: int | None = None,
+        val_size: float = 0.05,
+        seed: int = 0,
+        max_records: int | None = None,
+        split: str = "train",
+    ) -> None:
+        super().__init__()
+        if min(e_batch_size, m_batch_size) < 1 or (records_per_iteration is not None and records_per_iteration < 1):
+            raise ValueError("e_batch_size, m_batch_size and records_per_iteration must be >= 1")
+        self.path, self.text_field, self.id_field, self.split = path, text_field, id_field, split
+        self.e_batch_size, self.m_batch_size, self.max_length = e_batch_size, m_batch_size, max_length
+        self.records_per_iteration, self.val_size, self.seed = records_per_iteration, val_size, seed
+        self.max_records = max_records
+        self.tokenizer = None
+        self.train_records: list[dict[str, str]] = []
+        self.val_blocks: datasets.Dataset | None = None
+        self.m_blocks: dict[int, datasets.Dataset] = {}
+
+    # ------------------------------------------------------------------------------------------- setup
+    def connect(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_records:
+            return
+        if self.tokenizer is None:
+            self.tokenizer = self.trainer.lightning_module.tokenizer
+        records = load_trace_records(self.path, self.text_field, self.id_field, self.max_records, self.split)
+        n_val = int(round(self.val_size * len(records))) if self.val_size < 1 else int(self.val_size)
+        if n_val >= len(records):
+            raise ValueError(f"val_size={self.val_size} leaves no training records out of {len(records)}")
+        order = _permutation(len(records), self.seed)
+        self.train_records = [records[i] for i in sorted(order[n_val:])]
+        val = [records[i] for i in sorted(order[:n_val])]
+        self.val_blocks = self._packer(spans=False).prepare(datasets.Dataset.from_list(val)) if val else None
+
+    def _packer(self, spans: bool) -> TraceDataModule:
+        packer = TraceDataModule(
+            self.path,
+            "text",
+            self.max_length,
+            self.m_batch_size,
+            rationale_spans_field="rationale_spans" if spans else None,
+        )
+        packer.connect(self.tokenizer)
+        return packer
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(PhaseTicker(self._steps_of_current_phase), batch_size=None)
+
+    def _steps_of_current_phase(self) -> range:
+        from ra3_lightning.callbacks.em_scheduler import EMScheduler
+
+        schedulers = [c for c in self.trainer.callbacks if isinstance(c, EMScheduler)]
+        if not schedulers:
+            raise ValueError("EMDataModule needs the EMScheduler callback in `trainer.callbacks`")
+        step = self.trainer.global_step
+        return range(step, schedulers[0].phase_end(step)) if step < schedulers[0].total_steps else range(0)
+
+    # ------------------------------------------------------------------------------------------- addressing
+    def iteration_records(self, iteration: int) -> list[dict[str, str]]:
+        """The training records EM iteration ``iteration`` works on (a wrapping slice of a seeded order)."""
+        n = len(self.train_records)
+        size = self.records_per_iteration or n
+        order = _permutation(n, self.seed + 1)
+        return [self.train_records[order[(iteration * size + i) % n]] for i in range(size)]
+
+    def e_batch(self, iteration: int, step: int, rank: int = 0, world: int = 1) -> dict[str, list[str]]:
+        """Trace texts of E-step ``step`` of ``iteration`` on ``rank``: ``{"id": [...], "text": [...]}``."""
+        records = self.iteration_records(iteration)
+        rows = [records[i] for i in _indices(len(records), self.e_batch_size, step, rank, world, self.seed + iteration)]
+        return {"id": [r["id"] for r in rows], "text": [r["text"] for r in rows]}
+
+    def annotation_records(self, iteration: int, rank: int = 0, world: int = 1) -> list[dict[str, str]]:
+        """This rank's stride of the records to annotate in ``iteration``."""
+        return self.iteration_records(iteration)[rank::world]
+
+    def load_annotated(self, iteration: int, directories: list[Path]) -> datasets.Dataset:
+        """Read the annotated traces of ``iteration`` (one directory per rank) and pack them for the M-phase."""
+        annotated = datasets.concatenate_datasets([datasets.load_from_disk(str(d)) for d in directories])
+        self.m_blocks[iteration] = self._packer(spans=True).prepare(annotated)
+        return annotated
+
+    def m_batch(self, iteration: int, step: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+        """Packed annotated sequences of M-step ``step`` of ``iteration`` on ``rank``."""
+        blocks = self.m_blocks[iteration]
+        rows = [blocks[i] for i in _indices(len(blocks), self.m_batch_size, step, rank, world, self.seed + iteration)]
+        return PadCollator(self.tokenizer.pad_token_id)(rows)
+
+    def val_batches(self, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        """Packed raw (un-annotated) validation sequences, this rank's stride, in order."""
+        if self.val_blocks is None:
+            return
+        mine = list(range(rank, len(self.val_blocks), world))
+        collate = PadCollator(self.tokenizer.pad_token_id)
+        for start in range(0, len(mine), self.m_batch_size):
+            yield collate([self.val_blocks[i] for i in mine[start : start + self.m_batch_size]])
+
+
+@functools.lru_cache(maxsize=16)
+def _permutation(n: int, seed: int) -> tuple[int, ...]:
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist())
+
+
+def _indices(n: int, batch_size: int, step: int, rank: int, world: int, seed: int) -> list[int]:
+    """Indices of a batch: consecutive slices of seeded epoch permutations, ranks interleaved, wrapping epochs."""
+    first = (step * world + rank) * batch_size
+    out = []
+    for position in range(first, first + batch_size):
+        epoch, offset = divmod(position, n)
+        out.append(_permutation(n, seed * 1_000_003 + epoch)[offset])
+    return out

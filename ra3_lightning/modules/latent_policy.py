@@ -1,0 +1,256 @@
+"""The RA3 E-step: a latent policy ``q`` learns where to insert rationales, and what they say, by RL.
+
+``q`` (``self.model``, trainable) starts as a copy of the frozen current model ``π`` (``self.pi``, made in
+:meth:`LatentPolicyModule.configure_model`). One training step reads
+
+    rollout (q, G samples per trace) → score (π, one teacher-forced pass) → rewards/returns → group advantages
+    → REINFORCE loss over the THINK/ACT decisions and rationale tokens (log q re-computed with grad)
+
+with ``r_t = log π(a_t | s_t, z_{≤t}) − c·1[THINK]`` (DESIGN.md §2). Batches come from
+:class:`ra3_lightning.data.texts.TextDataModule` (``{"id": [...], "text": [...]}``); ``ra3 predict`` returns
+annotated-trace records (:func:`ra3_lightning.annotate.annotate_batch`), :func:`ra3_lightning.annotate.annotate`
+writes them to disk resumably.
+
+Deviations from the paper / known limits: the KL of ``q`` to its initial policy (= ``π``) is a loss term, not a
+reward; ``hindsight_lines > 0`` (a posterior that peeks at the next lines) is not implemented; ``π`` is kept as a
+full frozen copy (no LoRA option yet) and is not FSDP-sharded (it is replicated on every rank).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ra3_lightning.annotate import AnnotationConfig, annotate_batch
+from ra3_lightning.latent import LatentFormat
+from ra3_lightning.modules.base import CausalLMModule
+from ra3_lightning.optim import adamw_warmup_cosine
+from ra3_lightning.rl.advantages import AdvantageScale, group_advantages, masked_mean
+from ra3_lightning.rl.kl import KLKind, kl_penalty
+from ra3_lightning.rl.returns import RewardNorm, discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
+from ra3_lightning.rollout import (
+    ENGINES,
+    LatentVocab,
+    PolicyTerms,
+    Rollout,
+    encode_trace,
+    forward_logits,
+    plain_layout,
+    policy_logq,
+    rollout,
+    score_lines,
+)
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` in eval mode with ``requires_grad=False`` everywhere."""
+    pi = copy.deepcopy(model).eval()
+    pi.requires_grad_(False)
+    return pi
+
+
+def binary_entropy(p: Tensor) -> Tensor:
+    """``−p log p − (1−p) log(1−p)`` in nats (0 at p ∈ {0, 1})."""
+    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+
+
+class LatentPolicyModule(CausalLMModule):
+    """RA3 E-step: RL of the latent policy ``q`` against the frozen model ``π``.
+
+    Args:
+        think_cost: ``c``, the reward cost of each THINK (paper: 0.05; ablations 0.01, 0.2).
+        num_rollouts: ``G`` latent rollouts per trace (the group of the baseline).
+        max_latent_tokens: Most tokens in a rationale, its newline included.
+        temperature: Sampling temperature of ``q`` (decisions and rationale tokens).
+        gamma: Discount of the returns ``R_t = Σ_k γ^{k−t} r_k``.
+        kl_coef: Weight of the KL of ``q`` to its initial policy (``π``) in the loss (0 = off; always logged).
+        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (per boundary, on ``log q(z_t)``).
+        scale_advantages: Group baseline, then divide by the ``"group"`` std, the ``"batch"`` std, or ``"none"``.
+        reward_norm: ``"none"`` or ``"per_token"`` (a line's log-likelihood divided by its token count).
+        hindsight_lines: ``k`` lines of hindsight for ``q`` (only 0 is implemented).
+        lr: Peak learning rate of ``q``.
+        weight_decay: AdamW weight decay on matrices.
+        warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Final LR of the cosine, as a fraction of ``lr``.
+        total_steps: Length of the cosine; defaults to ``trainer.estimated_stepping_batches``.
+        engine: ``"kv"`` (one KV cache across the trace) or ``"reencode"`` (naive; for benchmarks).
+        log_samples_every_n_steps: Log an annotated trace as TensorBoard text every this many steps (0 = never).
+        seed: Seed of the rollout sampler.
+        **kwargs: Model source and loading options of :class:`CausalLMModule` (``pretrained`` / ``init_from`` /
+            ``tiny``, ``tokenizer``, ``dtype``, ...).
+    """
+
+    def __init__(
+        self,
+        think_cost: float = 0.05,
+        num_rollouts: int = 4,
+        max_latent_tokens: int = 16,
+        temperature: float = 1.0,
+        gamma: float = 1.0,
+        kl_coef: float = 0.0,
+        kl_estimator: KLKind = "k3",
+        scale_advantages: AdvantageScale = "none",
+        reward_norm: RewardNorm = "none",
+        hindsight_lines: int = 0,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 1.0,
+        total_steps: int | None = None,
+        engine: Literal["kv", "reencode"] = "kv",
+        log_samples_every_n_steps: int = 50,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        _validate(num_rollouts, max_latent_tokens, temperature, gamma, hindsight_lines, engine)
+        self.save_hyperparameters()
+        self.pi: torch.nn.Module | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+        self._vocab: LatentVocab | None = None
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def latent_format(self) -> LatentFormat:
+        """The comment syntax of rationales; override in a subclass for another language."""
+        return LatentFormat()
+
+    @property
+    def vocab(self) -> LatentVocab:
+        if self._vocab is None:
+            self._vocab = LatentVocab.from_tokenizer(self.tokenizer, self.latent_format())
+        return self._vocab
+
+    def configure_model(self) -> None:
+        """Build ``q`` and the frozen ``π`` (a copy made before any sharding), then shard ``q`` under FSDP2."""
+        if self.model is None:
+            self.model = self.build_model()
+        if self.pi is None:
+            self.pi = frozen_copy(self.model)
+        super().configure_model()
+
+    def sync_pi(self) -> None:
+        """Make ``π`` a frozen copy of the current ``q`` (for an EM loop: the M-step model is the next ``π``)."""
+        self.pi.load_state_dict(self.model.state_dict())
+
+    # ----------------------------------------------------------------------------------------- steps
+    def sample_latents(self, texts: list[str]) -> Rollout:
+        """``G`` latent rollouts of each text with ``q`` (no grad)."""
+        hp = self.hparams
+        traces = [encode_trace(self.tokenizer, t) for t in texts]
+        return rollout(
+            self.model, traces, self.vocab, hp.num_rollouts, hp.max_latent_tokens, hp.temperature,
+            self.generator, hp.engine,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def score(self, roll: Rollout) -> tuple[Tensor, PolicyTerms]:
+        """``log π(a_t | prefix with rationales)`` ``[N, T]`` and ``π``'s own ``log q``-terms (the KL reference)."""
+        logits = forward_logits(self.pi, roll.layout)  # [N, L, V]
+        line_logp = score_lines(self.pi, roll.layout, roll.think.shape[1], logits)
+        ref = policy_logq(
+            self.pi, roll.layout, roll.think, roll.line_mask, self.vocab, self.hparams.temperature, logits
+        )
+        return line_logp, ref
+
+    def advantages(self, roll: Rollout, line_logp: Tensor) -> tuple[Tensor, Tensor]:
+        """Rewards ``[N, T]`` and group advantages of the returns ``[N, T]``."""
+        hp = self.hparams
+        mask = roll.line_mask.to(line_logp.device)
+        logp = normalize_line_logp(line_logp, roll.num_tokens.to(line_logp.device), hp.reward_norm)
+        rewards = elbo_rewards(logp, roll.think.to(logp.device), hp.think_cost) * mask
+        returns = discounted_returns(rewards, hp.gamma, mask)
+        groups = (-1, hp.num_rollouts, returns.shape[-1])
+        adv = group_advantages(returns.view(groups), hp.scale_advantages, mask.view(groups)).view_as(returns)
+        return rewards, adv
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        roll = self.sample_latents(batch["text"])
+        line_logp, ref = self.score(roll)
+        rewards, adv = self.advantages(roll, line_logp)
+        terms = policy_logq(self.model, roll.layout, roll.think, roll.line_mask, self.vocab, hp.temperature)
+        kl = kl_penalty(terms.logq, ref.logq, hp.kl_estimator)  # [N, T]
+        loss, stats = latent_pg_loss(terms.logq, adv, roll.line_mask.to(adv.device), kl, hp.kl_coef)
+        self.log_estep(roll, line_logp, rewards, terms, stats)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Annotated-trace records for a batch (one sample per trace; see :func:`ra3_lightning.annotate.annotate`)."""
+        hp = self.hparams
+        cfg = AnnotationConfig(1, "sample", hp.max_latent_tokens, hp.temperature, hp.think_cost, hp.engine)
+        return annotate_batch(self.model, self.pi, self.vocab, batch["text"], batch["id"], cfg, self.generator)
+
+    # ----------------------------------------------------------------------------------------- logging
+    def log_estep(
+        self, roll: Rollout, line_logp: Tensor, rewards: Tensor, terms: PolicyTerms, stats: dict[str, Tensor]
+    ) -> None:
+        """Log ELBO per line, reward, THINK rate, comment length, KL, THINK entropy, rollout lines/s, gain."""
+        mask = roll.line_mask.to(rewards.device)
+        think = roll.think.to(rewards.device) & mask
+        lines = mask.sum().clamp(min=1)
+        elbo = (line_logp - self.hparams.think_cost * think.float()) * mask
+        comment_len = [
+            len(c)
+            for row, flags in zip(roll.rationales, roll.think, strict=True)
+            for c, f in zip(row, flags, strict=True)
+            if f
+        ]
+        metrics = {
+            "estep/elbo_per_line": elbo.sum() / lines,
+            "estep/elbo_gain_per_line": (elbo.sum() - self.plain_logp(roll).sum() * roll.num_samples) / lines,
+            "estep/reward": rewards.sum(-1).mean(),
+            "estep/think_rate": think.sum() / lines,
+            "estep/comment_len": torch.tensor(float(sum(comment_len)) / max(1, len(comment_len))),
+            "estep/kl": stats["kl"],
+            "estep/think_entropy": masked_mean(binary_entropy(terms.p_think.detach()), mask),
+            "perf/rollout_lines_per_s": torch.tensor(float(roll.line_mask.sum()) / max(roll.seconds, 1e-9)),
+        }
+        think_rate = metrics.pop("estep/think_rate")
+        self.log_dict(metrics, batch_size=len(roll.traces))
+        self.log("estep/think_rate", think_rate, prog_bar=True, batch_size=len(roll.traces))
+        self._log_samples(roll)
+
+    @torch.no_grad()
+    def plain_logp(self, roll: Rollout) -> Tensor:
+        """``log π(a_t | s_t)`` without rationales, ``[B, T]``."""
+        layout = plain_layout(roll.traces, self.vocab, roll.layout.input_ids.device)
+        return score_lines(self.pi, layout, roll.think.shape[1])
+
+    def _log_samples(self, roll: Rollout) -> None:
+        every = self.hparams.log_samples_every_n_steps
+        experiment = getattr(self.logger, "experiment", None) if self._trainer is not None else None
+        if not every or self.global_step % every or not hasattr(experiment, "add_text"):
+            return
+        texts = [roll.annotated(n * roll.num_samples, self.vocab).text for n in range(min(2, len(roll.traces)))]
+        body = "\n\n".join(f"```python\n{t}\n```" for t in texts)
+        experiment.add_text("estep/annotated_traces", body, global_step=self.global_step)
+
+    # ----------------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        total = hp.total_steps or self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("the LR schedule needs a length: set `--trainer.max_steps` or `--model.total_steps`")
+        return adamw_warmup_cosine(
+            self.model.named_parameters(), lr=hp.lr, total_steps=int(total), warmup_steps=hp.warmup_steps,
+            min_lr_ratio=hp.min_lr_ratio, weight_decay=hp.weight_decay,
+        )  # fmt: skip
+
+
+def _validate(
+    num_rollouts: int, max_latent_tokens: int, temperature: float, gamma: float, hindsight_lines: int, engine: str
+) -> None:
+    if num_rollouts < 2:
+        raise ValueError(f"num_rollouts={num_rollouts}: the group baseline needs at least 2 rollouts per trace")
+    if max_latent_tokens < 2:
+        raise ValueError(f"max_latent_tokens={max_latent_tokens} must be >= 2 (a comment marker and a newline)")
+    if temperature <= 0 or not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"need temperature > 0 and 0 <= gamma <= 1 (got {temperature}, {gamma})")
+    if hindsight_lines != 0:
+        raise ValueError(f"hindsight_lines={hindsight_lines}: only 0 (no hindsight) is implemented")
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}; choose one of {sorted(ENGINES)}")

@@ -1,0 +1,148 @@
+"""``NTPModule``: next-token prediction on code traces — the RA3 M-step and the NTP baseline in one class.
+
+The NTP baseline trains it on raw expert code; the M-step trains it on the annotated traces the E-step wrote
+(``TraceDataModule(rationale_spans_field="rationale_spans")``). ``loss_on="all"`` (the paper's default) puts loss
+on every token, rationales included, so the model learns to write its own; ``loss_on="code"`` keeps rationales as
+context only.
+
+Packed batches: ``transformers`` separates packed documents by the restarts in ``position_ids`` only when no 2-D
+``attention_mask`` and no KV cache is given (``masking_utils.find_packed_sequence_indices``; eager, sdpa and
+flash-attention alike). :func:`lm_inputs` therefore passes ``use_cache=False``, ``position_ids`` always, and
+``attention_mask`` only when it matters: right padding is invisible to real tokens under causal attention, so a
+batch whose padding is all on the right goes without it and each packed document attends only to itself. Any other
+padding layout gets the mask (and then packed documents would see each other).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity
+from ra3_lightning.modules.base import CausalLMModule
+from ra3_lightning.optim import adamw_warmup_cosine
+
+
+def lm_inputs(batch: dict[str, Tensor]) -> dict[str, Any]:
+    """Keyword arguments for the HF model from a ``TraceDataModule`` batch (see the module docstring)."""
+    inputs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}  # [B, L]; a cache disables packing
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]  # [B, L], restarting at 0 per packed document
+    mask = batch.get("attention_mask")  # [B, L]
+    if mask is not None and not _padding_only_on_right(mask):
+        inputs["attention_mask"] = mask
+    return inputs
+
+
+def _padding_only_on_right(mask: Tensor) -> bool:
+    """True when every row of ``mask`` ([B, L], 1 = real token) is ones followed by zeros."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+class NTPModule(CausalLMModule):
+    """Causal-LM training on code traces with AdamW and a warm-up + cosine LR schedule.
+
+    Logs ``train/loss``, ``train/ppl``, ``lr``, ``perf/tokens_per_s`` (non-padding tokens per second between
+    consecutive training batches, summed over ranks) and ``val/loss`` / ``val/ppl`` (token-weighted over the
+    whole validation set).
+
+    Args:
+        loss_on: ``"all"`` tokens, or ``"code"`` only (rationale tokens masked out of the loss; needs batches with
+            a ``rationale_mask``).
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay on matrices (biases and norms get none).
+        warmup_steps: Linear warm-up steps (optimizer steps).
+        min_lr_ratio: The cosine decays the LR to ``lr * min_lr_ratio`` at the last step.
+        betas: AdamW betas.
+        total_steps: Length of the cosine in optimizer steps; defaults to ``trainer.estimated_stepping_batches``.
+        **kwargs: Model source and loading options of :class:`CausalLMModule` (``pretrained`` / ``init_from`` /
+            ``tiny``, ``tokenizer``, ``dtype``, ...).
+    """
+
+    def __init__(
+        self,
+        loss_on: LossOn = "all",
+        lr: float = 3e-4,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        total_steps: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if loss_on not in LOSS_MASKS:
+            raise ValueError(f"loss_on={loss_on!r}; choose one of {sorted(LOSS_MASKS)}")
+        if lr <= 0 or warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(
+                f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 (got {lr}, {warmup_steps}, {min_lr_ratio})"
+            )
+        self.save_hyperparameters()
+        self.loss_on = loss_on
+        self.val_loss = MeanMetric()
+        self._last_batch_end: float | None = None
+
+    # ----------------------------------------------------------------------------------------- steps
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Logits ``[B, L, V]`` for a batch."""
+        return self.model(**lm_inputs(batch)).logits
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(mean token NLL, number of target tokens)`` of a batch under ``loss_on``."""
+        return causal_lm_loss(self(batch), batch["labels"], loss_mask_for(self.loss_on, batch))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, _ = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", perplexity(loss))
+        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, num_tokens = self.loss(batch)
+        self.val_loss.update(loss, weight=num_tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # token-weighted mean over all ranks and batches
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)  # identical on all ranks; silences a warning
+        self.log("val/ppl", perplexity(loss), sync_dist=True)
+
+    # ----------------------------------------------------------------------------------------- throughput
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            tokens = _real_tokens(batch)
+            self.log("perf/tokens_per_s", tokens / (now - self._last_batch_end), sync_dist=True, reduce_fx="sum")
+        self._last_batch_end = now
+
+    def on_validation_start(self) -> None:
+        self._last_batch_end = None  # the interval across a validation pass is not training throughput
+
+    def on_train_epoch_start(self) -> None:
+        self._last_batch_end = None
+
+    # ----------------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        total = hp.total_steps or self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("the LR schedule needs a length: set `--trainer.max_steps` or `--model.total_steps`")
+        return adamw_warmup_cosine(
+            self.model.named_parameters(),
+            lr=hp.lr,
+            total_steps=int(total),
+            warmup_steps=hp.warmup_steps,
+            min_lr_ratio=hp.min_lr_ratio,
+            weight_decay=hp.weight_decay,
+            betas=tuple(hp.betas),
+        )
+
+
+def _real_tokens(batch: dict[str, Tensor]) -> Tensor | float:
+    """Non-padding tokens of a batch (all of them when it has no ``attention_mask``); a tensor, so no device sync."""
+    mask = batch.get("attention_mask")
+    return mask.sum() if mask is not None else float(batch["input_ids"].numel())

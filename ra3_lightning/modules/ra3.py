@@ -1,0 +1,242 @@
+"""``RA3Module``: RA3 mid-training — E-phase, annotation and M-phase of the EM loop — in one LightningModule.
+
+It *is* the E-step (:class:`LatentPolicyModule`: ``self.model`` is trained as the latent policy ``q`` against the
+frozen ``self.pi``) and runs the M-step with :class:`NTPModule`'s functions (``lm_inputs``, ``causal_lm_loss``,
+``loss_mask_for``) on the traces ``q`` annotated. :class:`ra3_lightning.callbacks.EMScheduler` says which phase a
+step is in; :class:`ra3_lightning.data.EMDataModule` hands out the batch of every step.
+
+One set of weights, two roles. At the start of iteration ``k``'s E-phase ``π ← model`` (the M-step result
+``M_{k-1}``) and ``q = model`` starts from it; the E-phase trains ``model`` as ``q``; annotation uses ``q`` and
+``π``; the M-phase first restores ``model ← π`` (``M_{k-1}``) and trains it by next-token prediction, giving
+``M_k``. So after the last M-phase ``self.model`` is the mid-trained LM, which ``init_from``/``ra3 export`` read.
+
+Optimisers (manual optimisation): one AdamW for the M-phases, kept across iterations, with warm-up + cosine over
+all M-steps; one for ``q``, at a constant LR, whose state is reset whenever ``q`` restarts from ``π`` (a fresh
+E-phase). Both are in the checkpoint, so a resumed run continues either phase exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ra3_lightning.annotate import AnnotationConfig, Choose, annotate
+from ra3_lightning.callbacks.em_scheduler import EMPosition, EMScheduler
+from ra3_lightning.data.em_data import EMDataModule
+from ra3_lightning.generation import unsharded_for_generation
+from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity
+from ra3_lightning.modules.base import copy_weights
+from ra3_lightning.modules.latent_policy import LatentPolicyModule
+from ra3_lightning.modules.ntp import lm_inputs
+from ra3_lightning.optim import adamw_warmup_cosine
+
+
+class RA3Module(LatentPolicyModule):
+    """RA3 EM mid-training: the E-step knobs of :class:`LatentPolicyModule` plus the M-step and annotation.
+
+    Args:
+        m_lr: Peak learning rate of the M-step (next-token prediction).
+        m_weight_decay: AdamW weight decay of the M-step.
+        m_warmup_steps: Linear warm-up of the M-step LR (counted in M-steps).
+        m_min_lr_ratio: Final M-step LR of the cosine over all M-steps, as a fraction of ``m_lr``.
+        loss_on: M-step loss on ``"all"`` tokens (rationales included; the paper's default) or ``"code"`` only.
+        annotate_choose: Annotation per trace: ``"sample"`` (one draw from ``q``) or ``"best"`` of ``annotate_samples``.
+        annotate_samples: Rollouts per trace in the annotation pass.
+        annotate_batch_size: Traces rolled out together while annotating.
+        annotate_shard_size: Records per annotation shard (the unit a killed run resumes from).
+        work_dir: Where annotated traces go (``<work_dir>/iter_<k>/rank_<r>``); default: the logger's directory.
+        **kwargs: E-step knobs (``think_cost``, ``num_rollouts``, ``lr`` of ``q``, ...) and the model source
+            (``pretrained`` / ``init_from`` / ``tiny``, ...), see :class:`LatentPolicyModule`.
+    """
+
+    def __init__(
+        self,
+        m_lr: float = 3e-4,
+        m_weight_decay: float = 0.1,
+        m_warmup_steps: int = 10,
+        m_min_lr_ratio: float = 0.1,
+        loss_on: LossOn = "all",
+        annotate_choose: Choose = "sample",
+        annotate_samples: int = 1,
+        annotate_batch_size: int = 8,
+        annotate_shard_size: int = 64,
+        work_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if loss_on not in LOSS_MASKS:
+            raise ValueError(f"loss_on={loss_on!r}; choose one of {sorted(LOSS_MASKS)}")
+        if annotate_choose == "best" and annotate_samples < 2:
+            raise ValueError("annotate_choose='best' needs annotate_samples >= 2")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.em_position: EMPosition | None = None  # set by EMScheduler before every step
+
+    # ----------------------------------------------------------------------------------------- EM transitions
+    def begin_e_phase(self, iteration: int, fresh: bool) -> None:
+        """``π ← model`` and reset ``q``'s optimizer, unless resuming inside the phase (``q`` was restored)."""
+        if not fresh:
+            return
+        copy_weights(self.model, self.pi)
+        self.optimizers()[1].optimizer.state.clear()
+
+    def annotate_iteration(self, iteration: int) -> str:
+        """Annotate this iteration's traces with ``q`` (each rank a stride, resumable by shard); return the dir."""
+        out = self.work_dir() / f"iter_{iteration}"
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        hp = self.hparams
+        cfg = AnnotationConfig(
+            hp.annotate_samples, hp.annotate_choose, hp.max_latent_tokens, hp.temperature, hp.think_cost, hp.engine
+        )
+        records = self.em_data.annotation_records(iteration, rank, world)
+        with unsharded_for_generation(self.model):
+            annotated = annotate(
+                self, _as_dataset(records), out / f"rank_{rank}", id_field="id", shard_size=hp.annotate_shard_size,
+                batch_size=hp.annotate_batch_size, config=cfg, seed=hp.seed + 7919 * iteration + rank,
+                progress=self.trainer.is_global_zero,
+            )  # fmt: skip
+        self.log_annotation(iteration, annotated)
+        self.trainer.strategy.barrier("ra3-annotation")
+        return str(out)
+
+    def begin_m_phase(self, iteration: int, annotated: str) -> None:
+        """``model ← π`` (the previous M-step model) and load this iteration's packed annotated traces."""
+        if self.em_position is not None and self.em_position.step_in_phase == 0:
+            copy_weights(self.pi, self.model)
+        ranks = sorted(Path(annotated).glob("rank_*/data"))
+        self.em_data.load_annotated(iteration, ranks)
+
+    def end_m_phase(self, iteration: int) -> None:
+        """Log the M-step model's loss on raw (un-annotated) validation traces — comparable with NTP's."""
+        loss = self.raw_val_loss()
+        if loss is not None:
+            self.log("mstep/raw_val_loss", loss, sync_dist=True)
+            self._add_scalar("em_iteration/raw_val_loss", loss, iteration)
+            self._add_scalar("em_iteration/raw_val_ppl", perplexity(loss), iteration)
+
+    # ----------------------------------------------------------------------------------------- steps
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        position = self.em_position
+        if position is None:
+            raise RuntimeError("RA3Module needs the EMScheduler callback (`trainer.callbacks: [EMScheduler]`)")
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if position.phase == "E":
+            loss = super().training_step(
+                self.em_data.e_batch(position.iteration, position.step_in_phase, rank, world), batch_idx
+            )
+            self._step(self.optimizers()[1], self.lr_schedulers()[1], loss, "estep/lr")
+        else:
+            loss = self.m_step(self.em_data.m_batch(position.iteration, position.step_in_phase, rank, world))
+            self._step(self.optimizers()[0], self.lr_schedulers()[0], loss, "mstep/lr")
+        self.log("em/iteration", float(position.iteration))
+        self.log("em/phase_is_m", float(position.phase == "M"))
+        return loss
+
+    def m_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """Next-token prediction on packed annotated traces (``loss_on`` decides whether rationales count)."""
+        start = time.perf_counter()
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        logits = self.model(**lm_inputs(batch)).logits  # [B, L, V]
+        loss, num_tokens = causal_lm_loss(logits, batch["labels"], loss_mask_for(self.hparams.loss_on, batch))
+        self.log("mstep/loss", loss, prog_bar=True)
+        self.log("mstep/ppl", perplexity(loss))
+        self.log("mstep/rationale_token_frac", batch["rationale_mask"].float().mean())
+        self.log("perf/m_tokens_per_s", float(batch["attention_mask"].sum()) / (time.perf_counter() - start))
+        return loss
+
+    def _step(self, optimizer: Any, scheduler: Any, loss: Tensor, lr_tag: str) -> None:
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        scheduler.step()
+        self.log(lr_tag, scheduler.get_last_lr()[0])
+
+    @torch.no_grad()
+    def raw_val_loss(self) -> Tensor | None:
+        """Token-weighted NTP loss of ``self.model`` on the raw validation traces (all ranks), or ``None``."""
+        total, count = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        for batch in self.em_data.val_batches(self.trainer.global_rank, self.trainer.world_size):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            loss, n = causal_lm_loss(self.model(**lm_inputs(batch)).logits, batch["labels"], None)
+            total, count = total + loss * n, count + n
+        self.model.train(was_training)
+        total, count = (
+            self.trainer.strategy.reduce(total, reduce_op="sum"),
+            self.trainer.strategy.reduce(count, reduce_op="sum"),
+        )
+        return total / count if count > 0 else None
+
+    # ----------------------------------------------------------------------------------------- logging
+    def log_annotation(self, iteration: int, annotated: Any) -> None:
+        """Per-iteration ELBO per line, THINK rate and rationale count of the annotated traces, plus a sample."""
+        lines = sum(len(x) for x in annotated["line_logp_with"])
+        thinks = sum(len(x) for x in annotated["think_lines"])
+        self._add_scalar("em_iteration/elbo_per_line", sum(annotated["elbo"]) / max(1, lines), iteration)
+        self._add_scalar("em_iteration/think_rate", thinks / max(1, lines), iteration)
+        pairs = zip(annotated["line_logp_with"], annotated["line_logp_without"], strict=True)
+        gain = sum(sum(with_) - sum(without) for with_, without in pairs)
+        self._add_scalar("em_iteration/logp_gain_per_line", gain / max(1, lines), iteration)
+        experiment = getattr(self.logger, "experiment", None)
+        if self.trainer.is_global_zero and hasattr(experiment, "add_text") and len(annotated):
+            experiment.add_text("em_iteration/annotated_trace", f"```python\n{annotated[0]['text']}\n```", iteration)
+
+    def _add_scalar(self, tag: str, value: float | Tensor, iteration: int) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self.trainer.is_global_zero and hasattr(experiment, "add_scalar"):
+            experiment.add_scalar(tag, float(value), iteration)
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["ra3_rollout_rng"] = self.generator.get_state()  # a resumed E-phase samples what it would have
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "ra3_rollout_rng" in checkpoint:
+            self.generator.set_state(checkpoint["ra3_rollout_rng"])
+
+    # ----------------------------------------------------------------------------------------- plumbing
+    @property
+    def em_data(self) -> EMDataModule:
+        data = self.trainer.datamodule
+        if not isinstance(data, EMDataModule):
+            raise TypeError(f"RA3Module needs an EMDataModule (`data.class_path`), got {type(data).__name__}")
+        return data
+
+    def work_dir(self) -> Path:
+        if self.hparams.work_dir:
+            return Path(self.hparams.work_dir)
+        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        return Path(log_dir) / "em"
+
+    def configure_optimizers(self) -> tuple[list, list]:
+        hp = self.hparams
+        m_steps = _em_scheduler(self.trainer)
+        m = adamw_warmup_cosine(
+            self.model.named_parameters(), lr=hp.m_lr, total_steps=m_steps, warmup_steps=hp.m_warmup_steps,
+            min_lr_ratio=hp.m_min_lr_ratio, weight_decay=hp.m_weight_decay,
+        )  # fmt: skip
+        q = adamw_warmup_cosine(  # constant LR: q restarts from π every E-phase
+            self.model.named_parameters(), lr=hp.lr, total_steps=1, min_lr_ratio=1.0, weight_decay=hp.weight_decay
+        )
+        return [m["optimizer"], q["optimizer"]], [m["lr_scheduler"]["scheduler"], q["lr_scheduler"]["scheduler"]]
+
+
+def _em_scheduler(trainer: Any) -> int:
+    """All M-steps of the run (the M-phase LR schedule's length), from the trainer's EMScheduler."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, EMScheduler):
+            return callback.iterations * callback.m_steps
+    raise ValueError("RA3Module needs the EMScheduler callback in `trainer.callbacks`")
+
+
+def _as_dataset(records: list[dict[str, str]]) -> Any:
+    import datasets
+
+    return datasets.Dataset.from_list(records) if records else datasets.Dataset.from_dict({"id": [], "text": []})

@@ -1,0 +1,554 @@
+"""Interleaved latent rollouts over expert traces, and teacher-forced scoring of the annotated sequences.
+
+For ``B`` traces × ``G`` samples (sequence ``n = b·G + g``) the engine walks the line boundaries with ONE KV cache
+per batch (:class:`KVCacheEngine`): it feeds the expert line tokens (teacher-forced), feeds the next line's
+indentation, samples THINK/ACT from ``P(THINK)`` (one masked softmax sum), for THINK samples a rationale of at most
+``max_latent_tokens`` tokens ending at a newline (a newline is forced at the cap), then continues with the expert
+line. Sequences of different lengths share the batched cache: a sequence with nothing to feed at a step gets a
+padding slot that the attention mask hides; ``position_ids`` count only real tokens, so every sequence sees exactly
+what a plain forward pass over its own tokens sees. :class:`ReencodeEngine` is the naive alternative that re-encodes
+the whole prefix at every step (same results, for ``bench/estep_rollout.py``).
+
+**The annotated token sequence** of a rollout is the concatenation of the segments the rollout fed — ``[BOS]``,
+then per line: (rationale: indentation + sampled comment tokens), indentation + body tokens, each line tokenized on
+its own (:func:`ra3_lightning.latent.encode_line`). It is *not* a re-tokenization of the annotated text (a BPE may
+merge across a line break, e.g. ``"\\n   "``), so the rollout, :func:`score_lines` and :func:`policy_logq` see
+identical tokens. A tokenizer whose pre-tokenizer splits at newlines (Qwen2, Llama-3) gives the same tokens as
+tokenizing the text up to blank-line runs; the M-step retokenizes the annotated text naturally.
+
+Models are used through the Hugging Face causal-LM call ``model(input_ids, attention_mask, position_ids,
+past_key_values, use_cache) -> .logits`` only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from ra3_lightning.latent import (
+    Annotated,
+    LatentFormat,
+    comment_token_mask,
+    encode_line,
+    insert_lines,
+    newline_token_mask,
+    split_lines,
+    think_token_mask,
+)
+
+# kinds of tokens in an annotated sequence, for the policy's log-probability
+TEACHER, FIRST_COMMENT, COMMENT = 0, 1, 2
+
+
+@dataclass
+class LatentVocab:
+    """Vocabulary facts the rollout needs, computed once per tokenizer.
+
+    Attributes:
+        think: ``[V]`` tokens that start a rationale (``P(THINK)`` is their probability mass).
+        comment: ``[V]`` tokens a rationale may continue with.
+        ends: ``[V]`` tokens that end a rationale (text ends with a newline).
+        newline_id: Token forced at the ``max_latent_tokens`` cap.
+        bos_id: Token every sequence starts with (context for the first line).
+        pad_id: Padding token.
+        decode: The tokenizer's ``decode`` (rationale text from ids).
+    """
+
+    think: Tensor
+    comment: Tensor
+    ends: Tensor
+    newline_id: int
+    bos_id: int
+    pad_id: int
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, fmt: LatentFormat | None = None) -> LatentVocab:
+        think = think_token_mask(tokenizer, fmt)
+        if not think.any():
+            raise ValueError(
+                f"no token of the vocabulary starts a comment with {(fmt or LatentFormat()).comment_start!r}"
+            )
+        newline = tokenizer.encode("\n", add_special_tokens=False)
+        if len(newline) != 1:
+            raise ValueError(f"the tokenizer must have a single token for '\\n', got {newline}")
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
+        comment = comment_token_mask(tokenizer)
+        return cls(think, comment, newline_token_mask(tokenizer) & comment, newline[0], bos, pad, tokenizer)
+
+
+@dataclass
+class EncodedTrace:
+    """A trace split into lines, each tokenized on its own into indentation and body ids."""
+
+    text: str
+    lines: list[str]
+    indent: list[list[int]]
+    body: list[list[int]]
+
+    @property
+    def num_lines(self) -> int:
+        return len(self.lines)
+
+
+def encode_trace(tokenizer: PreTrainedTokenizerBase, text: str) -> EncodedTrace:
+    """Split ``text`` into lines and tokenize each with :func:`ra3_lightning.latent.encode_line`."""
+    lines = split_lines(text)
+    if not lines:
+        raise ValueError("cannot roll out an empty trace")
+    pairs = [encode_line(tokenizer, line) for line in lines]
+    return EncodedTrace(text, lines, [p[0] for p in pairs], [p[1] for p in pairs])
+
+
+@dataclass
+class TokenLayout:
+    """Annotated token sequences, right-padded, with what each token is.
+
+    Attributes:
+        input_ids: ``[N, L]`` tokens (``BOS`` first).
+        attention_mask: ``[N, L]`` 1 on real tokens.
+        line_of: ``[N, L]`` index of the expert line a token belongs to, -1 for BOS/rationale/padding.
+        kind: ``[N, L]`` ``TEACHER`` / ``FIRST_COMMENT`` / ``COMMENT`` (sampled rationale tokens).
+        owner: ``[N, L]`` boundary a sampled rationale token belongs to, -1 otherwise.
+        decision_pos: ``[N, T]`` position whose logits decide ``z_t`` (last token before line/rationale ``t``).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    line_of: Tensor
+    kind: Tensor
+    owner: Tensor
+    decision_pos: Tensor
+
+
+class _SeqBuilder:
+    """The growing annotated token sequence of one rollout sample."""
+
+    def __init__(self, num_lines: int) -> None:
+        self.ids: list[int] = []
+        self.line_of: list[int] = []
+        self.kind: list[int] = []
+        self.owner: list[int] = []
+        self.decision_pos = [0] * num_lines
+
+    def add(self, ids: Sequence[int], line: int = -1, kind: int = TEACHER, owner: int = -1) -> range:
+        start = len(self.ids)
+        self.ids += list(ids)
+        self.line_of += [line] * len(ids)
+        self.kind += [kind] * len(ids)
+        self.owner += [owner] * len(ids)
+        return range(start, len(self.ids))
+
+
+def _layout(seqs: Sequence[_SeqBuilder], pad_id: int, num_lines: int, device: torch.device) -> TokenLayout:
+    length = max(len(s.ids) for s in seqs)
+
+    def pad(rows: list[list[int]], value: int) -> Tensor:
+        return torch.tensor([r + [value] * (length - len(r)) for r in rows], dtype=torch.long, device=device)
+
+    decision = [s.decision_pos + [0] * (num_lines - len(s.decision_pos)) for s in seqs]
+    return TokenLayout(
+        input_ids=pad([s.ids for s in seqs], pad_id),
+        attention_mask=pad([[1] * len(s.ids) for s in seqs], 0),
+        line_of=pad([s.line_of for s in seqs], -1),
+        kind=pad([s.kind for s in seqs], TEACHER),
+        owner=pad([s.owner for s in seqs], -1),
+        decision_pos=torch.tensor(decision, dtype=torch.long, device=device),
+    )
+
+
+def plain_layout(traces: Sequence[EncodedTrace], vocab: LatentVocab, device: torch.device | str = "cpu") -> TokenLayout:
+    """The all-ACT (no rationale) token layout of ``traces``: scores ``log π(a_t | s_t)`` without rationales."""
+    num_lines = max(tr.num_lines for tr in traces)
+    seqs = []
+    for tr in traces:
+        seq = _SeqBuilder(tr.num_lines)
+        seq.add([vocab.bos_id])
+        for t in range(tr.num_lines):
+            seq.add(tr.indent[t], line=t)
+            seq.decision_pos[t] = len(seq.ids) - 1
+            seq.add(tr.body[t], line=t)
+        seqs.append(seq)
+    return _layout(seqs, vocab.pad_id, num_lines, torch.device(device))
+
+
+# --------------------------------------------------------------------------------------------- engines
+class KVCacheEngine:
+    """Feeds token chunks to ``model`` for ``n`` sequences at once, keeping one batched ``DynamicCache``."""
+
+    def __init__(self, model: torch.nn.Module, n: int, pad_id: int) -> None:
+        self.model, self.pad_id = model, pad_id
+        self.device = next(model.parameters()).device
+        self.cache = DynamicCache(config=getattr(model, "config", None))
+        self.cache_arg = cache_argument(model)
+        self.mask = torch.zeros(n, 0, dtype=torch.long, device=self.device)  # [N, S] over all cache slots
+        self.pos = torch.zeros(n, dtype=torch.long, device=self.device)  # [N] real tokens fed so far
+
+    def _pack(self, chunks: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Tensor]:
+        width = max(len(c) for c in chunks)
+        ids = torch.tensor([list(c) + [self.pad_id] * (width - len(c)) for c in chunks], device=self.device)
+        valid = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunks], device=self.device)
+        positions = self.pos[:, None] + torch.arange(width, device=self.device)[None]  # [N, C]
+        self.pos += valid.sum(1)
+        self.mask = torch.cat([self.mask, valid], dim=1)
+        return ids, valid, positions
+
+    def feed(self, chunks: Sequence[Sequence[int]]) -> Tensor:
+        """Append ``chunks[n]`` to sequence ``n``; returns the logits ``[N, C, V]`` at the new slots (C = longest)."""
+        ids, _, positions = self._pack(chunks)
+        cache_kwarg = {self.cache_arg: self.cache}
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True, **cache_kwarg)
+        return out.logits.float()  # the DynamicCache was updated in place
+
+
+class ReencodeEngine(KVCacheEngine):
+    """The naive engine: no cache, the whole (padded) history is re-encoded at every call."""
+
+    def __init__(self, model: torch.nn.Module, n: int, pad_id: int) -> None:
+        super().__init__(model, n, pad_id)
+        self.history = torch.zeros(n, 0, dtype=torch.long, device=self.device)  # [N, S]
+        self.positions = torch.zeros(n, 0, dtype=torch.long, device=self.device)  # [N, S]
+
+    def feed(self, chunks: Sequence[Sequence[int]]) -> Tensor:
+        ids, _, positions = self._pack(chunks)
+        self.history = torch.cat([self.history, ids], dim=1)
+        self.positions = torch.cat([self.positions, positions], dim=1)
+        out = self.model(input_ids=self.history, attention_mask=self.mask, position_ids=self.positions, use_cache=False)
+        return out.logits[:, -ids.shape[1] :].float()
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name ``model.forward`` takes its KV cache under: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+ENGINES: dict[str, type[KVCacheEngine]] = {"kv": KVCacheEngine, "reencode": ReencodeEngine}
+
+
+# --------------------------------------------------------------------------------------------- policy math
+def log_act(logits: Tensor, think: Tensor) -> Tensor:
+    """``log P(ACT) = log(1 − P(THINK))`` from tempered ``logits [..., V]`` and the think mask ``[V]``."""
+    return torch.logsumexp(logits.masked_fill(think, float("-inf")), -1) - torch.logsumexp(logits, -1)
+
+
+def p_think(logits: Tensor, think: Tensor) -> Tensor:
+    """``P(THINK)``: the softmax mass of the think tokens, ``[...]`` from ``logits [..., V]``."""
+    return torch.softmax(logits, -1).masked_fill(~think, 0.0).sum(-1)
+
+
+def comment_logp(logits: Tensor, tokens: Tensor, first: Tensor, comment: Tensor) -> Tensor:
+    """Log-probability of rationale ``tokens [...]`` under ``q``.
+
+    The first token of a rationale is scored by the full softmax (``log P(THINK) + log P(c_1 | THINK)``); later
+    tokens by the softmax restricted to the ``comment`` mask ``[V]`` they were sampled from.
+    """
+    full = torch.log_softmax(logits, -1)
+    restricted = torch.log_softmax(logits.masked_fill(~comment, float("-inf")), -1)
+    pick = torch.where(first[..., None], full, restricted)
+    return pick.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------- rollout
+@dataclass
+class Rollout:
+    """What a latent rollout produced; sequence ``n`` is sample ``n % G`` of trace ``n // G``.
+
+    Attributes:
+        traces: The ``B`` encoded traces.
+        num_samples: ``G``.
+        think: ``[N, T]`` bool decisions.
+        line_mask: ``[N, T]`` bool, False past a trace's last line.
+        logq: ``[N, T]`` ``log q(z_t)`` under the rollout policy (0 where masked).
+        p_think: ``[N, T]`` ``P(THINK)`` at each boundary.
+        line_logp: ``[N, T]`` log-likelihood of each expert line under the rollout model (temperature 1).
+        rationales: ``[N][T]`` sampled rationale ids (indentation excluded; empty for ACT).
+        layout: The annotated token sequences.
+        seconds: Wall-clock time of the rollout.
+    """
+
+    traces: list[EncodedTrace]
+    num_samples: int
+    think: Tensor
+    line_mask: Tensor
+    logq: Tensor
+    p_think: Tensor
+    line_logp: Tensor
+    rationales: list[list[list[int]]]
+    layout: TokenLayout
+    seconds: float
+
+    def trace_of(self, n: int) -> EncodedTrace:
+        return self.traces[n // self.num_samples]
+
+    def annotated(self, n: int, vocab: LatentVocab) -> Annotated:
+        """The annotated text of sample ``n`` with the spans of its inserted rationale lines."""
+        trace = self.trace_of(n)
+        inserted = {
+            t: vocab.tokenizer.decode(trace.indent[t] + ids)
+            for t, ids in enumerate(self.rationales[n])
+            if self.think[n, t]
+        }
+        return insert_lines(trace.text, inserted)
+
+    @property
+    def num_tokens(self) -> Tensor:  # [N, T] tokens per expert line
+        line_of = self.layout.line_of.cpu()  # [N, L]
+        out = torch.zeros(line_of.shape[0], self.think.shape[1] + 1, dtype=torch.long)
+        out.scatter_add_(1, torch.where(line_of >= 0, line_of, self.think.shape[1]), torch.ones_like(line_of))
+        return out[:, :-1]
+
+
+class _Walker:
+    """State of one rollout: engine, per-sequence builders, the pending chunks and running records."""
+
+    def __init__(self, model, traces, vocab, num_samples, temperature, generator, engine) -> None:
+        self.traces, self.vocab, self.temperature, self.generator = traces, vocab, temperature, generator
+        self.n = len(traces) * num_samples
+        self.trace = [traces[i // num_samples] for i in range(self.n)]
+        self.engine = ENGINES[engine](model, self.n, vocab.pad_id)
+        dev = self.engine.device
+        self.think_mask, self.comment_mask, self.ends = (m.to(dev) for m in (vocab.think, vocab.comment, vocab.ends))
+        lines = max(tr.num_lines for tr in traces)
+        self.seqs = [_SeqBuilder(tr.num_lines) for tr in self.trace]
+        # segments waiting to be fed, per sequence: (ids, line, kind, owner)
+        self.pending: list[list[tuple[list[int], int, int, int]]] = [
+            [([vocab.bos_id], -1, TEACHER, -1)] for _ in range(self.n)
+        ]
+        self.last_logits = torch.zeros(self.n, len(vocab.think), device=dev)  # [N, V]
+        self.has_logits = torch.zeros(self.n, dtype=torch.bool, device=dev)
+        self.think = torch.zeros(self.n, lines, dtype=torch.bool)
+        self.logq = torch.zeros(self.n, lines)
+        self.p_think = torch.zeros(self.n, lines)
+        self.line_logp = torch.zeros(self.n, lines)
+        self.rationales: list[list[list[int]]] = [[[] for _ in range(lines)] for _ in range(self.n)]
+
+    def feed(self, segments: list[list[tuple[list[int], int, int, int]]]) -> list[list[float]]:
+        """Feed each sequence's segments; return the temperature-1 log-prob of every fed token."""
+        chunks = [[i for seg in segs for i in seg[0]] for segs in segments]
+        if not any(chunks):
+            return [[] for _ in chunks]
+        logits = self.engine.feed(chunks)  # [N, C, V]
+        prev = torch.cat([self.last_logits[:, None], logits[:, :-1]], dim=1)  # [N, C, V] logits predicting each slot
+        ids = torch.tensor([c + [0] * (logits.shape[1] - len(c)) for c in chunks], device=logits.device)
+        token_lp = torch.log_softmax(prev, -1).gather(-1, ids[..., None]).squeeze(-1).cpu()  # [N, C]
+        for n, (segs, chunk) in enumerate(zip(segments, chunks, strict=True)):
+            for seg in segs:
+                self.seqs[n].add(*seg)
+            if chunk:
+                self.last_logits[n] = logits[n, len(chunk) - 1]
+                self.has_logits[n] = True
+        return [token_lp[n, : len(c)].tolist() for n, c in enumerate(chunks)]
+
+    def add_line_logp(self, segments, token_lp) -> None:
+        for n, segs in enumerate(segments):
+            i = 0
+            for ids, line, _, _ in segs:
+                if line >= 0:
+                    self.line_logp[n, line] += sum(token_lp[n][i : i + len(ids)])
+                i += len(ids)
+
+    def step(self, t: int, max_latent_tokens: int) -> None:
+        """Boundary ``t``: feed pending + indentation, decide, write rationales, queue the line body."""
+        active = [t < tr.num_lines for tr in self.trace]
+        segments = [
+            self.pending[n] + ([(self.trace[n].indent[t], -1, TEACHER, -1)] if active[n] else []) for n in range(self.n)
+        ]
+        token_lp = self.feed(segments)
+        self.add_line_logp(segments, token_lp)
+        indent_lp = [
+            sum(lp[len(lp) - len(self.trace[n].indent[t]) :]) if active[n] else 0.0 for n, lp in enumerate(token_lp)
+        ]
+        think = self.decide(t, torch.tensor(active))
+        comments = self.write_rationales(t, think, max_latent_tokens)
+        for n in range(self.n):
+            if not active[n]:
+                self.pending[n] = []
+                continue
+            tr, seq = self.trace[n], self.seqs[n]
+            if think[n]:
+                self.pending[n] = [(comments[n][-1:], -1, self._kind_last[n], t), (tr.indent[t], t, TEACHER, -1)]
+                self.rationales[n][t] = comments[n]
+            else:  # the indentation already fed belongs to the line
+                for j in range(len(seq.ids) - len(tr.indent[t]), len(seq.ids)):
+                    seq.line_of[j] = t
+                self.line_logp[n, t] += indent_lp[n]
+                self.pending[n] = []
+            self.pending[n].append((tr.body[t], t, TEACHER, -1))
+
+    def decide(self, t: int, active: Tensor) -> Tensor:  # [N] bool
+        logits = self.last_logits / self.temperature  # [N, V]
+        p = p_think(logits, self.think_mask).cpu()
+        draw = torch.rand(self.n, generator=self.generator)
+        think = active & (draw < p)
+        for n in range(self.n):
+            if active[n]:
+                self.seqs[n].decision_pos[t] = len(self.seqs[n].ids) - 1
+        self.think[:, t], self.p_think[:, t] = think, torch.where(active, p, 0.0)
+        self.logq[:, t] = torch.where(active & ~think, log_act(logits, self.think_mask).cpu(), 0.0)
+        return think
+
+    def sample(self, logits: Tensor, allowed: Tensor) -> Tensor:  # [N]
+        probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+        return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1)
+
+    def write_rationales(self, t: int, think: Tensor, max_latent_tokens: int) -> list[list[int]]:
+        """Sample a rationale for every THINK sequence; all but its last token are fed here."""
+        comments: list[list[int]] = [[] for _ in range(self.n)]
+        self._kind_last = [FIRST_COMMENT] * self.n
+        if not think.any():
+            return comments
+        logits = self.last_logits / self.temperature
+        tok = self.sample(logits, self.think_mask)
+        self.logq[:, t] += torch.where(
+            think,
+            comment_logp(
+                logits, tok.to(logits.device), torch.ones_like(think).to(logits.device), self.comment_mask
+            ).cpu(),
+            0.0,
+        )
+        open_ = think & ~self.ends[tok.to(self.ends.device)].cpu()
+        for n in range(self.n):
+            if think[n]:
+                comments[n].append(int(tok[n]))
+        k = 1
+        while open_.any():
+            kind = FIRST_COMMENT if k == 1 else COMMENT
+            self.feed([[(comments[n][-1:], -1, kind, t)] if open_[n] else [] for n in range(self.n)])
+            k += 1
+            logits = self.last_logits / self.temperature
+            if k == max_latent_tokens:  # the cap: force the newline (not a decision of q)
+                tok = torch.full((self.n,), self.vocab.newline_id)
+                last_kind = TEACHER
+            else:
+                tok = self.sample(logits, self.comment_mask)
+                lp = comment_logp(
+                    logits, tok.to(logits.device), torch.zeros_like(open_).to(logits.device), self.comment_mask
+                )
+                self.logq[:, t] += torch.where(open_, lp.cpu(), 0.0)
+                last_kind = COMMENT
+            for n in range(self.n):
+                if open_[n]:
+                    comments[n].append(int(tok[n]))
+                    self._kind_last[n] = last_kind
+            open_ &= ~self.ends[tok.to(self.ends.device)].cpu()
+        return comments
+
+    def finish(self, num_samples: int, seconds_start: float) -> Rollout:
+        token_lp = self.feed(self.pending)
+        self.add_line_logp(self.pending, token_lp)
+        lines = self.think.shape[1]
+        mask = torch.tensor([[t < tr.num_lines for t in range(lines)] for tr in self.trace])
+        layout = _layout(self.seqs, self.vocab.pad_id, lines, self.engine.device)
+        return Rollout(
+            list(self.traces),
+            num_samples,
+            self.think,
+            mask,
+            self.logq,
+            self.p_think,
+            self.line_logp,
+            self.rationales,
+            layout,
+            time.perf_counter() - seconds_start,
+        )
+
+
+@torch.no_grad()
+def rollout(
+    model: torch.nn.Module,
+    traces: Sequence[EncodedTrace],
+    vocab: LatentVocab,
+    num_samples: int = 4,
+    max_latent_tokens: int = 16,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    engine: str = "kv",
+) -> Rollout:
+    """Sample ``num_samples`` latent annotations of every trace with ``model`` as the latent policy ``q``.
+
+    Args:
+        model: A Hugging Face causal LM (``q``).
+        traces: Traces from :func:`encode_trace`.
+        vocab: :meth:`LatentVocab.from_tokenizer` of the model's tokenizer.
+        num_samples: ``G`` rollouts per trace.
+        max_latent_tokens: Most tokens in a rationale, its newline included (>= 2).
+        temperature: Sampling temperature of the THINK decision and the rationale tokens.
+        generator: CPU random generator (seed it for reproducible rollouts).
+        engine: ``"kv"`` (one KV cache) or ``"reencode"`` (the naive baseline).
+    """
+    if max_latent_tokens < 2:
+        raise ValueError(f"max_latent_tokens={max_latent_tokens} must be >= 2 (a comment marker and a newline)")
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}; choose one of {sorted(ENGINES)}")
+    start = time.perf_counter()
+    walker = _Walker(model, traces, vocab, num_samples, temperature, generator, engine)
+    for t in range(walker.think.shape[1]):
+        walker.step(t, max_latent_tokens)
+    return walker.finish(num_samples, start)
+
+
+# --------------------------------------------------------------------------------------------- scoring
+def forward_logits(model: torch.nn.Module, layout: TokenLayout) -> Tensor:
+    """Logits ``[N, L, V]`` of one teacher-forced pass over the annotated sequences."""
+    positions = torch.arange(layout.input_ids.shape[1], device=layout.input_ids.device).expand_as(layout.input_ids)
+    out = model(
+        input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=positions, use_cache=False
+    )
+    return out.logits.float()
+
+
+def score_lines(model: torch.nn.Module, layout: TokenLayout, num_lines: int, logits: Tensor | None = None) -> Tensor:
+    """``log π(a_t | prefix with rationales)`` for every expert line, ``[N, T]``, in one forward pass."""
+    logits = forward_logits(model, layout) if logits is None else logits  # [N, L, V]
+    targets = layout.input_ids[:, 1:]  # [N, L-1]
+    token_lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, targets[..., None]).squeeze(-1)  # [N, L-1]
+    owner = layout.line_of[:, 1:]
+    out = torch.zeros(logits.shape[0], num_lines + 1, device=logits.device)
+    out.scatter_add_(1, torch.where(owner >= 0, owner, num_lines), token_lp * (owner >= 0))
+    return out[:, :num_lines]
+
+
+@dataclass
+class PolicyTerms:
+    """``log q(z_t)`` (with grad) and ``P(THINK)`` of the policy on the sampled annotated sequences, ``[N, T]``."""
+
+    logq: Tensor
+    p_think: Tensor
+
+
+def policy_logq(
+    model: torch.nn.Module,
+    layout: TokenLayout,
+    think: Tensor,  # [N, T] bool
+    line_mask: Tensor,  # [N, T] bool
+    vocab: LatentVocab,
+    temperature: float = 1.0,
+    logits: Tensor | None = None,
+) -> PolicyTerms:
+    """Re-compute ``log q(z_t)`` for the sampled decisions and rationales in one teacher-forced pass (with grad)."""
+    logits = forward_logits(model, layout) if logits is None else logits  # [N, L, V]
+    logits = logits / temperature
+    dev = logits.device
+    think, line_mask = think.to(dev), line_mask.to(dev)
+    think_mask, comment_mask = vocab.think.to(dev), vocab.comment.to(dev)
+    n_idx = torch.arange(logits.shape[0], device=dev)[:, None]
+    decision = logits[n_idx, layout.decision_pos]  # [N, T, V]
+    logq = torch.where(think, 0.0, log_act(decision, think_mask))  # [N, T]
+    sampled = layout.kind[:, 1:] != TEACHER  # [N, L-1] token j+1 is a sampled rationale token
+    if sampled.any():
+        rows, cols = sampled.nonzero(as_tuple=True)
+        lp = comment_logp(
+            logits[rows, cols],
+            layout.input_ids[rows, cols + 1],
+            layout.kind[rows, cols + 1] == FIRST_COMMENT,
+            comment_mask,
+        )
+        logq = logq.index_put((rows, layout.owner[rows, cols + 1]), lp, accumulate=True)
+    return PolicyTerms(logq * line_mask, p_think(decision, think_mask) * line_mask)

@@ -1,0 +1,1 @@
+"""Test-only code that subprocess runs import (``PYTHONPATH=tests``)."""

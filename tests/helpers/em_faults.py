@@ -1,0 +1,49 @@
+"""Fault injection for the EM resume tests: an ``RA3Module`` that SIGKILLs its own process at a chosen point.
+
+``RA3_TEST_KILL`` selects the point:
+* ``annotate:<iteration>:<shards>`` — right after ``<shards>`` annotation shards of ``<iteration>`` are on disk;
+* ``m:<iteration>:<step>`` — at M-step ``<step>`` of ``<iteration>``, before its optimizer step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import ra3_lightning.annotate as annotate_module
+from ra3_lightning.modules.ra3 import RA3Module
+
+
+def _kill_point() -> tuple[str, int, int] | None:
+    spec = os.environ.get("RA3_TEST_KILL")
+    if not spec:
+        return None
+    kind, iteration, count = spec.split(":")
+    return kind, int(iteration), int(count)
+
+
+class KillingRA3Module(RA3Module):
+    def annotate_iteration(self, iteration: int) -> str:
+        point = _kill_point()
+        if point is None or point[:2] != ("annotate", iteration):
+            return super().annotate_iteration(iteration)
+        original, written = annotate_module._save_atomically, []
+
+        def save_then_maybe_die(ds: Any, path: Any, replace: bool = False) -> None:
+            original(ds, path, replace)
+            written.append(path)
+            if len(written) >= point[2]:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        annotate_module._save_atomically = save_then_maybe_die
+        try:
+            return super().annotate_iteration(iteration)
+        finally:
+            annotate_module._save_atomically = original
+
+    def m_step(self, batch: Any) -> Any:
+        point, position = _kill_point(), self.em_position
+        if point == ("m", position.iteration, position.step_in_phase):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().m_step(batch)

@@ -1,0 +1,80 @@
+"""Annotation: a resumable, sharded dataset whose stripped texts equal the originals, readable by the M-step."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+import torch
+from test_rollout import ThinkBias
+
+from ra3_lightning.annotate import AnnotationConfig, annotate
+from ra3_lightning.data.sources import DataError
+from ra3_lightning.data.traces import TraceDataModule
+from ra3_lightning.latent import strip_rationales
+from ra3_lightning.rollout import LatentVocab
+
+
+@pytest.fixture
+def models(tiny_lm, tiny_tokenizer):
+    q = ThinkBias(tiny_lm, LatentVocab.from_tokenizer(tiny_tokenizer).think, 5.0).eval()
+    return q, tiny_lm, tiny_tokenizer
+
+
+def _corpus(tmp_path, texts):
+    path = tmp_path / "traces.jsonl"
+    path.write_text("".join(json.dumps({"name": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    return str(path)
+
+
+@pytest.mark.parametrize("choose", ["sample", "best"])
+def test_annotation_round_trip_and_schema(models, tmp_path, code_snippets, choose):
+    texts = code_snippets + ["def crlf(x):\r\n    return x\r\n", "def tail(x):\n    return x"]
+    cfg = AnnotationConfig(num_samples=2, choose=choose, max_latent_tokens=5)
+    ds = annotate(models, _corpus(tmp_path, texts), tmp_path / "out", id_field="name", shard_size=3, batch_size=2,
+                  config=cfg, progress=False)  # fmt: skip
+    assert len(ds) == len(texts) and ds["id"] == [f"t{i}" for i in range(len(texts))]
+    assert sum(len(t) for t in ds["think_lines"]) > 0
+    for row, original in zip(ds, texts, strict=True):
+        assert row["original"] == original
+        assert strip_rationales(row["text"], row["rationale_spans"]) == original
+        assert len(row["line_logp_with"]) == len(row["line_logp_without"]) == len(original.splitlines())
+        # elbo = sum of line log-likelihoods with rationales - c * #THINK
+        assert row["elbo"] == pytest.approx(sum(row["line_logp_with"]) - 0.05 * len(row["think_lines"]), abs=1e-3)
+        for start, end in row["rationale_spans"]:
+            assert row["text"][start:end].lstrip(" \t").startswith("#")
+
+
+def test_annotation_resumes_by_shard(models, tmp_path, code_snippets):
+    source = _corpus(tmp_path, code_snippets)
+    cfg = AnnotationConfig(num_samples=2, max_latent_tokens=5)
+    first = annotate(models, source, tmp_path / "out", shard_size=2, config=cfg, progress=False)
+    shard = tmp_path / "out" / "_shards" / "shard-00001"
+    stamp = (shard / "dataset_info.json").stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "_shards" / "shard-00002")  # as if killed before the last shard
+    again = annotate(models, source, tmp_path / "out", shard_size=2, config=cfg, progress=False)
+    assert (shard / "dataset_info.json").stat().st_mtime_ns == stamp  # finished shard skipped
+    assert again["text"] == first["text"]  # the redone shard is what an uninterrupted run wrote (seeded per shard)
+    assert again["id"] == first["id"]
+
+
+def test_bad_record_is_reported_by_id(models, tmp_path):
+    ds = datasets.Dataset.from_list([{"id": "ok", "text": "x = 1\n"}, {"id": "broken", "text": "   "}])
+    with pytest.raises(DataError, match="record 1"):
+        annotate(models, ds, tmp_path / "out", id_field="id", progress=False)
+
+
+def test_mstep_reads_the_annotated_dataset(models, tmp_path, code_snippets):
+    annotate(models, _corpus(tmp_path, code_snippets), tmp_path / "out", config=AnnotationConfig(2), progress=False)
+    dm = TraceDataModule(str(tmp_path / "out" / "data"), rationale_spans_field="rationale_spans", val_size=0,
+                         packing=False, max_length=128, batch_size=8)  # fmt: skip
+    dm.connect(models[2])
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["rationale_mask"].any()
+    assert torch.equal(
+        batch["rationale_mask"] & (batch["attention_mask"] == 0), torch.zeros_like(batch["rationale_mask"])
+    )

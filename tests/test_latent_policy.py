@@ -1,0 +1,154 @@
+"""LatentPolicyModule: the E-step learns to write the rationale that reveals a hidden intent, at the right place.
+
+The constructed world: ``def <name>(x):`` then a 2-line block implementing one of four intents, then
+``return y``. The tiny model ``π`` is pre-trained on programs whose name is random (it carries no information)
+and where half of the blocks are preceded by ``# <intent>`` (right 60% of the time, random otherwise), and some
+``return`` lines by an uninformative ``# done``. In the E-step corpus the name *is* the intent. Without a comment
+``π`` cannot tell which block comes (≈ log 4 nats lost); ``q`` can learn to read the name and write ``# <name>``
+before the block, which ``π`` then follows. The uninformative comments only cost ``c``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import lightning as L
+import pytest
+import torch
+
+from ra3_lightning.cli import main
+from ra3_lightning.data.texts import TextDataModule
+from ra3_lightning.models import TinyLMConfig, build_tiny_lm, train_bpe_tokenizer
+from ra3_lightning.modules.latent_policy import LatentPolicyModule
+from ra3_lightning.rl.returns import elbo_rewards
+from ra3_lightning.rollout import LatentVocab, encode_trace, plain_layout, rollout, score_lines
+
+INTENTS = {
+    "add": ["    y = x + 1\n", "    y = y + 2\n"],
+    "mul": ["    y = x * 3\n", "    y = y * 4\n"],
+    "neg": ["    y = -x\n", "    y = y - 5\n"],
+    "sq": ["    y = x ** 2\n", "    y = y ** 3\n"],
+}
+NAMES = sorted(INTENTS)
+INTENT_LINE = 1  # the boundary before the block
+
+
+def program(name: str, intent: str, rng: random.Random | None = None) -> str:
+    lines = [f"def {name}(x):\n"]
+    if rng is not None and rng.random() < 0.5:
+        lines.append(f"    # {intent if rng.random() < 0.6 else rng.choice(NAMES)}\n")
+    lines += INTENTS[intent]
+    if rng is not None and rng.random() < 0.3:
+        lines.append("    # done\n")
+    return "".join(lines + ["    return y\n"])
+
+
+def expert_programs(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [program(name, name) for name in (rng.choice(NAMES) for _ in range(n))]
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A tiny π pre-trained on the line-by-line tokens of the pre-training programs (seeded, ~10 s)."""
+    rng = random.Random(0)
+    texts = [program(rng.choice(NAMES), rng.choice(NAMES), rng) for _ in range(2000)]
+    tok = train_bpe_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    model = build_tiny_lm(TinyLMConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128), tok)
+    vocab, opt = LatentVocab.from_tokenizer(tok), torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        layout = plain_layout([encode_trace(tok, t) for t in rng.sample(texts, 24)], vocab)
+        labels = layout.input_ids.masked_fill(layout.attention_mask == 0, -100)
+        loss = model(input_ids=layout.input_ids, attention_mask=layout.attention_mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5
+    out = tmp_path_factory.mktemp("pi")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@torch.no_grad()
+def evaluate(module: LatentPolicyModule, texts: list[str], seed: int = 123) -> tuple[float, torch.Tensor]:
+    """(ELBO gain per line over no rationales, THINK rate per boundary) of ``q`` on ``texts``, 8 samples each."""
+    traces = [encode_trace(module.tokenizer, t) for t in texts]
+    roll = rollout(module.model, traces, module.vocab, 8, 6, 1.0, torch.Generator().manual_seed(seed))
+    lines = roll.think.shape[1]
+    with_r = elbo_rewards(score_lines(module.pi, roll.layout, lines), roll.think, module.hparams.think_cost)
+    plain = score_lines(module.pi, plain_layout(traces, module.vocab), lines).repeat_interleave(8, 0)
+    gain = ((with_r - plain) * roll.line_mask).sum() / roll.line_mask.sum()
+    return gain.item(), roll.think.float().mean(0)
+
+
+def test_estep_learns_rationales_at_intent_boundaries(pretrained_dir, tmp_path):
+    corpus = tmp_path / "expert.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in expert_programs(400, seed=1)))
+    L.seed_everything(0)
+    module = LatentPolicyModule(
+        pretrained=str(pretrained_dir), think_cost=0.1, num_rollouts=4, max_latent_tokens=6, lr=2e-4, seed=0
+    )
+    data = TextDataModule(str(corpus), batch_size=8)
+    module.configure_model()
+    held_out = expert_programs(32, seed=2)
+    gain_before, rate_before = evaluate(module, held_out)
+
+    trainer = L.Trainer(
+        max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    gain_after, rate_after = evaluate(module, held_out)
+
+    others = torch.ones_like(rate_after, dtype=torch.bool)
+    others[INTENT_LINE] = False
+    print(
+        f"gain/line {gain_before:.3f} -> {gain_after:.3f}; THINK rate {rate_before.tolist()} -> {rate_after.tolist()}"
+    )
+    assert gain_after > gain_before + 0.1  # the E-step reward rose (in nats per line)
+    assert gain_after > 0.1  # and rationales now beat no rationale
+    assert rate_after[INTENT_LINE] > 0.8  # THINK at the intent boundary...
+    assert rate_after[others].max() < 0.1  # ...and (almost) nowhere else
+    assert not any(p.requires_grad for p in module.pi.parameters())
+
+
+def test_print_config_shows_the_base_model_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", "configs/demo/estep_tiny.yaml", "--print_config"])
+    printed = capsys.readouterr().out
+    for key in ("think_cost", "num_rollouts", "tiny:", "init_from", "pretrained", "TextDataModule"):
+        assert key in printed
+
+
+def test_fit_runs_from_the_demo_config(tmp_path, monkeypatch, code_snippets):
+    corpus = tmp_path / "local.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in code_snippets))
+    tok_corpus = tmp_path / "tok.jsonl"
+    tok_corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in code_snippets * 20))
+    monkeypatch.chdir(tmp_path)
+    main(
+        ["fit", "-c", str(_config()), "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+         "--data.path", str(corpus), "--model.tiny.tokenizer_corpus", str(tok_corpus),
+         "--model.tiny.vocab_size", "400", "--model.log_samples_every_n_steps", "1"]
+    )  # fmt: skip
+    events = list((tmp_path / "lightning_logs" / "estep_tiny").rglob("events.out.tfevents.*"))
+    assert events
+
+
+def test_bad_settings_raise_at_construction():
+    tiny = TinyLMConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, tokenizer_corpus="synthetic:pretrain?n=50"
+    )
+    with pytest.raises(ValueError, match="num_rollouts"):
+        LatentPolicyModule(tiny=tiny, num_rollouts=1)
+    with pytest.raises(ValueError, match="hindsight_lines"):
+        LatentPolicyModule(tiny=tiny, hindsight_lines=2)
+
+
+def _config():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "configs" / "demo" / "estep_tiny.yaml"
