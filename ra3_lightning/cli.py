@@ -16,7 +16,17 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+def _packaged_configs() -> Path:
+    """``ra3_lightning/configs`` of an installed wheel, or the checkout's ``configs/`` in an editable install."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ra3_lightning.configs")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else Path(__file__).resolve().parents[1] / "configs"
+
+
+PACKAGED_CONFIGS = _packaged_configs()
 
 
 class RA3CLI(LightningCLI):
@@ -62,7 +72,14 @@ def export_main(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Entry point of ``ra3``; ``argv`` defaults to the command line."""
+    if argv is None:
+        if sys.argv[1:2] == ["export"]:
+            export_main(sys.argv[2:])
+            return
+        sys.argv[1:] = resolve_config_paths(sys.argv[1:])
+        RA3CLI()
+        return
     if argv[:1] == ["export"]:
         export_main(argv[1:])
         return

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 DType = Literal["float32", "bfloat16", "float16"]
 EOS_TOKEN = "<|endoftext|>"
+TOKENIZER_VERSION = 2  # part of the tokenizer cache key: bump when train_bpe_tokenizer changes
 
 
 @dataclass
@@ -96,17 +97,33 @@ def build_tiny_lm(cfg: TinyLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
     return model_cls(config)
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
-    """Train a byte-level BPE tokenizer (GPT-2 style pre-tokenisation) on ``texts``.
+# Qwen2's pre-tokenisation pattern: newlines never merge with the next line's indentation.
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LINE_INDENT_PATTERN = r"^[ \t]+"  # Oniguruma: ^ anchors at every line start
 
-    ``<|endoftext|>`` serves as BOS, EOS and padding token, as in Qwen2's tokenizer. Any byte sequence is
-    representable, so code the corpus never showed still tokenizes.
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """Train a byte-level BPE tokenizer for code on ``texts``.
+
+    Pre-tokenisation is Qwen2's, with one addition: a line's leading indentation is its own pre-token. So the
+    tokens of a whole trace are exactly the tokens of its lines tokenised one by one, indentation apart — what the
+    E-step's line-by-line rollout builds (:func:`ra3_lightning.latent.encode_line`) — and a tiny model pre-trained
+    on whole files sees the same token stream in the E-step. ``<|endoftext|>`` serves as BOS, EOS and padding
+    token, as in Qwen2. Any byte sequence is representable, so code the corpus never showed still tokenizes.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LINE_INDENT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -6,11 +6,12 @@ tokenised with the module's tokenizer, and either **packed** or padded.
 
 Packing and document boundaries: documents are tokenised, each followed by EOS, concatenated and cut into blocks of
 exactly ``max_length`` tokens. ``position_ids`` restart at 0 at every document start (and at every block start), so
-each document sees the positions it would see alone. Attention is *not* masked across documents by default (the
-usual GPT pre-training practice; with ``attn_implementation="flash_attention_2"`` transformers derives per-document
-attention from the restarting ``position_ids``). Packing runs over chunks of ``pack_chunk_docs`` documents; only the
-last block of each chunk can be short, so padding waste is at most one block per chunk. A document longer than a
-block continues in the next block: nothing is truncated or dropped.
+each document sees the positions it would see alone. ``transformers`` turns those restarts into per-document
+attention (``masking_utils.find_packed_sequence_indices``) when it gets no 2-D ``attention_mask`` and no KV cache,
+which is how :func:`ra3_lightning.modules.ntp.lm_inputs` calls the model: packed documents do not attend to each
+other. Packing runs over chunks of ``pack_chunk_docs`` documents; only the last block of each chunk can be short,
+so padding waste is at most one block per chunk. A document longer than a block continues in the next block:
+nothing is truncated or dropped.
 
 Without packing, each document (+EOS) is split into pieces of at most ``max_length`` tokens and batches are padded
 to their longest member (right padding; ``labels`` are -100 there).

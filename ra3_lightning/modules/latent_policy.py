@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ra3_lightning.annotate import AnnotationConfig, annotate_batch
+from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.latent import LatentFormat
 from ra3_lightning.modules.base import CausalLMModule
 from ra3_lightning.optim import adamw_warmup_cosine
@@ -135,15 +136,26 @@ class LatentPolicyModule(CausalLMModule):
         """Make ``π`` a frozen copy of the current ``q`` (for an EM loop: the M-step model is the next ``π``)."""
         self.pi.load_state_dict(self.model.state_dict())
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["ra3_rollout_rng"] = self.generator.get_state()  # a resumed run samples what it would have
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "ra3_rollout_rng" in checkpoint:
+            self.generator.set_state(checkpoint["ra3_rollout_rng"])
+
     # ----------------------------------------------------------------------------------------- steps
     def sample_latents(self, texts: list[str]) -> Rollout:
         """``G`` latent rollouts of each text with ``q`` (no grad)."""
         hp = self.hparams
         traces = [encode_trace(self.tokenizer, t) for t in texts]
-        return rollout(
-            self.model, traces, self.vocab, hp.num_rollouts, hp.max_latent_tokens, hp.temperature,
-            self.generator, hp.engine,
-        )  # fmt: skip
+        # Under FSDP2, ranks roll out different numbers of steps: unshard q once instead of per-forward gathers.
+        with unsharded_for_generation(self.model):
+            return rollout(
+                self.model, traces, self.vocab, hp.num_rollouts, hp.max_latent_tokens, hp.temperature,
+                self.generator, hp.engine,
+            )  # fmt: skip
 
     @torch.no_grad()
     def score(self, roll: Rollout) -> tuple[Tensor, PolicyTerms]:

@@ -191,16 +191,6 @@ class RA3Module(LatentPolicyModule):
         if self.trainer.is_global_zero and hasattr(experiment, "add_scalar"):
             experiment.add_scalar(tag, float(value), iteration)
 
-    # ----------------------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["ra3_rollout_rng"] = self.generator.get_state()  # a resumed E-phase samples what it would have
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "ra3_rollout_rng" in checkpoint:
-            self.generator.set_state(checkpoint["ra3_rollout_rng"])
-
     # ----------------------------------------------------------------------------------------- plumbing
     @property
     def em_data(self) -> EMDataModule:
