@@ -4,7 +4,8 @@ Model and data are chosen by ``class_path`` (subclass mode), so a user's own sub
 plugs in from YAML. ``-c configs/...`` falls back to the configs installed with the package when the path does
 not exist relative to the working directory.
 
-``ra3 export CKPT OUT_DIR`` writes a checkpoint's LM and tokenizer as a Hugging Face directory.
+``ra3 export CKPT OUT_DIR`` writes a checkpoint's LM and tokenizer as a Hugging Face directory; ``ra3 demo`` runs the
+whole synthetic-world pipeline (:mod:`ra3_lightning.pipeline`).
 """
 
 from __future__ import annotations
@@ -71,17 +72,27 @@ def export_main(argv: list[str]) -> None:
     print(f"exported {args.ckpt} -> {args.out_dir}")
 
 
+def demo_main(argv: list[str]) -> None:
+    """``ra3 demo [-c configs/demo/pipeline.yaml] [--seed N] [--out DIR]``: the whole pipeline and its report."""
+    from ra3_lightning.pipeline import main as pipeline_main
+
+    pipeline_main(resolve_config_paths(argv))
+
+
+SUBCOMMANDS = {"export": export_main, "demo": demo_main}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``ra3``; ``argv`` defaults to the command line."""
     if argv is None:
-        if sys.argv[1:2] == ["export"]:
-            export_main(sys.argv[2:])
+        if sys.argv[1:2] and sys.argv[1] in SUBCOMMANDS:
+            SUBCOMMANDS[sys.argv[1]](sys.argv[2:])
             return
         sys.argv[1:] = resolve_config_paths(sys.argv[1:])
         RA3CLI()
         return
-    if argv[:1] == ["export"]:
-        export_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        SUBCOMMANDS[argv[0]](argv[1:])
         return
     RA3CLI(args=resolve_config_paths(argv))
 

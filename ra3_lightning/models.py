@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 DType = Literal["float32", "bfloat16", "float16"]
 EOS_TOKEN = "<|endoftext|>"
-TOKENIZER_VERSION = 2  # part of the tokenizer cache key: bump when train_bpe_tokenizer changes
+TOKENIZER_VERSION = 3  # part of the tokenizer cache key: bump when train_bpe_tokenizer changes
 
 
 @dataclass
@@ -97,21 +97,21 @@ def build_tiny_lm(cfg: TinyLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
     return model_cls(config)
 
 
-# Qwen2's pre-tokenisation pattern: newlines never merge with the next line's indentation.
+# Qwen2's pre-tokenisation pattern. A newline never merges with the next line's indentation, so the tokens of a
+# whole file are the tokens of its lines tokenised one by one (blank-line runs apart) — what the E-step's
+# line-by-line rollout builds (ra3_lightning.latent.encode_line).
 QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-LINE_INDENT_PATTERN = r"^[ \t]+"  # Oniguruma: ^ anchors at every line start
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
-    """Train a byte-level BPE tokenizer for code on ``texts``.
+    """Train a byte-level BPE tokenizer for code on ``texts``, pre-tokenised exactly like Qwen2's.
 
-    Pre-tokenisation is Qwen2's, with one addition: a line's leading indentation is its own pre-token. So the
-    tokens of a whole trace are exactly the tokens of its lines tokenised one by one, indentation apart — what the
-    E-step's line-by-line rollout builds (:func:`ra3_lightning.latent.encode_line`) — and a tiny model pre-trained
-    on whole files sees the same token stream in the E-step. ``<|endoftext|>`` serves as BOS, EOS and padding
-    token, as in Qwen2. Any byte sequence is representable, so code the corpus never showed still tokenizes.
+    Exactly Qwen2's, on purpose: ``transformers`` 5 loads the tokenizer of a directory whose ``config.json`` says
+    ``qwen2`` as ``Qwen2Tokenizer``, which rebuilds its own pre-tokeniser from the vocabulary and merges — so an
+    exported tiny model tokenises the same in ``AutoTokenizer``/vLLM as in training only if the two agree.
+    ``<|endoftext|>`` serves as BOS, EOS and padding token, as in Qwen2. Any byte sequence is representable.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -119,7 +119,6 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(LINE_INDENT_PATTERN), behavior="isolated"),
             pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]

@@ -30,3 +30,23 @@ def test_tokenizer_survives_checkpoint_files(tiny_tokenizer):
     again = tokenizer_from_files(tokenizer_files(tiny_tokenizer))
     text = "def f(x):\n    return x\n"
     assert again(text)["input_ids"] == tiny_tokenizer(text)["input_ids"]
+
+
+def test_whole_file_tokens_equal_line_by_line_tokens(tiny_tokenizer, code_snippets):
+    # The E-step rolls out line by line; NTP tokenises whole files. They must see the same tokens.
+    for text in code_snippets:
+        whole = tiny_tokenizer.encode(text, add_special_tokens=False)
+        by_line = [
+            i for line in text.splitlines(keepends=True) for i in tiny_tokenizer.encode(line, add_special_tokens=False)
+        ]
+        assert whole == by_line
+
+
+def test_exported_tiny_model_tokenizes_the_same_through_autotokenizer(tiny_lm, tiny_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    tiny_lm.save_pretrained(tmp_path)  # config.json says qwen2: AutoTokenizer picks Qwen2Tokenizer
+    tiny_tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "def f(x):\n    # add one\n    return x + 1\n\n\nclass A:\n\tpass\n"
+    assert loaded.encode(text, add_special_tokens=False) == tiny_tokenizer.encode(text, add_special_tokens=False)

@@ -76,7 +76,7 @@ def test_annotated_tokens_decode_to_annotated_text_and_strip_to_original(setup):
 
 def test_rationales_respect_the_cap_and_end_with_a_newline(setup):
     _, vocab, _ = setup
-    roll = _roll(setup, max_latent_tokens=3, temperature=3.0)
+    roll = _roll(setup, max_latent_tokens=3)
     thinks = [c for row, f in zip(roll.rationales, roll.think, strict=True) for c, t in zip(row, f, strict=True) if t]
     assert thinks
     for ids in thinks:

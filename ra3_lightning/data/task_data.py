@@ -153,10 +153,11 @@ class _PromptBatches(IterableDataset):
 
 
 class TaskDataModule(L.LightningDataModule):
-    """Coding tasks as prompt batches for RLVR (train) and pass@k (validation).
+    """Coding tasks as prompt batches for RLVR (train), pass@k (validation) and ``ra3 test`` (the tasks of ``path``).
 
     Args:
-        path: Training tasks: hub id, local ``.jsonl``/``.jsonl.gz``/``.parquet``, or ``synthetic:rlvr?n=...``.
+        path: Training tasks (the evaluated tasks under ``ra3 test``): hub id, local ``.jsonl``/``.jsonl.gz``/
+            ``.parquet``, or ``synthetic:rlvr?n=...``.
         kind: Task schema (``"auto"`` detects HumanEval / MBPP / LiveCodeBench from the columns).
         split: Split of a hub dataset.
         val_path: Held-out tasks for pass@k validation (``None``: no validation).
@@ -209,6 +210,7 @@ class TaskDataModule(L.LightningDataModule):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_tasks: list[CodingTask] = []
         self.val_tasks: list[CodingTask] = []
+        self.test_tasks: list[CodingTask] = []
         self._epoch, self._consumed = 0, 0
 
     # ----------------------------------------------------------------------------------------- hooks
@@ -228,6 +230,8 @@ class TaskDataModule(L.LightningDataModule):
             self.train_tasks = self._load(self.path, self.kind, self.split, self.max_tasks)
         if not self.val_tasks and self.val_path is not None:
             self.val_tasks = self._load(self.val_path, self.val_kind, self.val_split, self.max_val_tasks)
+        if not self.test_tasks and stage == "test":
+            self.test_tasks = self._load(self.path, self.kind, self.split, self.max_tasks)
 
     def _load(self, path: str, kind: TaskKind, split: str, limit: int | None) -> list[CodingTask]:
         tasks = load_tasks(path, kind=kind, split=split)[:limit]
@@ -268,6 +272,12 @@ class TaskDataModule(L.LightningDataModule):
         rank, world = self._rank()
         batches = val_batches(len(self.val_tasks), self.val_batch_size, rank, world)
         return DataLoader(_PromptBatches(batches, self.val_tasks, self.collate), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        """``ra3 test``: every task of ``path`` (the benchmark a test config names), batched like validation."""
+        rank, world = self._rank()
+        batches = val_batches(len(self.test_tasks), self.val_batch_size, rank, world)
+        return DataLoader(_PromptBatches(batches, self.test_tasks, self.collate), batch_size=None)
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

@@ -25,7 +25,8 @@ Semantics worth knowing:
 Logged: ``train/reward_mean|std``, ``train/pass_rate``, ``train/frac_zero_var_groups``, ``train/kl``,
 ``train/clip_fraction``, ``train/entropy``, ``train/completion_len``, ``train/clipped_len_ratio``, ``timing_s/gen|
 reward|update``, ``perf/throughput`` (tokens/s), ``perf/mfu`` (GPU only), ``perf/sandbox_programs_per_s``, sample
-prompts and completions with their outcome as TensorBoard text; validation ``val/pass@k`` via :class:`PassAtK`.
+prompts and completions with their outcome as TensorBoard text; validation ``val/pass@k`` via :class:`PassAtK` (and
+``test/pass@k`` from ``ra3 test``, on the data module's test tasks).
 """
 
 from __future__ import annotations
@@ -394,8 +395,16 @@ class RLVRModule(CausalLMModule):
             )
         logger.experiment.add_text("samples", "\n\n---\n\n".join(rows), self.trainer.global_step)
 
-    # ----------------------------------------------------------------------------------------- validation
+    # ----------------------------------------------------------------------------------------- validation / test
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self.pass_at_k_step(batch, batch_idx)
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        """``ra3 test``: the validation pass@k on the data module's test tasks, logged as ``test/pass@k``."""
+        self.pass_at_k_step(batch, batch_idx)
+
+    def pass_at_k_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        """Sample ``val_num_samples`` completions per task, score them in the sandbox and update :class:`PassAtK`."""
         if len(batch) == 0:  # a padding batch: join the collective unshard/reshard so FSDP2 ranks stay in step
             with unsharded_for_generation(self.model):
                 return
@@ -410,10 +419,19 @@ class RLVRModule(CausalLMModule):
         self.pass_at_k.update(torch.full_like(correct, n), correct)
 
     def on_validation_epoch_end(self) -> None:
+        self.log_pass_at_k("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_pass_at_k("test")
+
+    def log_pass_at_k(self, prefix: str) -> None:
         results = self.pass_at_k.compute()
         self.pass_at_k.reset()
         for name, value in results.items():
-            self.log(f"val/{name}", value, prog_bar=name == "pass@1")
+            self.log(f"{prefix}/{name}", value, prog_bar=name == "pass@1")
+
+    def on_test_end(self) -> None:
+        self.on_fit_end()  # stop the sandbox workers and the reward thread
 
     def on_fit_end(self) -> None:
         if hasattr(self.reward_fn, "close"):  # stop sandbox workers (a SandboxReward restarts them on next use)

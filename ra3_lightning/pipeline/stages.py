@@ -1,0 +1,498 @@
+"""``ra3 demo``: the whole RA3 experiment in the synthetic code world — one command, one report directory.
+
+Stages (each a Lightning ``Trainer`` run of the library's own modules, started from the previous stage's ``.ckpt``
+through ``init_from``; TensorBoard logs under ``<out>/tb/<stage>``):
+
+1. ``data`` — write the synthetic splits (``pretrain`` / ``midtrain`` / ``rlvr`` / ``eval``) under ``<out>/data``;
+2. ``pretrain`` — a tiny base model, :class:`NTPModule` from scratch on the pre-training corpus (sparse comments);
+3. ``ntp`` — mid-training arm 1: :class:`NTPModule` on the mid-training corpus for ``K * m_steps`` steps;
+4. ``ra3`` — mid-training arm 2: :class:`RA3Module` + :class:`EMScheduler` + :class:`EMDataModule`, ``K`` iterations
+   of ``e_steps`` E-steps and ``m_steps`` M-steps with the same batch size, ``max_length`` and LR schedule, so the
+   M-steps see as many tokens as the NTP arm (their tokens include the inserted rationales);
+5. ``rlvr_ntp`` / ``rlvr_ra3`` — :class:`RLVRModule` from each arm with identical settings on the ``rlvr`` tasks;
+6. ``eval`` — pass@k of base / NTP / RA3 / RLVR-from-NTP / RLVR-from-RA3 on the held-out ``eval`` tasks
+   (``trainer.test`` of :class:`RLVRModule`: ``n`` samples per task, sandbox-scored, :class:`PassAtK`);
+7. ``report`` — ``summary.md`` and PNG plots, from the TensorBoard event files and the annotated traces.
+
+Resuming is at stage granularity: a stage whose output (checkpoint, results file) exists is skipped, an unfinished
+one restarts from scratch. The report is rewritten on every run.
+
+Deviations from the paper: everything is tiny and synthetic; the "token budget" is matched by M-step *batches*
+(same count, size and sequence length), so the RA3 arm sees fewer expert programs than NTP (rationales take room),
+and the E-steps are extra compute the NTP arm does not get — as in the paper's setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from ra3_lightning.models import TinyLMConfig
+
+MODELS: tuple[str, ...] = ("base", "ntp", "ra3", "rlvr_ntp", "rlvr_ra3")
+MODEL_LABELS: dict[str, str] = {
+    "base": "base (pre-trained)",
+    "ntp": "NTP mid-training",
+    "ra3": "RA3 mid-training",
+    "rlvr_ntp": "RLVR from NTP",
+    "rlvr_ra3": "RLVR from RA3",
+}
+
+
+# --------------------------------------------------------------------------------------------- configuration
+@dataclass
+class WorldSpec:
+    """Sizes of the synthetic splits.
+
+    Args:
+        pretrain: Programs in the pre-training corpus (sparse ground-truth comments).
+        midtrain: Expert programs (no comments) for both mid-training arms.
+        rlvr: RLVR training tasks.
+        eval: Held-out evaluation tasks (compositions never seen in training).
+        comment_rate: Probability of a ``# <skill>`` comment before a skill start in the pre-training corpus.
+    """
+
+    pretrain: int = 3000
+    midtrain: int = 1000
+    rlvr: int = 128
+    eval: int = 64
+    comment_rate: float = 0.2
+
+
+@dataclass
+class PretrainSpec:
+    """Pre-training of the base model (next-token prediction from scratch).
+
+    Args:
+        steps: Optimizer steps.
+        batch_size: Packed sequences per step.
+        max_length: Tokens per packed sequence.
+        lr: Peak learning rate.
+        warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Cosine floor as a fraction of ``lr``.
+        weight_decay: AdamW weight decay.
+        val_every: Validate (``val/loss``) every this many steps.
+    """
+
+    steps: int = 1200
+    batch_size: int = 16
+    max_length: int = 256
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    val_every: int = 300
+
+
+@dataclass
+class MidtrainSpec:
+    """Both mid-training arms: NTP (``iterations * m_steps`` steps) and RA3 EM (the same M-steps plus E-steps).
+
+    Args:
+        iterations: ``K`` EM iterations.
+        e_steps: E-steps (latent-policy RL updates) per EM iteration.
+        m_steps: M-steps per EM iteration; the NTP arm trains ``iterations * m_steps`` steps.
+        batch_size: Packed sequences per M-step / NTP step.
+        max_length: Tokens per packed sequence.
+        lr: Peak LR of the M-step and the NTP arm.
+        warmup_steps: Warm-up steps of that LR.
+        min_lr_ratio: Cosine floor of that LR.
+        weight_decay: AdamW weight decay of both arms.
+        think_cost: ``c``, the E-step reward cost per THINK.
+        num_rollouts: ``G``, latent rollouts per trace in an E-step.
+        max_latent_tokens: Rationale length cap in tokens.
+        e_batch_size: Traces per E-step.
+        q_lr: Learning rate of the latent policy ``q``.
+        temperature: Sampling temperature of ``q``.
+        records_per_iteration: Traces annotated per EM iteration.
+        annotate_batch_size: Traces rolled out together while annotating.
+        loss_on: M-step loss on ``"all"`` tokens or ``"code"`` only.
+    """
+
+    iterations: int = 2
+    e_steps: int = 8
+    m_steps: int = 60
+    batch_size: int = 16
+    max_length: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    think_cost: float = 0.05
+    num_rollouts: int = 4
+    max_latent_tokens: int = 8
+    e_batch_size: int = 4
+    q_lr: float = 2e-4
+    temperature: float = 1.0
+    records_per_iteration: int = 96
+    annotate_batch_size: int = 16
+    loss_on: str = "all"
+
+
+@dataclass
+class RLVRSpec:
+    """RLVR from each mid-trained arm (identical settings for both).
+
+    Args:
+        steps: Optimizer updates (= generation batches, ``mu = 1``).
+        batch_size: Prompts per step.
+        num_generations: ``G``, samples per prompt.
+        max_new_tokens: Completion budget in tokens.
+        lr: Learning rate.
+        loss_aggregation: ``grpo`` | ``dapo`` | ``bnpo`` | ``dr_grpo``.
+        advantage_scale: ``group`` | ``batch`` | ``none``.
+        target_pass_rate: The report gives the first step at which the smoothed training pass rate reaches this.
+        smoothing: Window (steps) of the moving average used for ``target_pass_rate``.
+        workers: Sandbox worker processes.
+    """
+
+    steps: int = 30
+    batch_size: int = 4
+    num_generations: int = 8
+    max_new_tokens: int = 96
+    lr: float = 5e-4
+    loss_aggregation: str = "dapo"
+    advantage_scale: str = "group"
+    target_pass_rate: float = 0.2
+    smoothing: int = 5
+    workers: int = 2
+
+
+@dataclass
+class EvalSpec:
+    """pass@k of the five models on the held-out tasks.
+
+    Args:
+        num_samples: ``n`` completions per task.
+        ks: The ``k`` values of pass@k (each ``<= num_samples``).
+        temperature: Sampling temperature.
+        max_new_tokens: Completion budget in tokens.
+        batch_size: Tasks per generation batch.
+    """
+
+    num_samples: int = 8
+    ks: tuple[int, ...] = (1, 8)
+    temperature: float = 0.8
+    max_new_tokens: int = 96
+    batch_size: int = 8
+
+
+@dataclass
+class PipelineConfig:
+    """The one-command demo: every knob of every stage.
+
+    Args:
+        seed: Seed of the synthetic world and of every stage.
+        out: Report directory (checkpoints, data, TensorBoard logs, ``summary.md``, plots).
+        accelerator: Lightning accelerator of every stage (``cpu``, ``gpu``, ``auto``).
+        progress_bar: Show Lightning's progress bars.
+        model: The tiny base model (and its tokenizer).
+        world: Sizes of the synthetic splits.
+        pretrain: Pre-training of the base model.
+        midtrain: The NTP and RA3 mid-training arms.
+        rlvr: RLVR from each arm.
+        eval: pass@k evaluation.
+    """
+
+    seed: int = 0
+    out: str = "reports/demo"
+    accelerator: str = "cpu"
+    progress_bar: bool = True
+    model: TinyLMConfig = field(default_factory=lambda: TinyLMConfig(tokenizer_corpus="synthetic:pretrain?n=2000"))
+    world: WorldSpec = field(default_factory=WorldSpec)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
+    midtrain: MidtrainSpec = field(default_factory=MidtrainSpec)
+    rlvr: RLVRSpec = field(default_factory=RLVRSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def __post_init__(self) -> None:
+        if max(self.eval.ks) > self.eval.num_samples:
+            raise ValueError(f"eval.ks={self.eval.ks} needs eval.num_samples >= {max(self.eval.ks)}")
+        if self.midtrain.records_per_iteration < self.midtrain.e_batch_size:
+            raise ValueError("midtrain.records_per_iteration must be >= midtrain.e_batch_size")
+
+
+# --------------------------------------------------------------------------------------------- paths
+@dataclass(frozen=True)
+class Paths:
+    """Where every stage reads and writes, under the report directory."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def tb(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def em_work(self) -> Path:
+        return self.root / "work" / "ra3_em"
+
+    def split(self, name: str) -> str:
+        return str(self.data / name)
+
+    def ckpt(self, stage: str) -> Path:
+        return self.root / "checkpoints" / f"{stage}.ckpt"
+
+    def eval_result(self, model: str) -> Path:
+        return self.root / "eval" / f"{model}.json"
+
+    def log_dir(self, stage: str) -> Path:
+        return self.tb / stage / "version_0"
+
+
+# --------------------------------------------------------------------------------------------- stage helpers
+def _trainer(cfg: PipelineConfig, paths: Paths, stage: str, max_steps: int, **kwargs: Any) -> L.Trainer:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    shutil.rmtree(paths.tb / stage, ignore_errors=True)  # an unfinished earlier attempt restarts from scratch
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=1,
+        max_steps=max_steps,
+        logger=TensorBoardLogger(str(paths.tb), name=stage, version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        default_root_dir=str(paths.root),
+        **kwargs,
+    )
+
+
+def _fit_and_save(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, ckpt: Path) -> None:
+    """Fit, then write the checkpoint atomically: its existence marks the stage as finished."""
+    trainer.fit(module, datamodule=data)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    partial = ckpt.with_suffix(".partial")
+    trainer.save_checkpoint(str(partial))
+    os.replace(partial, ckpt)
+
+
+def _sandbox_reward(cfg: PipelineConfig) -> Any:
+    from ra3_lightning.rewards import SandboxReward
+
+    return SandboxReward(mode="binary", workers=cfg.rlvr.workers)
+
+
+# --------------------------------------------------------------------------------------------- stages
+def stage_data(cfg: PipelineConfig, paths: Paths) -> None:
+    """Write the four synthetic splits with ``save_to_disk``."""
+    from ra3_lightning.data.synthetic import write_splits
+
+    w = cfg.world
+    sizes = {"pretrain": w.pretrain, "midtrain": w.midtrain, "rlvr": w.rlvr, "eval": w.eval}
+    write_splits(paths.data, sizes, seed=cfg.seed, comment_rate=w.comment_rate)
+    (paths.data / "DONE").write_text(json.dumps(sizes))
+
+
+def stage_pretrain(cfg: PipelineConfig, paths: Paths) -> None:
+    """The tiny base model: next-token prediction from scratch on the pre-training corpus."""
+    from ra3_lightning.data.traces import TraceDataModule
+    from ra3_lightning.modules.ntp import NTPModule
+
+    p = cfg.pretrain
+    module = NTPModule(
+        tiny=cfg.model, lr=p.lr, warmup_steps=p.warmup_steps, min_lr_ratio=p.min_lr_ratio, weight_decay=p.weight_decay
+    )
+    data = TraceDataModule(paths.split("pretrain"), max_length=p.max_length, batch_size=p.batch_size, seed=cfg.seed)
+    val = {"val_check_interval": min(p.val_every, p.steps), "check_val_every_n_epoch": None}
+    _fit_and_save(_trainer(cfg, paths, "pretrain", p.steps, **val), module, data, paths.ckpt("pretrain"))
+
+
+def stage_ntp(cfg: PipelineConfig, paths: Paths) -> None:
+    """Mid-training arm 1: plain next-token prediction on the expert programs, ``K * m_steps`` steps."""
+    from ra3_lightning.data.traces import TraceDataModule
+    from ra3_lightning.modules.ntp import NTPModule
+
+    m = cfg.midtrain
+    steps = m.iterations * m.m_steps
+    module = NTPModule(
+        init_from=str(paths.ckpt("pretrain")), lr=m.lr, warmup_steps=m.warmup_steps, min_lr_ratio=m.min_lr_ratio,
+        weight_decay=m.weight_decay, loss_on=m.loss_on,
+    )  # fmt: skip
+    data = TraceDataModule(paths.split("midtrain"), max_length=m.max_length, batch_size=m.batch_size, seed=cfg.seed)
+    val = {"val_check_interval": steps, "check_val_every_n_epoch": None}
+    _fit_and_save(_trainer(cfg, paths, "ntp", steps, **val), module, data, paths.ckpt("ntp"))
+
+
+def stage_ra3(cfg: PipelineConfig, paths: Paths) -> None:
+    """Mid-training arm 2: RA3's EM loop, ``K`` x (``e_steps`` E-steps, annotation, ``m_steps`` M-steps)."""
+    from ra3_lightning.callbacks import EMScheduler
+    from ra3_lightning.data.em_data import EMDataModule
+    from ra3_lightning.modules.ra3 import RA3Module
+
+    m = cfg.midtrain
+    shutil.rmtree(paths.em_work, ignore_errors=True)
+    module = RA3Module(
+        init_from=str(paths.ckpt("pretrain")), think_cost=m.think_cost, num_rollouts=m.num_rollouts,
+        max_latent_tokens=m.max_latent_tokens, temperature=m.temperature, lr=m.q_lr, m_lr=m.lr,
+        m_warmup_steps=m.warmup_steps, m_min_lr_ratio=m.min_lr_ratio, m_weight_decay=m.weight_decay,
+        loss_on=m.loss_on, annotate_batch_size=m.annotate_batch_size, work_dir=str(paths.em_work), seed=cfg.seed,
+        log_samples_every_n_steps=max(1, m.e_steps),
+    )  # fmt: skip
+    data = EMDataModule(
+        paths.split("midtrain"), id_field="id", e_batch_size=m.e_batch_size, m_batch_size=m.batch_size,
+        max_length=m.max_length, records_per_iteration=m.records_per_iteration, val_size=16, seed=cfg.seed,
+    )  # fmt: skip
+    scheduler = EMScheduler(iterations=m.iterations, e_steps=m.e_steps, m_steps=m.m_steps)
+    trainer = _trainer(cfg, paths, "ra3", scheduler.total_steps, callbacks=[scheduler])
+    _fit_and_save(trainer, module, data, paths.ckpt("ra3"))
+
+
+def _rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
+    def run(cfg: PipelineConfig, paths: Paths) -> None:
+        from ra3_lightning.data.task_data import TaskDataModule
+        from ra3_lightning.modules.rlvr import RLVRModule
+
+        r = cfg.rlvr
+        module = RLVRModule(
+            init_from=str(paths.ckpt(arm)), num_generations=r.num_generations, max_new_tokens=r.max_new_tokens,
+            lr=r.lr, loss_aggregation=r.loss_aggregation, advantage_scale=r.advantage_scale,
+            drop_zero_variance_groups=True, reward_fn=_sandbox_reward(cfg), seed=cfg.seed,
+            log_samples_every_n_steps=max(1, r.steps // 3),
+        )  # fmt: skip
+        data = TaskDataModule(paths.split("rlvr"), batch_size=r.batch_size, prompt_template="plain", seed=cfg.seed)
+        _fit_and_save(_trainer(cfg, paths, f"rlvr_{arm}", r.steps), module, data, paths.ckpt(f"rlvr_{arm}"))
+
+    run.__doc__ = f"RLVR (GRPO-family, sandbox rewards) from the {arm.upper()} arm on the rlvr tasks."
+    return run
+
+
+def evaluate_checkpoint(cfg: PipelineConfig, paths: Paths, model: str) -> dict[str, float]:
+    """pass@k of one checkpoint on the held-out tasks, through ``RLVRModule.test_step``."""
+    from ra3_lightning.data.task_data import TaskDataModule
+    from ra3_lightning.modules.rlvr import RLVRModule
+
+    e = cfg.eval
+    module = RLVRModule(
+        init_from=str(paths.ckpt("pretrain" if model == "base" else model)), max_new_tokens=e.max_new_tokens,
+        val_num_samples=e.num_samples, val_temperature=e.temperature, pass_at_k=tuple(e.ks),
+        reward_fn=_sandbox_reward(cfg), seed=cfg.seed,
+    )  # fmt: skip
+    data = TaskDataModule(paths.split("eval"), val_batch_size=e.batch_size, prompt_template="plain", shuffle=False)
+    results = _trainer(cfg, paths, f"eval_{model}", -1).test(module, datamodule=data, verbose=False)[0]
+    return {k.removeprefix("test/"): float(v) for k, v in results.items()}
+
+
+def stage_eval(cfg: PipelineConfig, paths: Paths) -> None:
+    """pass@k of the five models; each result file is written once (resumable per model)."""
+    for model in MODELS:
+        out = paths.eval_result(model)
+        if out.exists():
+            _say(f"  eval {model}: done before, skipped")
+            continue
+        L.seed_everything(cfg.seed, verbose=False)
+        results = evaluate_checkpoint(cfg, paths, model)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results))
+        _say(f"  eval {model}: " + ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: its runner and the files whose existence means it is finished."""
+
+    name: str
+    run: Callable[[PipelineConfig, Paths], None]
+    outputs: Callable[[Paths], list[Path]]
+
+    def done(self, paths: Paths) -> bool:
+        return all(p.exists() for p in self.outputs(paths))
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", stage_data, lambda p: [p.data / "DONE"]),
+    Stage("pretrain", stage_pretrain, lambda p: [p.ckpt("pretrain")]),
+    Stage("ntp", stage_ntp, lambda p: [p.ckpt("ntp")]),
+    Stage("ra3", stage_ra3, lambda p: [p.ckpt("ra3")]),
+    Stage("rlvr_ntp", _rlvr_stage("ntp"), lambda p: [p.ckpt("rlvr_ntp")]),
+    Stage("rlvr_ra3", _rlvr_stage("ra3"), lambda p: [p.ckpt("rlvr_ra3")]),
+    Stage("eval", stage_eval, lambda p: [p.eval_result(m) for m in MODELS]),
+)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_pipeline(cfg: PipelineConfig, command: str = "ra3 demo") -> Path:
+    """Run every unfinished stage, then write the report; returns the path of ``summary.md``."""
+    from ra3_lightning.pipeline.report import write_report
+
+    paths = Paths(Path(cfg.out))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    timings = _read_json(paths.root / "stage_times.json")
+    total = len(STAGES) + 1
+    for i, stage in enumerate(STAGES, 1):
+        if stage.done(paths):
+            _say(f"[{i}/{total}] {stage.name}: finished earlier, skipped")
+            continue
+        _say(f"[{i}/{total}] {stage.name}: {(stage.run.__doc__ or '').strip().splitlines()[0]}")
+        L.seed_everything(cfg.seed, verbose=False)
+        start = time.perf_counter()
+        stage.run(cfg, paths)
+        timings[stage.name] = round(time.perf_counter() - start, 1)
+        (paths.root / "stage_times.json").write_text(json.dumps(timings, indent=1))
+        _say(f"[{i}/{total}] {stage.name}: done in {timings[stage.name]:.0f} s")
+    _say(f"[{total}/{total}] report")
+    summary = write_report(cfg, paths, command, timings)
+    _say(f"report: {summary}")
+    return summary
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def build_parser() -> Any:
+    """The ``ra3 demo`` parser: every field of :class:`PipelineConfig`, ``-c`` YAML files and ``--print_config``."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="ra3 demo", description=__doc__.splitlines()[0], default_meta=False)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a pipeline YAML (configs/demo/pipeline.yaml)")
+    parser.add_class_arguments(PipelineConfig, fail_untyped=True)
+    return parser
+
+
+def parse_config(argv: Sequence[str]) -> PipelineConfig:
+    """``argv`` (without ``demo``) as a :class:`PipelineConfig`."""
+    parser = build_parser()
+    namespace = parser.parse_args(list(argv))
+    namespace.pop("config", None)
+    values = parser.instantiate_classes(namespace).as_dict()
+    return _build(values)
+
+
+def _build(values: dict[str, Any]) -> PipelineConfig:
+    specs = {"model": TinyLMConfig, "world": WorldSpec, "pretrain": PretrainSpec, "midtrain": MidtrainSpec}
+    specs |= {"rlvr": RLVRSpec, "eval": EvalSpec}
+    kwargs = {k: (specs[k](**v) if k in specs and isinstance(v, dict) else v) for k, v in values.items()}
+    if isinstance(kwargs.get("eval"), EvalSpec):
+        kwargs["eval"].ks = tuple(kwargs["eval"].ks)
+    return PipelineConfig(**kwargs)
+
+
+def main(argv: Sequence[str]) -> Path:
+    """``ra3 demo [-c configs/demo/pipeline.yaml] [--seed N] [--out DIR]``."""
+    cfg = parse_config(argv)
+    return run_pipeline(cfg, command=" ".join(["ra3", "demo", *argv]))
+
+
+def config_dict(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config as plain data (for the report)."""
+    return json.loads(json.dumps(asdict(cfg), default=list))

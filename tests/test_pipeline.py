@@ -1,0 +1,109 @@
+"""``ra3 demo`` end to end in miniature (a few steps per stage, a handful of tasks), its stage-level resuming, the
+report it writes, and ``ra3 test`` (``RLVRModule.test_step`` on ``TaskDataModule.test_dataloader``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ra3_lightning.cli import main
+from ra3_lightning.pipeline.report import moving_average, steps_to_reach
+from ra3_lightning.pipeline.stages import MODELS, STAGES, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = [
+    "--progress_bar", "false",
+    "--model.hidden_size", "32", "--model.intermediate_size", "64", "--model.vocab_size", "400",
+    "--model.tokenizer_corpus", "synthetic:pretrain?n=200",
+    "--world.pretrain", "60", "--world.midtrain", "40", "--world.rlvr", "8", "--world.eval", "4",
+    "--pretrain.steps", "4", "--pretrain.batch_size", "4", "--pretrain.max_length", "128", "--pretrain.val_every", "2",
+    "--pretrain.warmup_steps", "1",
+    "--midtrain.iterations", "2", "--midtrain.e_steps", "1", "--midtrain.m_steps", "2", "--midtrain.batch_size", "2",
+    "--midtrain.max_length", "128", "--midtrain.warmup_steps", "1", "--midtrain.num_rollouts", "2",
+    "--midtrain.max_latent_tokens", "4", "--midtrain.e_batch_size", "2", "--midtrain.records_per_iteration", "4",
+    "--midtrain.annotate_batch_size", "4",
+    "--rlvr.steps", "2", "--rlvr.batch_size", "2", "--rlvr.num_generations", "2", "--rlvr.max_new_tokens", "16",
+    "--rlvr.smoothing", "1",
+    "--eval.num_samples", "2", "--eval.ks", "[1,2]", "--eval.max_new_tokens", "16", "--eval.batch_size", "4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "report"
+    main(["demo", "-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--out", str(out), "--seed", "1", *MINI])
+    return out
+
+
+def test_demo_writes_the_report(demo):
+    summary = (demo / "summary.md").read_text()
+    assert "--seed 1" in summary and "Seed: 1" in summary
+    row = re.compile(r"\| (base|NTP|RA3|RLVR)[^|]*\| [\d.]+ \| [\d.]+ \|$")
+    table = [line for line in summary.splitlines() if row.match(line)]
+    assert len(table) == 5, table
+    for row in table:  # a number for pass@1 and pass@2 on every row, each a probability
+        values = [float(c) for c in row.strip("|").split("|")[1:]]
+        assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values) and values[0] <= values[1]
+    for model in MODELS:  # the table shows what the evaluation stage measured
+        pass1 = json.loads((demo / "eval" / f"{model}.json").read_text())["pass@1"]
+        assert f"{pass1:.3f}" in summary
+    recovery = [line for line in summary.splitlines() if re.match(r"\| [01] \| -?\d", line)]
+    assert len(recovery) == 2, "one abstraction-recovery row per EM iteration, with a measured ELBO per line"
+    for name in ("rlvr_reward.png", "em_iterations.png", "losses.png"):
+        assert (demo / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for stage in ("pretrain", "ntp", "ra3", "rlvr_ntp", "rlvr_ra3"):
+        assert list((demo / "tb" / stage / "version_0").glob("events.out.tfevents.*")), stage
+
+
+def test_rerun_skips_finished_stages(demo, capsys):
+    stamps = {p: p.stat().st_mtime_ns for p in (demo / "checkpoints").glob("*.ckpt")}
+    assert len(stamps) == 5
+    (demo / "eval" / "ra3.json").unlink()  # one unfinished piece of work: only it runs again
+    main(["demo", "-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--out", str(demo), "--seed", "1", *MINI])
+    err = capsys.readouterr().err
+    for stage in STAGES[:-1]:
+        assert f"{stage.name}: finished earlier, skipped" in err
+    assert "eval ra3: pass@1=" in err and "eval ntp: done before, skipped" in err
+    assert {p: p.stat().st_mtime_ns for p in (demo / "checkpoints").glob("*.ckpt")} == stamps
+    assert (demo / "eval" / "ra3.json").exists()
+
+
+def test_ra3_test_on_a_task_file(demo, tmp_path, monkeypatch):
+    from ra3_lightning.data.synthetic import load_split
+
+    tasks = tmp_path / "tasks.jsonl"
+    load_split("eval", n=3, seed=5).select_columns(["task_id", "prompt", "entry_point", "canonical_solution", "test"]) \
+        .to_json(str(tasks))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    cli_args = [
+        "test", "-c", str(ROOT / "configs" / "eval_humaneval.yaml"), "--data.path", str(tasks),
+        "--model.init_from", str(demo / "checkpoints" / "ntp.ckpt"), "--model.max_new_tokens", "8",
+        "--model.val_num_samples", "2", "--model.pass_at_k", "[1, 2]", "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    from ra3_lightning.cli import RA3CLI
+
+    cli = RA3CLI(args=cli_args)
+    assert len(cli.datamodule.test_tasks) == 3
+    metrics = cli.trainer.callback_metrics
+    assert 0.0 <= float(metrics["test/pass@1"]) <= float(metrics["test/pass@2"]) <= 1.0
+    assert len(cli.model.reward_fn.last_results) == 3 * 2  # one batch (val_batch_size 8): 3 tasks x 2 samples
+    assert "val/pass@1" not in metrics
+
+
+def test_config_knobs_reach_the_pipeline():
+    cfg = parse_config(["-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--midtrain.think_cost", "0.2"])
+    assert cfg.midtrain.think_cost == 0.2 and cfg.eval.ks == (1, 8)
+    with pytest.raises(ValueError, match="num_samples"):
+        parse_config(["--eval.ks", "[1, 16]", "--eval.num_samples", "8"])
+
+
+def test_steps_to_reach_uses_the_trailing_mean():
+    # pass rates 0, 0.5, 0.5, 1 -> trailing 2-means 0, 0.25, 0.5, 0.75: 0.5 is first reached at the 3rd step
+    series = [(0, 0.0), (1, 0.5), (2, 0.5), (3, 1.0)]
+    assert moving_average([v for _, v in series], 2) == [0.0, 0.25, 0.5, 0.75]
+    assert steps_to_reach(series, 0.5, 2) == 3
+    assert steps_to_reach(series, 0.9, 2) is None
