@@ -154,6 +154,7 @@ def tokenizer_for_tiny(cfg: TinyLMConfig) -> PreTrainedTokenizerBase:
 
     key = json.dumps(
         [
+            TOKENIZER_VERSION,
             cfg.tokenizer_corpus,
             cfg.text_field,
             cfg.tokenizer_max_docs,

@@ -46,3 +46,11 @@ def adamw_warmup_cosine(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def schedule_length(total_steps: int | None, trainer: Any) -> int:
+    """The LR schedule's length: ``total_steps`` if given, else the trainer's estimate (which needs a bound)."""
+    total = total_steps or trainer.estimated_stepping_batches
+    if total == float("inf"):
+        raise ValueError("the LR schedule needs a length: set `--trainer.max_steps` or `--model.total_steps`")
+    return int(total)

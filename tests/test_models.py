@@ -50,3 +50,18 @@ def test_exported_tiny_model_tokenizes_the_same_through_autotokenizer(tiny_lm, t
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     text = "def f(x):\n    # add one\n    return x + 1\n\n\nclass A:\n\tpass\n"
     assert loaded.encode(text, add_special_tokens=False) == tiny_tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_tokenizer_cache_key_includes_the_version(monkeypatch, tmp_path):
+    import ra3_lightning.models as models
+
+    calls = []
+    monkeypatch.setattr(models, "train_bpe_tokenizer", lambda texts, n: calls.append(n) or models.load_tokenizer)
+    monkeypatch.setattr(models, "_save_atomically", lambda tok, path: calls.append(path))
+    monkeypatch.setattr("ra3_lightning.data.sources.load_texts", lambda *a, **k: ["x = 1\n"])
+    monkeypatch.setenv("RA3_CACHE", str(tmp_path))
+    cfg = TinyLMConfig(tokenizer_corpus="corpus-name")
+    models.tokenizer_for_tiny(cfg)
+    monkeypatch.setattr(models, "TOKENIZER_VERSION", models.TOKENIZER_VERSION + 1)
+    models.tokenizer_for_tiny(cfg)
+    assert calls[1] != calls[3]  # a new tokenizer version trains into a new cache directory

@@ -28,7 +28,7 @@ from ra3_lightning.annotate import AnnotationConfig, annotate_batch
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.latent import LatentFormat
 from ra3_lightning.modules.base import CausalLMModule
-from ra3_lightning.optim import adamw_warmup_cosine
+from ra3_lightning.optim import adamw_warmup_cosine, schedule_length
 from ra3_lightning.rl.advantages import AdvantageScale, group_advantages, masked_mean
 from ra3_lightning.rl.kl import KLKind, kl_penalty
 from ra3_lightning.rl.returns import RewardNorm, discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
@@ -244,11 +244,9 @@ class LatentPolicyModule(CausalLMModule):
     # ----------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        total = hp.total_steps or self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ValueError("the LR schedule needs a length: set `--trainer.max_steps` or `--model.total_steps`")
+        total = schedule_length(hp.total_steps, self.trainer)
         return adamw_warmup_cosine(
-            self.model.named_parameters(), lr=hp.lr, total_steps=int(total), warmup_steps=hp.warmup_steps,
+            self.model.named_parameters(), lr=hp.lr, total_steps=total, warmup_steps=hp.warmup_steps,
             min_lr_ratio=hp.min_lr_ratio, weight_decay=hp.weight_decay,
         )  # fmt: skip
 

@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric
 
 from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity
 from ra3_lightning.modules.base import CausalLMModule
-from ra3_lightning.optim import adamw_warmup_cosine
+from ra3_lightning.optim import adamw_warmup_cosine, schedule_length
 
 
 def lm_inputs(batch: dict[str, Tensor]) -> dict[str, Any]:
@@ -128,13 +128,11 @@ class NTPModule(CausalLMModule):
     # ----------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        total = hp.total_steps or self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ValueError("the LR schedule needs a length: set `--trainer.max_steps` or `--model.total_steps`")
+        total = schedule_length(hp.total_steps, self.trainer)
         return adamw_warmup_cosine(
             self.model.named_parameters(),
             lr=hp.lr,
-            total_steps=int(total),
+            total_steps=total,
             warmup_steps=hp.warmup_steps,
             min_lr_ratio=hp.min_lr_ratio,
             weight_decay=hp.weight_decay,
