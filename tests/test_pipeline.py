@@ -107,3 +107,12 @@ def test_steps_to_reach_uses_the_trailing_mean():
     assert moving_average([v for _, v in series], 2) == [0.0, 0.25, 0.5, 0.75]
     assert steps_to_reach(series, 0.5, 2) == 3
     assert steps_to_reach(series, 0.9, 2) is None
+
+
+def test_plain_ra3_demo_uses_the_shipped_pipeline_config():
+    from ra3_lightning.pipeline.stages import parse_config, with_default_config
+
+    assert with_default_config(["--seed", "3"])[:1] == ["-c"]
+    assert with_default_config(["-c", "x.yaml"]) == ["-c", "x.yaml"]
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "demo" / "pipeline.yaml"
+    assert parse_config(with_default_config([])) == parse_config(["-c", str(shipped)])

@@ -487,9 +487,19 @@ def _build(values: dict[str, Any]) -> PipelineConfig:
     return PipelineConfig(**kwargs)
 
 
+def with_default_config(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``-c configs/demo/pipeline.yaml`` (the packaged copy) in front unless it names a config."""
+    argv = list(argv)
+    if any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
+        return argv
+    from ra3_lightning.cli import PACKAGED_CONFIGS
+
+    return ["-c", str(PACKAGED_CONFIGS / "demo" / "pipeline.yaml"), *argv]
+
+
 def main(argv: Sequence[str]) -> Path:
-    """``ra3 demo [-c configs/demo/pipeline.yaml] [--seed N] [--out DIR]``."""
-    cfg = parse_config(argv)
+    """``ra3 demo [-c configs/demo/pipeline.yaml] [--seed N] [--out DIR]`` (that config when none is given)."""
+    cfg = parse_config(with_default_config(argv))
     return run_pipeline(cfg, command=" ".join(["ra3", "demo", *argv]))
 
 
