@@ -90,14 +90,25 @@ def _unhide_mounts(paths: Sequence[str]) -> list[str]:
             log.warning("sandbox: %s is not readable by other users; imports from it will fail in the sandbox", p)
     args: list[str] = []
     for hidden, inner in sorted(groups.items()):
-        args += ["--tmpfs", hidden]
-        outermost = [p for p in sorted(inner) if not any(p != q and p.startswith(q + os.sep) for q in inner)]
-        for p in outermost:
-            parents = Path(p).relative_to(hidden).parents
-            # bwrap would create the missing parents with mode 0700; make them traversable like the originals.
-            args += [a for d in reversed(list(parents)[:-1]) for a in ("--dir", os.path.join(hidden, d))]
-            args += ["--ro-bind", p, p]
+        args += ["--tmpfs", hidden, *_bind_back(hidden, inner)]
     return args
+
+
+def _bind_back(covered: str, paths: Sequence[str]) -> list[str]:
+    """bwrap arguments that bind ``paths`` (all under ``covered``, which a tmpfs hides) back, read-only."""
+    args: list[str] = []
+    outermost = [p for p in sorted(paths) if not any(p != q and p.startswith(q + os.sep) for q in paths)]
+    for p in outermost:
+        parents = Path(p).relative_to(covered).parents
+        # bwrap would create the missing parents with mode 0700; make them traversable like the originals.
+        args += [a for d in reversed(list(parents)[:-1]) for a in ("--dir", os.path.join(covered, d))]
+        args += ["--ro-bind", p, p]
+    return args
+
+
+def _scratch_rebinds(paths: Sequence[str]) -> list[str]:
+    """The interpreter's own directories under ``SCRATCH`` (a venv in ``/tmp``), bound back over the private tmpfs."""
+    return _bind_back(SCRATCH, [p for p in paths if p.startswith(SCRATCH + os.sep)])
 
 
 def bwrap_argv(scratch_mb: int, privileged: bool) -> list[str]:
@@ -108,7 +119,8 @@ def bwrap_argv(scratch_mb: int, privileged: bool) -> list[str]:
     else:
         namespaces, caps = ["--unshare-all"], []
     mounts = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--size", str(scratch_mb << 20)]
-    mounts += ["--tmpfs", SCRATCH] + (_unhide_mounts(_interpreter_paths()) if privileged else [])
+    mounts += ["--tmpfs", SCRATCH, *_scratch_rebinds(_interpreter_paths())]
+    mounts += _unhide_mounts(_interpreter_paths()) if privileged else []
     env = [a for k, v in ENV.items() for a in ("--setenv", k, v)]
     return [
         "bwrap",
