@@ -191,10 +191,12 @@ class RLVRModule(CausalLMModule):
         texts, tasks = self.decode(rollout), [t for t in batch.tasks for _ in range(self.G)]
         t_gen = time.perf_counter()
         pending = self.submit_rewards(texts, tasks)
-        old_logp, ref_logp = self.fixed_logps(rollout)  # runs while the sandbox scores
+        # While the sandbox scores: the fixed log-probs, and the forward pass (with graph) of the first micro-batch.
+        old_logp, ref_logp = self.fixed_logps(rollout)
+        head = self.completion_logps(self.model, rollout, next(self.micro_batches(rollout.num_samples)), True)
         rewards, t_reward = self.await_rewards(pending, texts, tasks, t_gen)
         advantages, sample_mask = self.advantages(rewards)  # [B*G], [B*G]
-        stats = self.update(rollout, old_logp, ref_logp, advantages, sample_mask)
+        stats = self.update(rollout, old_logp, ref_logp, advantages, sample_mask, head)
         t_end = time.perf_counter()
         self.log_step(rollout, rewards, stats, {"gen": t_gen - t0, "reward": t_reward, "update": t_end - t_gen})
         self.log_samples(batch, texts, rewards)
@@ -248,14 +250,17 @@ class RLVRModule(CausalLMModule):
         self, model: torch.nn.Module, rollout: Rollout, rows: slice, with_entropy: bool = False
     ) -> tuple[Tensor, Tensor | None]:  # [b, T], [b, T]
         """Log-probs of the completion tokens (and the policy entropy at each position) under ``model``."""
-        P = rollout.prompt_ids.shape[1]
-        logits = model(**self.sequence_inputs(rollout, rows)).logits[:, P - 1 : -1].float()  # [b, T, V]
-        logp_all = logits.log_softmax(-1)  # [b, T, V]
-        logp = logp_all.gather(-1, rollout.completion_ids[rows].unsqueeze(-1)).squeeze(-1)  # [b, T]
+        T = rollout.completion_ids.shape[1]
+        # The LM head runs only where completion tokens are predicted (not over the prompt).
+        out = model(**self.sequence_inputs(rollout, rows), logits_to_keep=T + 1)
+        logits = out.logits[:, :-1].float()  # [b, T, V]
+        log_norm = logits.logsumexp(-1)  # [b, T]
+        logp = logits.gather(-1, rollout.completion_ids[rows].unsqueeze(-1)).squeeze(-1) - log_norm  # [b, T]
         entropy = None
         if with_entropy:
             with torch.no_grad():
-                entropy = -(logp_all.exp() * logp_all).sum(-1)  # [b, T]
+                probs = (logits - log_norm.unsqueeze(-1)).exp()  # [b, T, V]
+                entropy = log_norm - (probs * logits).sum(-1)  # [b, T]
         return logp, entropy
 
     def micro_batches(self, n: int) -> Iterator[slice]:
@@ -297,6 +302,7 @@ class RLVRModule(CausalLMModule):
         ref_logp: Tensor | None,  # [B*G, T] or None (beta == 0)
         advantages: Tensor,  # [B*G]
         sample_mask: Tensor,  # [B*G] bool
+        head: tuple[Tensor, Tensor | None] | None = None,  # first micro-batch's (logp, entropy), computed early
     ) -> dict[str, Tensor]:
         """``mu`` optimizer steps over the generation batch; returns the mean diagnostics of the last pass."""
         mask = rollout.completion_mask.float() * sample_mask.unsqueeze(-1)  # [B*G, T]
@@ -305,7 +311,8 @@ class RLVRModule(CausalLMModule):
         norm = self.loss_normaliser(mask)
         opt, sched = self.optimizers(), self.lr_schedulers()
         for epoch in range(self.mu):
-            stats = self.accumulate(rollout, old_logp, ref_logp, advantages, mask, norm, with_entropy=epoch == 0)
+            first = head if epoch == 0 else None
+            stats = self.accumulate(rollout, old_logp, ref_logp, advantages, mask, norm, epoch == 0, first)
             if epoch == 0:
                 entropy = stats.pop("entropy")
             if self.hparams.max_grad_norm is not None:
@@ -324,11 +331,19 @@ class RLVRModule(CausalLMModule):
         mask: Tensor,
         norm: LossNormaliser,
         with_entropy: bool,
+        first: tuple[Tensor, Tensor | None] | None = None,
     ) -> dict[str, Tensor]:
-        """Forward/backward every micro-batch (gradients accumulate); summed loss and token-weighted diagnostics."""
+        """Forward/backward every micro-batch (gradients accumulate); summed loss and token-weighted diagnostics.
+
+        ``first``: the first micro-batch's ``(logp, entropy)`` when its forward pass already ran (see
+        ``training_step``: it overlaps the sandbox's scoring).
+        """
         totals: dict[str, Tensor] = {}
-        for rows in self.micro_batches(rollout.num_samples):
-            logp, entropy = self.completion_logps(self.model, rollout, rows, with_entropy)  # [b, T]
+        for index, rows in enumerate(self.micro_batches(rollout.num_samples)):
+            if index == 0 and first is not None:
+                logp, entropy = first  # [b, T]
+            else:
+                logp, entropy = self.completion_logps(self.model, rollout, rows, with_entropy)  # [b, T]
             old = logp.detach() if old_logp is None else old_logp[rows]
             ref = None if ref_logp is None else ref_logp[rows]
             loss, diag = policy_loss(
