@@ -133,7 +133,7 @@ class MidtrainSpec:
     e_batch_size: int = 4
     q_lr: float = 2e-4
     temperature: float = 1.0
-    records_per_iteration: int = 96
+    records_per_iteration: int = 492
     annotate_batch_size: int = 16
     loss_on: str = "all"
 
