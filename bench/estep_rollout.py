@@ -18,29 +18,9 @@ from pathlib import Path
 import torch
 
 from ra3_lightning.models import TinyLMConfig, build_tiny_lm, train_bpe_tokenizer
-from ra3_lightning.rollout import LatentVocab, encode_trace, rollout
+from ra3_lightning.rollout import LatentVocab, ThinkBias, encode_trace, rollout
 
 HUMANEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "HumanEval.jsonl.gz"
-
-
-class ThinkBias(torch.nn.Module):
-    """Adds ``bias`` to the THINK-token logits of an HF causal LM."""
-
-    def __init__(self, model: torch.nn.Module, think: torch.Tensor, bias: float) -> None:
-        super().__init__()
-        self.model, self.config = model, model.config
-        self.register_buffer("bias", think.float() * bias)
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False):
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-        )
-        out.logits = out.logits + self.bias
-        return out
 
 
 def load_traces(n: int) -> list[str]:

@@ -552,3 +552,24 @@ def policy_logq(
         )
         logq = logq.index_put((rows, layout.owner[rows, cols + 1]), lp, accumulate=True)
     return PolicyTerms(logq * line_mask, p_think(decision, think_mask) * line_mask)
+
+
+class ThinkBias(torch.nn.Module):
+    """An HF causal LM with ``bias`` added to the logits of THINK tokens: rollouts of an untrained model then think
+    often enough to exercise (benchmark, test) the rationale path. Not for training."""
+
+    def __init__(self, model: torch.nn.Module, think: Tensor, bias: float) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+        self.register_buffer("bias", think.float() * bias)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False):
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+        )
+        out.logits = out.logits + self.bias
+        return out

@@ -6,27 +6,15 @@ import pytest
 import torch
 
 from ra3_lightning.latent import strip_rationales
-from ra3_lightning.rollout import LatentVocab, encode_trace, plain_layout, policy_logq, rollout, score_lines
-
-
-class ThinkBias(torch.nn.Module):
-    """Wraps an HF causal LM and adds ``bias`` to the logits of THINK tokens, so that rollouts do think."""
-
-    def __init__(self, model: torch.nn.Module, think: torch.Tensor, bias: float) -> None:
-        super().__init__()
-        self.model, self.config = model, model.config
-        self.register_buffer("bias", think.float() * bias)
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False):
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-        )
-        out.logits = out.logits + self.bias
-        return out
+from ra3_lightning.rollout import (
+    LatentVocab,
+    ThinkBias,
+    encode_trace,
+    plain_layout,
+    policy_logq,
+    rollout,
+    score_lines,
+)
 
 
 @pytest.fixture
