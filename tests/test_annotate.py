@@ -7,13 +7,12 @@ import json
 import datasets
 import pytest
 import torch
-from test_rollout import ThinkBias
 
 from ra3_lightning.annotate import AnnotationConfig, annotate
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.traces import TraceDataModule
 from ra3_lightning.latent import strip_rationales
-from ra3_lightning.rollout import LatentVocab
+from ra3_lightning.rollout import LatentVocab, ThinkBias
 
 
 @pytest.fixture
