@@ -266,6 +266,7 @@ class Worker:
         self.uid_base = uid_base
         self.jobs = 0
         self.pending: int | None = None
+        self.keep = _entries_holding_mounts(scratch)  # e.g. a venv under /tmp bound back read-only: never wiped
         if not self.pidns:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
         self._wipe_scratch()  # leftovers of a predecessor that was killed mid-job
@@ -347,6 +348,8 @@ class Worker:
     def _wipe_scratch(self) -> None:
         for name in os.listdir(self.scratch):
             path = os.path.join(self.scratch, name)
+            if path in self.keep:
+                continue
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -354,6 +357,20 @@ class Worker:
                     os.unlink(path)
                 except OSError:
                     pass
+
+
+def _entries_holding_mounts(root: str) -> set[str]:
+    """Top-level entries of ``root`` that are, or contain, a mount point (read from ``/proc/self/mountinfo``)."""
+    keep = set()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+    except OSError:
+        return keep
+    for point in points:
+        if point.startswith(root.rstrip("/") + "/"):
+            keep.add(os.path.join(root, point[len(root.rstrip("/")) + 1 :].split("/")[0]))
+    return keep
 
 
 def _pid1_is_bwrap() -> bool:
