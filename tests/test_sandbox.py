@@ -135,12 +135,29 @@ def test_batch_keeps_order_and_outputs_are_bounded(sandbox):
 def test_each_program_gets_a_fresh_scratch_dir(sandbox):
     suite = TestSuite("assert", asserts=("assert True",))
     for _ in range(4):  # both workers see both programs at least once
-        writer = sandbox.run("import os\nopen('leak.txt', 'w').write('x')\nassert os.path.exists('leak.txt')\n", suite)
+        writer = sandbox.run("import os\nos.makedirs('d/e')\nopen('leak.txt', 'w').write('x')\n", suite)
         assert writer.passed, writer
     reader = "import os, glob\nassert sorted(os.listdir('.')) == ['.stderr', '.stdout'], os.listdir('.')\n"
-    reader += "assert not glob.glob('../*/leak.txt'), glob.glob('../*/leak.txt')\n"
+    reader += "assert not glob.glob('../*/leak.txt') and not glob.glob('../*/d'), glob.glob('../*')\n"
     results = sandbox.run_batch([(reader, suite)] * 4)
     assert all(r.passed for r in results), results
+
+
+def test_runner_environment_and_signals_are_fresh(sandbox):
+    """Set once in the worker (see ``_prepare_worker``), per job only HOME/TMPDIR: what a program sees."""
+    program = (
+        "import os, signal, sys\n"
+        "env = dict(os.environ)\n"
+        "assert sorted(env) == ['HOME', 'LANG', 'PATH', 'TMPDIR'], env\n"
+        "assert env['HOME'] == env['TMPDIR'] == os.getcwd(), (env, os.getcwd())\n"
+        "for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM):\n"
+        "    assert signal.getsignal(sig) == signal.SIG_DFL, sig\n"
+        "assert sys.stdin.read() == ''\n"
+        "print('to stdout'); print('to stderr', file=sys.stderr)\n"
+    )
+    results = sandbox.run_batch([(program, TestSuite("assert", asserts=("assert True",)))] * 3)
+    assert all(r.passed for r in results), results
+    assert {(r.stdout_tail, r.stderr_tail) for r in results} == {("to stdout\n", "to stderr\n")}
 
 
 # ------------------------------------------------------------------------------------ HumanEval canonical solutions

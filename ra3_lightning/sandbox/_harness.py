@@ -6,8 +6,9 @@ bubblewrap, as a plain child process). It imports only the standard library and 
 Protocol (newline-delimited JSON on the worker's stdin / stdout):
 
 * the worker first writes ``{"ready": true, ...}``;
-* then, per request ``{"program": str, "tests": {...TestSuite fields...}, "limits": {...Limits fields...}}``, it
-  answers with the raw facts of the run: ``{"record": str | null, "nonce": str, "timed_out": bool, "exit_code":
+* then, per request, two lines: a header ``{"timeout_s": float, "max_output_bytes": int}`` (all the worker itself
+  reads) and the runner's job ``{"program": str, "tests": {...TestSuite fields...}, "limits": {...Limits
+  fields...}}``, which the worker forwards unparsed (decoding it would only cost pages). It answers with the raw facts of the run: ``{"record": str | null, "nonce": str, "timed_out": bool, "exit_code":
   int | null, "signal": int | null, "runtime_s": float, "stdout_tail": str, "stderr_tail": str}``. The trainer turns
   these facts into an :class:`~ra3_lightning.sandbox.types.ExecResult` (``ra3_lightning.sandbox.verdict``).
 
@@ -205,20 +206,16 @@ def _isolate_runner(jobdir: str, job_fd: int, result_fd: int, uid: int | None) -
     os.closerange(4, hidden)
     os.closerange(hidden + 1, 1 << 16)
     os.chdir(jobdir)
-    os.environ.clear()
-    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=jobdir, TMPDIR=jobdir, LANG="C.UTF-8")
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes raise OSError in the program instead
+    os.environ["HOME"] = os.environ["TMPDIR"] = jobdir  # the rest of the environment was set by _prepare_worker
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the only disposition the worker wants different
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it; matters without a PID ns
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115
-    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    # sys.stdin/stdout/stderr already wrap fds 0/1/2, which now point at the job's files; the worker never uses
+    # these objects (it reads and writes raw fds), so their buffers are empty and new ones would only cost pages.
     return hidden
 
 
@@ -296,9 +293,8 @@ class Worker:
         os.close(job_r)
         self.spare = (pid, r, job_w, nonce, jobdir)
 
-    def run(self, line: bytes) -> dict:
+    def run(self, header: dict, line: bytes) -> dict:
         """Hand one job to the spare runner and return its facts; clean-up after a report waits for :meth:`finish`."""
-        job = json.loads(line)
         pid, r, job_w, nonce, jobdir = self.spare
         start = time.monotonic()
         try:
@@ -306,7 +302,7 @@ class Worker:
         except BrokenPipeError:  # the spare runner died before its job came (it is scored as crashed)
             pass
         os.close(job_w)
-        record, timed_out = _collect(r, pid, start + job["limits"]["timeout_s"])
+        record, timed_out = _collect(r, pid, start + header["timeout_s"])
         facts = {"record": record, "nonce": nonce, "timed_out": timed_out, "runtime_s": time.monotonic() - start}
         os.close(r)
         self._signal_all(pid)
@@ -316,7 +312,7 @@ class Worker:
         else:
             facts.update(_exit_facts(self._reap(pid)))
             self.pending = None
-        facts.update(_tails(jobdir, job["limits"]["max_output_bytes"]))
+        facts.update(_tails(jobdir, header["max_output_bytes"]))
         return facts
 
     def finish(self) -> None:
@@ -347,6 +343,8 @@ class Worker:
 
     def _wipe_scratch(self) -> None:
         for name in os.listdir(self.scratch):
+            if name.startswith("job") and _remove_flat_dir(os.path.join(self.scratch, name)):
+                continue
             path = os.path.join(self.scratch, name)
             if path in self.keep:
                 continue
@@ -357,6 +355,18 @@ class Worker:
                     os.unlink(path)
                 except OSError:
                     pass
+
+
+def _remove_flat_dir(path: str) -> bool:
+    """Remove a job directory holding only plain files (the usual case) with a few syscalls; ``False`` if it holds
+    anything else, for ``shutil.rmtree`` to deal with."""
+    try:
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+    except OSError:
+        return False
+    return True
 
 
 def _entries_holding_mounts(root: str) -> set[str]:
@@ -483,15 +493,24 @@ def _exit_facts(status: int) -> dict:
 
 
 def _tails(jobdir: str, limit: int) -> dict:
+    """The last ``limit`` bytes of the job's stdout and stderr (most programs print nothing: one ``stat`` each)."""
     tails = {}
     for name in ("stdout", "stderr"):
+        path = os.path.join(jobdir, "." + name)
         try:
-            with open(os.path.join(jobdir, "." + name), "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
-                tails[name + "_tail"] = f.read(limit).decode("utf-8", "replace")
+            size = os.stat(path).st_size
+            tails[name + "_tail"] = _read_tail(path, size, limit) if size else ""
         except OSError:
             tails[name + "_tail"] = ""
     return tails
+
+
+def _read_tail(path: str, size: int, limit: int) -> str:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, limit, max(0, size - limit)).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -501,6 +520,53 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _write_line(obj: dict) -> None:
     _write_all(1, (json.dumps(obj) + "\n").encode())
+
+
+WARM_UP = """
+import math
+from collections import Counter
+class _C:
+    def m(self, x: int) -> list[int]:
+        return [i * x for i in range(3) if i] + list({k: v for k, v in {1: 2}.items()})
+def _f(a, b=2, *args, **kw):
+    s = f"{a!r}:{b:>3}"
+    try:
+        assert a and b, "msg"
+    except (AssertionError, ValueError) as e:
+        s += str(e)
+    finally:
+        pass
+    for i, j in zip(range(2), "ab"):
+        while False:
+            break
+    return (lambda y: y)(s), sorted({3, 1}, key=lambda v: -v), Counter("aab").most_common(1)
+_f(1)
+_C().m(2)
+"""
+
+
+def _prepare_worker() -> None:
+    """Everything every runner would otherwise do for itself, done once: after a fork each page a process writes
+    costs a copy-on-write fault, so work done here is work no runner repeats.
+
+    Preloads common modules, runs the compiler, ``exec``, JSON and exception formatting once (their lazy state,
+    e.g. the AST types the first ``compile`` creates, then lives in pages the runners only read), and sets the
+    environment and the signal dispositions that runners keep.
+    """
+    for name in PRELOAD:
+        __import__(name)
+    exec(compile(WARM_UP, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
+    json.loads(json.dumps({"a": [True, None, 1.5, "x"], "b": {"c": 1}}))
+    try:
+        raise ValueError("warm-up")
+    except ValueError as exc:
+        _describe(exc)
+    os.environ.clear()
+    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # runners: oversized writes raise OSError in the program instead
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # worker: a dead runner's job pipe raises instead of killing us
 
 
 def main(argv: list[str]) -> None:
@@ -516,15 +582,14 @@ def main(argv: list[str]) -> None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != args.parent_pid:
             raise SystemExit("harness: parent already gone")
-    for name in PRELOAD:
-        __import__(name)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a dead runner's job pipe raises instead of killing us
+    _prepare_worker()
     worker = Worker(args.scratch, args.pidns, args.uid_base)
     stdin = open(0, "rb", closefd=False)  # noqa: SIM115
     _write_line({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "pidns": worker.pidns})
-    for line in stdin:
+    for header in stdin:
+        line = stdin.readline()
         try:
-            _write_line(worker.run(line))
+            _write_line(worker.run(json.loads(header), line))
             worker.finish()
         except Exception as exc:  # a bug in the worker itself: report it instead of hanging the trainer
             _write_line({"worker_error": _describe(exc)})

@@ -229,8 +229,9 @@ class _Worker:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
+        header = {"timeout_s": job["limits"]["timeout_s"], "max_output_bytes": job["limits"]["max_output_bytes"]}
         try:
-            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.write(f"{json.dumps(header)}\n{json.dumps(job)}\n".encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self.kill()
