@@ -8,9 +8,10 @@ Protocol (newline-delimited JSON on the worker's stdin / stdout):
 * the worker first writes ``{"ready": true, ...}``;
 * then, per request, two lines: a header ``{"timeout_s": float, "max_output_bytes": int}`` (all the worker itself
   reads) and the runner's job ``{"program": str, "tests": {...TestSuite fields...}, "limits": {...Limits
-  fields...}}``, which the worker forwards unparsed (decoding it would only cost pages). It answers with the raw facts of the run: ``{"record": str | null, "nonce": str, "timed_out": bool, "exit_code":
-  int | null, "signal": int | null, "runtime_s": float, "stdout_tail": str, "stderr_tail": str}``. The trainer turns
-  these facts into an :class:`~ra3_lightning.sandbox.types.ExecResult` (``ra3_lightning.sandbox.verdict``).
+  fields...}}``, which the worker forwards unparsed (decoding it would only cost pages). It answers with the raw
+  facts of the run: ``{"record": str | null, "nonce": str, "timed_out": bool, "exit_code": int | null, "signal":
+  int | null, "runtime_s": float, "stdout_tail": str, "stderr_tail": str}``. The trainer turns these facts into an
+  :class:`~ra3_lightning.sandbox.types.ExecResult` (``ra3_lightning.sandbox.verdict``).
 
 Per program the worker uses a *runner* it forked ahead of time (while the trainer was busy with the previous
 answer): the runner starts a new session, closes every descriptor except its job and result pipes, drops to a
