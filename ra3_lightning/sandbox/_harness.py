@@ -25,13 +25,11 @@ child subreaper. Waiting for the dead and wiping the scratch directory happen af
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
 import resource
 import select
-import shutil
 import signal
 import sys
 import time
@@ -44,7 +42,6 @@ PRELOAD = (
     "collections",
     "copy",
     "functools",
-    "hashlib",
     "heapq",
     "itertools",
     "math",
@@ -56,11 +53,26 @@ PRELOAD = (
 MAX_RECORD_BYTES = 1 << 20
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = None
 
 
 def _prctl(option: int, arg: int) -> None:
+    """``prctl(2)`` through ctypes, loaded on first use: only the worker without a PID namespace needs it, and every
+    shared library the worker maps makes each of its forks dearer."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
     _libc.prctl(option, arg, 0, 0, 0)
+
+
+def _ensure_no_new_privs() -> None:
+    """Set ``PR_SET_NO_NEW_PRIVS`` (inherited by every runner) unless it is already set, as bubblewrap does."""
+    with open("/proc/self/status") as f:
+        if any(line.split() == ["NoNewPrivs:", "1"] for line in f):
+            return
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
 # ----------------------------------------------------------------------------------------------- runner (child)
@@ -195,8 +207,9 @@ def _apply_limits(limits: dict) -> None:
         resource.setrlimit(which, (value, hard))
 
 
-def _isolate_runner(jobdir: str, job_fd: int, result_fd: int, uid: int | None) -> int:
-    """Make this forked process a runner: own session, fresh fds and env, unprivileged uid (rlimits come later)."""
+def _isolate_runner(jobdir: str, job_fd: int, result_fd: int, uid: int | None, pidns: bool) -> int:
+    """Make this forked process a runner: own session, fresh fds and env, unprivileged uid (rlimits come later).
+    ``PR_SET_NO_NEW_PRIVS`` it inherits from the worker."""
     os.setsid()
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     for fd, name in ((1, ".stdout"), (2, ".stderr")):
@@ -213,8 +226,8 @@ def _isolate_runner(jobdir: str, job_fd: int, result_fd: int, uid: int | None) -
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it; matters without a PID ns
+    if not pidns:  # with one, the namespace dies with the worker; the uid change above clears the flag
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # sys.stdin/stdout/stderr already wrap fds 0/1/2, which now point at the job's files; the worker never uses
     # these objects (it reads and writes raw fds), so their buffers are empty and new ones would only cost pages.
     return hidden
@@ -228,11 +241,11 @@ def _read_job(fd: int) -> dict:
     return json.loads(data)
 
 
-def _runner(jobdir: str, job_fd: int, result_fd: int, nonce: str, uid: int | None) -> None:
+def _runner(jobdir: str, job_fd: int, result_fd: int, nonce: str, uid: int | None, pidns: bool) -> None:
     """Body of the forked runner; never returns. Forked ahead of time, it isolates itself, then waits for its job
     on ``job_fd``. The result line is written only after the last test."""
     write, dumps, exit_ = os.write, json.dumps, os._exit  # bound before untrusted code can replace them
-    fd = _isolate_runner(jobdir, job_fd, result_fd, uid)
+    fd = _isolate_runner(jobdir, job_fd, result_fd, uid, pidns)
     job = _read_job(3)
     _apply_limits(job["limits"])
     tests = job["tests"]
@@ -267,6 +280,7 @@ class Worker:
         self.keep = _entries_holding_mounts(scratch)  # e.g. a venv under /tmp bound back read-only: never wiped
         if not self.pidns:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _ensure_no_new_privs()
         self._wipe_scratch()  # leftovers of a predecessor that was killed mid-job
         self.prefork()
 
@@ -287,7 +301,7 @@ class Worker:
             try:
                 os.close(r)
                 os.close(job_w)
-                _runner(jobdir, job_r, w, nonce, uid)
+                _runner(jobdir, job_r, w, nonce, uid, self.pidns)
             finally:
                 os._exit(70)
         os.close(w)
@@ -343,31 +357,25 @@ class Worker:
         return status
 
     def _wipe_scratch(self) -> None:
-        for name in os.listdir(self.scratch):
-            if name.startswith("job") and _remove_flat_dir(os.path.join(self.scratch, name)):
-                continue
-            path = os.path.join(self.scratch, name)
-            if path in self.keep:
-                continue
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+        """Remove everything in the scratch directory but the mounts bound back into it. Runs after every process
+        of the job is dead, so nothing changes under it (no symlink races); entries it cannot remove stay."""
+        with os.scandir(self.scratch) as entries:
+            for entry in entries:
+                if entry.path not in self.keep:
+                    _remove(entry)
 
 
-def _remove_flat_dir(path: str) -> bool:
-    """Remove a job directory holding only plain files (the usual case) with a few syscalls; ``False`` if it holds
-    anything else, for ``shutil.rmtree`` to deal with."""
+def _remove(entry: os.DirEntry) -> None:
     try:
-        for name in os.listdir(path):
-            os.unlink(os.path.join(path, name))
-        os.rmdir(path)
+        if entry.is_dir(follow_symlinks=False):
+            with os.scandir(entry.path) as entries:
+                for inner in entries:
+                    _remove(inner)
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
     except OSError:
-        return False
-    return True
+        pass
 
 
 def _entries_holding_mounts(root: str) -> set[str]:
@@ -578,7 +586,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--pidns", action="store_true")
     p.add_argument("--uid-base", type=int, default=None)
     p.add_argument("--parent-pid", type=int, default=None)
+    p.add_argument("--site-dir", action="append", default=[])
     args = p.parse_args(argv)
+    sys.path.extend(args.site_dir)
     if args.parent_pid is not None:  # without bubblewrap's --die-with-parent: die with the trainer
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != args.parent_pid:

@@ -71,6 +71,13 @@ def _hidden_ancestor(path: str) -> str | None:
     return None
 
 
+def _site_dirs() -> list[str]:
+    """The interpreter's site-packages directories, for programs that import third-party packages (e.g. numpy)."""
+    import site
+
+    return [d for d in site.getsitepackages() if os.path.isdir(d)]
+
+
 def _interpreter_paths() -> list[str]:
     """Directories the runner's interpreter reads from after it dropped to an unprivileged uid."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
@@ -196,7 +203,7 @@ class _Worker:
         self._buf = bytearray()
 
     def _argv(self) -> list[str]:
-        harness = [sys.executable, "-I", str(HARNESS)]
+        harness = [sys.executable, "-I", "-S", str(HARNESS), *(a for d in _site_dirs() for a in ("--site-dir", d))]
         # As root, every runner gets a fresh unprivileged uid: RLIMIT_NPROC does not bind root, and a root runner
         # could signal (``kill(-1)``), trace or overwrite anything its uid owns.
         self.uid_bases.append(_random_uid_base())
