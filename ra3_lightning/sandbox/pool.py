@@ -75,7 +75,8 @@ def _site_dirs() -> list[str]:
     """The interpreter's site-packages directories, for programs that import third-party packages (e.g. numpy)."""
     import site
 
-    return [d for d in site.getsitepackages() if os.path.isdir(d)]
+    dirs = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    return [d for d in dict.fromkeys(dirs) if d in sys.path and os.path.isdir(d)]
 
 
 def _interpreter_paths() -> list[str]:
