@@ -12,6 +12,7 @@ Two ways to get a model, both returning a plain ``transformers`` model and token
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -222,3 +223,8 @@ def tiny_config_from_dict(d: object) -> TinyLMConfig:
     fields = asdict(TinyLMConfig()).keys()
     items = d.items() if isinstance(d, dict) else vars(d).items()
     return TinyLMConfig(**{k: v for k, v in items if k in fields})
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name ``model.forward`` takes its KV cache under: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

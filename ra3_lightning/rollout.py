@@ -22,7 +22,6 @@ past_key_values, use_cache) -> .logits`` only.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from ra3_lightning.latent import (
     split_lines,
     think_token_mask,
 )
+from ra3_lightning.models import cache_argument
 
 # kinds of tokens in an annotated sequence, for the policy's log-probability
 TEACHER, FIRST_COMMENT, COMMENT = 0, 1, 2
@@ -222,11 +222,6 @@ class ReencodeEngine(KVCacheEngine):
         self.positions = torch.cat([self.positions, positions], dim=1)
         out = self.model(input_ids=self.history, attention_mask=self.mask, position_ids=self.positions, use_cache=False)
         return out.logits[:, -ids.shape[1] :].float()
-
-
-def cache_argument(model: torch.nn.Module) -> str:
-    """The name ``model.forward`` takes its KV cache under: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 ENGINES: dict[str, type[KVCacheEngine]] = {"kv": KVCacheEngine, "reencode": ReencodeEngine}

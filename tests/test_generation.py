@@ -1,11 +1,19 @@
-"""HFGenerate: grouping, EOS masks, truncation, and the model left as it was found."""
+"""Both generation backends: grouping, EOS masks, truncation, greedy equivalence with a cache-free reference, the
+sampler's distribution and truncations, and the model left as it was found."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ra3_lightning.generation import HFGenerate, completion_mask_from_eos, unsharded_for_generation
+from ra3_lightning.generation import (
+    HFGenerate,
+    KVSample,
+    completion_mask_from_eos,
+    decode,
+    sample_from_logits,
+    unsharded_for_generation,
+)
 
 EOS = 9
 
@@ -24,10 +32,14 @@ def _prompts(tokenizer):
     return enc["input_ids"], enc["attention_mask"]
 
 
-def test_groups_are_contiguous_and_masks_consistent(tiny_lm, tiny_tokenizer):
+BACKENDS = pytest.mark.parametrize("backend", [HFGenerate, KVSample])
+
+
+@BACKENDS
+def test_groups_are_contiguous_and_masks_consistent(tiny_lm, tiny_tokenizer, backend):
     ids, mask = _prompts(tiny_tokenizer)
     torch.manual_seed(0)
-    rollout = HFGenerate().generate(tiny_lm, ids, mask, 3, 7, tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id)
+    rollout = backend().generate(tiny_lm, ids, mask, 3, 7, tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id)
     assert rollout.num_samples == 6
     assert torch.equal(rollout.prompt_ids[:3], ids[:1].expand(3, -1))  # samples 0..2 belong to prompt 0
     assert torch.equal(rollout.prompt_ids[3:], ids[1:].expand(3, -1))
@@ -38,17 +50,61 @@ def test_groups_are_contiguous_and_masks_consistent(tiny_lm, tiny_tokenizer):
     assert bool((lengths[rollout.truncated] == rollout.completion_ids.shape[1]).all())
 
 
-def test_matches_a_kv_cache_free_reference(tiny_lm, tiny_tokenizer):
+@BACKENDS
+def test_matches_a_kv_cache_free_reference(tiny_lm, tiny_tokenizer, backend):
     """Greedy-equivalent check: at temperature -> 0 sampling picks the argmax, which a plain re-prefill loop
-    without any cache reproduces token for token."""
+    without any cache reproduces token for token — for both prompts of a left-padded batch."""
     ids, mask = _prompts(tiny_tokenizer)
-    ids, mask = ids[:1], mask[:1]
-    rollout = HFGenerate(temperature=1e-4).generate(tiny_lm, ids, mask, 1, 5, -1, tiny_tokenizer.pad_token_id)
-    seq = ids[0, mask[0].bool()].tolist()
-    with torch.no_grad():
-        for _ in range(5):
-            seq.append(int(tiny_lm(torch.tensor([seq])).logits[0, -1].argmax()))
-    assert rollout.completion_ids[0].tolist() == seq[-5:]
+    assert not mask.all()  # the shorter prompt is left-padded
+    rollout = backend(temperature=1e-4).generate(tiny_lm, ids, mask, 1, 5, -1, tiny_tokenizer.pad_token_id)
+    for row in range(2):
+        seq = ids[row, mask[row].bool()].tolist()
+        with torch.no_grad():
+            for _ in range(5):
+                seq.append(int(tiny_lm(torch.tensor([seq])).logits[0, -1].argmax()))
+        assert rollout.completion_ids[row].tolist() == seq[-5:]
+
+
+def test_decode_stops_when_every_row_ended_and_pads_after_eos(tiny_lm, tiny_tokenizer):
+    """The loop's bookkeeping, with a scripted picker: row 0 ends at step 1, row 1 at step 3."""
+    ids, mask = _prompts(tiny_tokenizer)
+    script = iter([[5, 6], [EOS, 7], [8, 8], [8, EOS], [8, 8]])
+    calls = []
+
+    def pick(logits):
+        calls.append(logits.shape)
+        return torch.tensor(next(script))
+
+    tokens = decode(tiny_lm, ids, mask, 10, EOS, 0, pick)
+    assert tokens.tolist() == [[5, EOS, 0, 0], [6, 7, 8, EOS]]  # pad after EOS; no step after the last EOS
+    assert len(calls) == 4 and calls[0] == (2, tiny_lm.config.vocab_size)
+    assert decode(tiny_lm, ids, mask, 2, EOS, 0, lambda logits: torch.tensor([5, 6])).tolist() == [[5, 5], [6, 6]]
+
+
+def test_sampler_draws_from_the_softmax():
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5])
+    draws = sample_from_logits(logits.expand(40_000, -1), temperature=2.0)
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    assert torch.allclose(freq, (logits / 2.0).softmax(-1), atol=0.01), freq
+
+
+def test_top_k_and_top_p_keep_the_same_tokens_as_transformers():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 50) * 3
+    for k, p in ((5, 1.0), (0, 0.9), (0, 0.3), (10, 0.8)):
+        expected = logits
+        if k:
+            expected = TopKLogitsWarper(k)(None, expected)
+        if p < 1:
+            expected = TopPLogitsWarper(p)(None, expected)
+        allowed = torch.isfinite(expected)  # [64, 50]
+        draws = torch.stack([sample_from_logits(logits, 1.0, k, p) for _ in range(200)], 1)  # [64, 200]
+        assert bool(allowed.gather(1, draws).all()), (k, p)  # never a token transformers would drop
+        seen = torch.zeros_like(allowed).scatter(1, draws, True)
+        assert bool((seen <= allowed).all()) and bool(seen.sum(1).ge(1).all())
 
 
 def test_model_state_is_restored(tiny_lm):
@@ -60,6 +116,11 @@ def test_model_state_is_restored(tiny_lm):
     assert tiny_lm.training and tiny_lm.model.gradient_checkpointing
 
 
-def test_bad_temperature():
+@BACKENDS
+def test_bad_sampling_settings(backend):
     with pytest.raises(ValueError, match="temperature"):
-        HFGenerate(temperature=0.0)
+        backend(temperature=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        backend(top_p=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        backend(top_k=-1)

@@ -566,10 +566,11 @@ def _prepare_worker() -> None:
         __import__(name)
     exec(compile(WARM_UP, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
     json.loads(json.dumps({"a": [True, None, 1.5, "x"], "b": {"c": 1}}))
-    try:
-        raise ValueError("warm-up")
-    except ValueError as exc:
-        _describe(exc)
+    for bad in ("raise ValueError('warm-up')", "return 1 )"):  # a runtime error and a syntax error
+        try:
+            exec(compile(bad, "<warm-up>", "exec"), {})
+        except (ValueError, SyntaxError) as exc:
+            _describe(exc)
     os.environ.clear()
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
