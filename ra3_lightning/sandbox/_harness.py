@@ -207,20 +207,18 @@ def _apply_limits(limits: dict) -> None:
         resource.setrlimit(which, (value, hard))
 
 
-def _isolate_runner(jobdir: str, job_fd: int, result_fd: int, uid: int | None, pidns: bool) -> int:
-    """Make this forked process a runner: own session, fresh fds and env, unprivileged uid (rlimits come later).
-    ``PR_SET_NO_NEW_PRIVS`` it inherits from the worker."""
+def _isolate_runner(jobdir: str, job_fd: int, result_fd: int, hidden: int, uid: int | None, pidns: bool) -> None:
+    """Make this forked process a runner: own session, fresh fds, unprivileged uid (rlimits come later); the result
+    pipe moves to fd ``hidden``. ``PR_SET_NO_NEW_PRIVS`` and the environment it inherits from the worker."""
     os.setsid()
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     for fd, name in ((1, ".stdout"), (2, ".stderr")):
         os.dup2(os.open(os.path.join(jobdir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
-    hidden = 200 + int.from_bytes(os.urandom(2), "little") % 700  # obscurity only: see docs/sandbox.md
     os.dup2(result_fd, hidden)
     os.dup2(job_fd, 3)
     os.closerange(4, hidden)
     os.closerange(hidden + 1, 1 << 16)
     os.chdir(jobdir)
-    os.environ["HOME"] = os.environ["TMPDIR"] = jobdir  # the rest of the environment was set by _prepare_worker
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the only disposition the worker wants different
     if uid is not None:
         os.setgroups([])
@@ -230,7 +228,6 @@ def _isolate_runner(jobdir: str, job_fd: int, result_fd: int, uid: int | None, p
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # sys.stdin/stdout/stderr already wrap fds 0/1/2, which now point at the job's files; the worker never uses
     # these objects (it reads and writes raw fds), so their buffers are empty and new ones would only cost pages.
-    return hidden
 
 
 def _read_job(fd: int) -> dict:
@@ -241,11 +238,11 @@ def _read_job(fd: int) -> dict:
     return json.loads(data)
 
 
-def _runner(jobdir: str, job_fd: int, result_fd: int, nonce: str, uid: int | None, pidns: bool) -> None:
+def _runner(jobdir: str, job_fd: int, result_fd: int, hidden: int, nonce: str, uid: int | None, pidns: bool) -> None:
     """Body of the forked runner; never returns. Forked ahead of time, it isolates itself, then waits for its job
     on ``job_fd``. The result line is written only after the last test."""
     write, dumps, exit_ = os.write, json.dumps, os._exit  # bound before untrusted code can replace them
-    fd = _isolate_runner(jobdir, job_fd, result_fd, uid, pidns)
+    _isolate_runner(jobdir, job_fd, result_fd, hidden, uid, pidns)
     job = _read_job(3)
     _apply_limits(job["limits"])
     tests = job["tests"]
@@ -259,7 +256,7 @@ def _runner(jobdir: str, job_fd: int, result_fd: int, nonce: str, uid: int | Non
     line = dumps(
         {"nonce": nonce, "tests": out.tests, "error": out.error, "test_error": out.test_error, "memory": out.memory}
     )
-    write(fd, (line + "\n").encode())
+    write(hidden, (line + "\n").encode())
     exit_(0)
 
 
@@ -293,6 +290,9 @@ class Worker:
         if uid is not None:
             os.chown(jobdir, uid, uid)
         nonce = os.urandom(16).hex()
+        hidden = 200 + int.from_bytes(os.urandom(2), "little") % 700  # the result fd; obscurity only: docs/sandbox.md
+        # Set here, not in the runner: the runner inherits them and writes one page fewer (see _prepare_worker).
+        os.environ["HOME"] = os.environ["TMPDIR"] = jobdir
         r, w = os.pipe()
         job_r, job_w = os.pipe()
         gc.freeze()  # the child's collector then skips the worker's objects: no copy-on-write of all their pages
@@ -301,7 +301,7 @@ class Worker:
             try:
                 os.close(r)
                 os.close(job_w)
-                _runner(jobdir, job_r, w, nonce, uid, self.pidns)
+                _runner(jobdir, job_r, w, hidden, nonce, uid, self.pidns)
             finally:
                 os._exit(70)
         os.close(w)
