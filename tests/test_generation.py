@@ -3,6 +3,8 @@ sampler's distribution and truncations, and the model left as it was found."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -50,10 +52,15 @@ def test_groups_are_contiguous_and_masks_consistent(tiny_lm, tiny_tokenizer, bac
     assert bool((lengths[rollout.truncated] == rollout.completion_ids.shape[1]).all())
 
 
-@BACKENDS
-def test_matches_a_kv_cache_free_reference(tiny_lm, tiny_tokenizer, backend):
+@pytest.mark.parametrize(
+    "backend,attention", [(HFGenerate, "sdpa"), (KVSample, "sdpa"), (KVSample, "eager")]
+)  # KVSample passes SDPA a 4-D mask, other kernels the 2-D one
+def test_matches_a_kv_cache_free_reference(tiny_lm, tiny_tokenizer, backend, attention):
     """Greedy-equivalent check: at temperature -> 0 sampling picks the argmax, which a plain re-prefill loop
     without any cache reproduces token for token — for both prompts of a left-padded batch."""
+    if tiny_lm.config._attn_implementation != attention:
+        tiny_lm = copy.deepcopy(tiny_lm)
+        tiny_lm.set_attn_implementation(attention)
     ids, mask = _prompts(tiny_tokenizer)
     assert not mask.all()  # the shorter prompt is left-padded
     rollout = backend(temperature=1e-4).generate(tiny_lm, ids, mask, 1, 5, -1, tiny_tokenizer.pad_token_id)

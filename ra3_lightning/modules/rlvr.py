@@ -34,9 +34,11 @@ outcome as TensorBoard text; validation ``val/pass@k`` via :class:`PassAtK` (and
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -195,8 +197,9 @@ class RLVRModule(CausalLMModule):
         t_gen = time.perf_counter()
         pending = self.submit_rewards(texts, tasks)
         # While the sandbox scores: the fixed log-probs, and the forward pass (with graph) of the first micro-batch.
-        old_logp, ref_logp = self.fixed_logps(rollout)
-        head = self.completion_logps(self.model, rollout, next(self.micro_batches(rollout.num_samples)), True)
+        with self.sharing_cpu_with_sandbox():
+            old_logp, ref_logp = self.fixed_logps(rollout)
+            head = self.completion_logps(self.model, rollout, next(self.micro_batches(rollout.num_samples)), True)
         rewards, t_reward = self.await_rewards(pending, texts, tasks, t_gen)
         advantages, sample_mask = self.advantages(rewards)  # [B*G], [B*G]
         stats = self.update(rollout, old_logp, ref_logp, advantages, sample_mask, head)
@@ -205,6 +208,23 @@ class RLVRModule(CausalLMModule):
         if self.trainer._logger_connector.should_update_logs:  # as Lightning's own LearningRateMonitor does
             self.log_step(rollout, rewards, stats, {"gen": t_gen - t0, "reward": t_reward, "update": t_end - t_gen})
         self.log_samples(batch, texts, rewards)
+
+    @contextmanager
+    def sharing_cpu_with_sandbox(self) -> Iterator[None]:
+        """On CPU, fewer intra-op threads while the sandbox scores: its workers need cores too, and torch's threads
+        meeting at a barrier every op while the scheduler time-slices them against the workers is the worst of both
+        (measured on 2 cores: the overlapped forward took 4x its time alone, with one thread 2x, and the whole
+        scoring window shrank by ~15%). Leaves as many cores as the sandbox has workers (at least one thread)."""
+        workers = getattr(self.reward_fn, "workers", None) or os.cpu_count() or 1
+        threads = torch.get_num_threads()
+        if self.device.type != "cpu" or threads == 1:
+            yield
+            return
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def rollout(self, batch: TaskBatch, backend: GenerationBackend, num_samples: int, step: int) -> Rollout:
         """``num_samples`` completions per prompt, sampled with an RNG seeded from ``(seed, step, rank)``."""
