@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -185,3 +186,22 @@ def test_bad_configuration_is_rejected(tok_dir):
         RLVRModule(tiny=TINY, tokenizer=tok_dir, loss_aggregation="sum")
     with pytest.raises(ValueError, match="val_num_samples"):
         RLVRModule(tiny=TINY, tokenizer=tok_dir, pass_at_k=(1, 8), val_num_samples=4)
+
+
+def test_fewer_torch_threads_while_the_sandbox_scores_on_cpu(tok_dir):
+    class Reward:
+        workers = 3
+
+        def __call__(self, completions, tasks):
+            return [0.0] * len(completions)
+
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=2, reward_fn=Reward())
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with pytest.raises(RuntimeError), module.sharing_cpu_with_sandbox():
+            assert torch.get_num_threads() == max(1, min(4, (os.cpu_count() or 1) - 3))
+            raise RuntimeError("restored even on error")
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
