@@ -1,9 +1,9 @@
 """RLVR under ModelParallelStrategy (FSDP2) on 2 CPU processes (gloo) through the real CLI, with ranks that need
 different numbers of decoding steps, and validation with an uneven number of tasks per rank.
 
-Rank r generates at most ``max_new_tokens - 3 r`` tokens (:class:`RankSkewedGenerate`), so rank 1 stops decoding
-while rank 0 still runs forward passes: with per-step all-gathers this would deadlock (the test's timeout fails
-it); with the model unsharded once per rollout it completes.
+Rank r generates at most ``max_new_tokens - 3 r`` tokens (:class:`RankSkewed`, with either backend), so rank 1
+stops decoding while rank 0 still runs forward passes: with per-step all-gathers this would deadlock (the test's
+timeout fails it); with the model unsharded once per rollout it completes.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch.distributed as dist
 from test_rlvr import write_solvable_tasks  # sibling test module (tests/ is on sys.path)
 
-from ra3_lightning.generation import HFGenerate
+from ra3_lightning.generation import HFGenerate, KVSample
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo" / "rlvr_tiny.yaml"
 
 
-class RankSkewedGenerate(HFGenerate):
-    """``HFGenerate`` with a rank-dependent token budget: ranks finish decoding at different steps."""
+class RankSkewed:
+    """A backend mixin with a rank-dependent token budget: ranks finish decoding at different steps."""
 
     def generate(self, model, prompt_ids, prompt_mask, num_samples, max_new_tokens, eos_token_id, pad_token_id):
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -31,7 +32,16 @@ class RankSkewedGenerate(HFGenerate):
         return super().generate(model, prompt_ids, prompt_mask, num_samples, budget, eos_token_id, pad_token_id)
 
 
-def test_rlvr_fit_and_validate_on_two_fsdp2_cpu_processes(tmp_path, tiny_tokenizer):
+class RankSkewedKVSample(RankSkewed, KVSample):
+    pass
+
+
+class RankSkewedHFGenerate(RankSkewed, HFGenerate):
+    pass
+
+
+@pytest.mark.parametrize("backend", ["RankSkewedKVSample", "RankSkewedHFGenerate"])
+def test_rlvr_fit_and_validate_on_two_fsdp2_cpu_processes(tmp_path, tiny_tokenizer, backend):
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=8)
     val = write_solvable_tasks(tmp_path / "val.jsonl", n=3)  # 2 tasks on rank 0, 1 (+ a padding batch) on rank 1
@@ -47,7 +57,7 @@ def test_rlvr_fit_and_validate_on_two_fsdp2_cpu_processes(tmp_path, tiny_tokeniz
             str(tmp_path / "tok"),
         ),
         *("--model.tiny.hidden_size", "32", "--model.tiny.intermediate_size", "64", "--model.max_new_tokens", "8"),
-        *("--model.generation", "test_rlvr_fsdp2.RankSkewedGenerate", "--model.micro_batch_size", "4"),
+        *("--model.generation", f"test_rlvr_fsdp2.{backend}", "--model.micro_batch_size", "4"),
         *("--model.loss_aggregation", "dapo", "--model.reward_fn.init_args.workers", "1"),
         *("--data.path", tasks, "--data.val_path", val, "--data.batch_size", "2", "--data.val_batch_size", "1"),
         *("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.devices", "2"),
