@@ -9,8 +9,10 @@ The first ``--warmup`` steps of each are excluded; the median of the rest is rep
     python bench/rlvr_vs_trl.py                 # needs the bench extra: pip install -e ".[bench]"
     python bench/rlvr_vs_trl.py --steps 12 --prompts 4 --G 8 --max-new-tokens 32
 
-Where ours is faster: the sandbox scores while the trainer keeps working (``submit`` futures), no old-logprob
-forward pass at ``mu = 1``, and no accelerate / Trainer machinery per step.
+Where ours is faster (docs/rlvr.md, "Speed"): the sandbox scores while the trainer computes the first micro-batch's
+forward pass (with fewer torch threads on CPU, so the two do not fight over the cores), ``KVSample`` generation
+(cheap exponential-race sampling, a mask built once), metrics handed to ``self.log`` only on logging steps, no
+old-logprob forward pass at ``mu = 1``, and no accelerate / Trainer machinery per step.
 """
 
 from __future__ import annotations
