@@ -71,8 +71,9 @@ class GenerationBackend(ABC):
         """Sample ``num_samples`` completions per prompt, grouped contiguously (see :class:`Rollout`)."""
 
 
-class HFGenerate(GenerationBackend):
-    """``model.generate`` with the KV cache, unsharding an FSDP2 model once per call.
+class SamplingBackend(GenerationBackend):
+    """A backend that samples from the policy in-process: repeats each prompt ``G`` times, unshards an FSDP2 model
+    once per call, and lets :meth:`complete` produce the tokens.
 
     Args:
         temperature: Sampling temperature (1.0 = the policy's own distribution, as the policy gradient assumes).
@@ -98,54 +99,47 @@ class HFGenerate(GenerationBackend):
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)  # [B*G, P]
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [B*G, P]
         with unsharded_for_generation(model):
-            out = model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                do_sample=True,
-                temperature=self.temperature,
-                top_p=self.top_p,
-                top_k=self.top_k,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=eos_token_id,
-                pad_token_id=pad_token_id,
-                use_cache=True,
-                synced_gpus=False,
-            )
-        completion_ids = out[:, prompt_ids.shape[1] :]  # [B*G, T]
+            completion_ids = self.complete(model, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id)
         completion_mask, truncated = completion_mask_from_eos(completion_ids, eos_token_id)
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
 
+    @abstractmethod
+    def complete(
+        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: int, pad: int
+    ) -> Tensor:
+        """Completion tokens ``[N, T <= max_new_tokens]`` of the ``N`` (already repeated) prompts, ``pad`` after
+        each row's EOS."""
 
-class KVSample(GenerationBackend):
-    """Our decoding loop (see the module docstring), unsharding an FSDP2 model once per call.
 
-    Args:
-        temperature: Sampling temperature (1.0 = the policy's own distribution, as the policy gradient assumes).
-        top_p: Nucleus sampling threshold (1.0 = off; anything else biases the samples away from the policy).
-        top_k: Top-k truncation (``0`` = off).
-    """
+class HFGenerate(SamplingBackend):
+    """``model.generate`` with the KV cache (see :class:`SamplingBackend` for the arguments)."""
 
-    def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> None:
-        _check_sampling(temperature, top_p, top_k)
-        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+    def complete(
+        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: int, pad: int
+    ) -> Tensor:
+        out = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=True,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            use_cache=True,
+            synced_gpus=False,
+        )
+        return out[:, prompt_ids.shape[1] :]  # [N, T]
 
-    @torch.no_grad()
-    def generate(
-        self,
-        model: nn.Module,
-        prompt_ids: Tensor,
-        prompt_mask: Tensor,
-        num_samples: int,
-        max_new_tokens: int,
-        eos_token_id: int,
-        pad_token_id: int,
-    ) -> Rollout:
-        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)  # [B*G, P]
-        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [B*G, P]
-        with unsharded_for_generation(model):
-            completion_ids = decode(model, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id, self)
-        completion_mask, truncated = completion_mask_from_eos(completion_ids, eos_token_id)
-        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
+
+class KVSample(SamplingBackend):
+    """Our decoding loop (see the module docstring and :class:`SamplingBackend` for the arguments)."""
+
+    def complete(
+        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: int, pad: int
+    ) -> Tensor:
+        return decode(model, prompt_ids, prompt_mask, max_new_tokens, eos, pad, self)
 
     def __call__(self, logits: Tensor) -> Tensor:  # [N, V] -> [N]
         """Draw the next token of each row from ``logits``."""
