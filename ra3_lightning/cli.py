@@ -73,7 +73,8 @@ def export_main(argv: list[str]) -> None:
 
 
 def demo_main(argv: list[str]) -> None:
-    """``ra3 demo [-c configs/demo/pipeline.yaml] [--seed N] [--out DIR]``: the whole pipeline and its report."""
+    """``ra3 demo [-c configs/demo/pipeline.yaml] [--seed N | --seeds A B C] [--out DIR]``: the whole pipeline and
+    its report (``--seeds``: one run per seed into ``DIR/seed{S}``, then mean ± std over seeds in ``DIR``)."""
     from ra3_lightning.pipeline import main as pipeline_main
 
     pipeline_main(resolve_config_paths(argv))

@@ -1,17 +1,19 @@
 """``ra3 demo`` end to end in miniature (a few steps per stage, a handful of tasks), its stage-level resuming, the
-report it writes, and ``ra3 test`` (``RLVRModule.test_step`` on ``TaskDataModule.test_dataloader``)."""
+report it writes (``summary.md``, ``results.json``), ``--seeds`` over finished seed directories, and ``ra3 test``
+(``RLVRModule.test_step`` on ``TaskDataModule.test_dataloader``)."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from ra3_lightning.cli import main
 from ra3_lightning.pipeline.report import moving_average, steps_to_reach
-from ra3_lightning.pipeline.stages import MODELS, STAGES, parse_config
+from ra3_lightning.pipeline.stages import MODELS, STAGES, parse_args, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = [
@@ -42,7 +44,8 @@ def test_demo_writes_the_report(demo):
     summary = (demo / "summary.md").read_text()
     assert "--seed 1" in summary and "Seed: 1" in summary
     row = re.compile(r"\| (base|NTP|RA3|RLVR)[^|]*\| [\d.]+ \| [\d.]+ \|$")
-    table = [line for line in summary.splitlines() if row.match(line)]
+    pass_at_k = summary.split("## pass@k")[1].split("## ")[0]
+    table = [line for line in pass_at_k.splitlines() if row.match(line)]
     assert len(table) == 5, table
     for row in table:  # a number for pass@1 and pass@2 on every row, each a probability
         values = [float(c) for c in row.strip("|").split("|")[1:]]
@@ -56,6 +59,18 @@ def test_demo_writes_the_report(demo):
         assert (demo / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for stage in ("pretrain", "ntp", "ra3", "rlvr_ntp", "rlvr_ra3"):
         assert list((demo / "tb" / stage / "version_0").glob("events.out.tfevents.*")), stage
+
+
+def test_demo_writes_its_numbers_as_json(demo):
+    results = json.loads((demo / "results.json").read_text())
+    assert results["seed"] == 1 and results["config"]["seed"] == 1 and "--seed 1" in results["command"]
+    assert results["eval"] == {m: json.loads((demo / "eval" / f"{m}.json").read_text()) for m in MODELS}
+    assert [row["iteration"] for row in results["recovery"]] == [0, 1]
+    assert all(row["elbo_per_line"] < 0 and row["num_traces"] > 0 for row in results["recovery"])
+    for arm in results["rlvr"]["arms"].values():  # 2 RLVR steps, target 0.2 with a 1-step window
+        assert arm["logged_steps"] == 2 and 0.0 <= arm["final_reward"] <= 1.0
+        assert arm["steps_to_target"] in (None, 1, 2)
+    assert set(results["stage_times"]) == {stage.name for stage in STAGES}
 
 
 def test_rerun_skips_finished_stages(demo, capsys):
@@ -99,6 +114,38 @@ def test_config_knobs_reach_the_pipeline():
     assert cfg.midtrain.think_cost == 0.2 and cfg.eval.ks == (1, 8)
     with pytest.raises(ValueError, match="num_samples"):
         parse_config(["--eval.ks", "[1, 16]", "--eval.num_samples", "8"])
+
+
+def test_seeds_over_finished_runs_only_aggregates(demo, tmp_path, capsys):
+    for seed in (1, 2):  # two finished seed directories (copies of the miniature run)
+        shutil.copytree(demo, tmp_path / f"seed{seed}")
+    main(["demo", "-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--seeds", "1", "2", "--out", str(tmp_path),
+          *MINI])  # fmt: skip
+    err = capsys.readouterr().err
+    summary = tmp_path / "summary.md"
+    for stage in STAGES:
+        assert err.count(f"] {stage.name}: finished earlier, skipped") == 2
+    assert "pass@1=" not in err, "nothing is evaluated again"
+    for seed in (1, 2):  # each seed's own report is rewritten with its seed
+        assert json.loads((tmp_path / f"seed{seed}" / "results.json").read_text())["seed"] == seed
+    record = json.loads((tmp_path / "results.json").read_text())
+    pass1 = json.loads((demo / "eval" / "ra3.json").read_text())["pass@1"]
+    assert record["seeds"] == [1, 2]
+    assert record["eval"]["ra3"]["pass@1"] == {"mean": pass1, "std": 0.0, "n": 2, "values": [pass1, pass1]}
+    text = summary.read_text()
+    assert "# RA3 demo report over 2 seeds" in text and "--seeds 1 2" in text
+    assert f"| RA3 mid-training | {pass1:.3f} ± 0.000 |" in text
+
+
+def test_seed_and_seeds_exclude_each_other():
+    assert parse_args(["--seeds", "0", "1", "2", "--out", "x"])[1] == [0, 1, 2]
+    assert parse_args(["--seed", "3"]) == (parse_config(["--seed", "3"]), None)
+    with pytest.raises(ValueError, match="--seed and --seeds exclude each other"):
+        main(["demo", "--seed", "1", "--seeds", "1", "2"])
+    with pytest.raises(ValueError, match="--seed and --seeds exclude each other"):
+        parse_args(["--seeds", "1", "2", "--seed=1"])
+    with pytest.raises(ValueError, match="repeats a seed"):
+        parse_args(["--seeds", "1", "1"])
 
 
 def test_steps_to_reach_uses_the_trailing_mean():

@@ -1,9 +1,12 @@
-"""The report of ``ra3 demo``: ``summary.md`` and PNG plots, read back from what the stages left on disk.
+"""The report of ``ra3 demo``: ``summary.md``, ``results.json`` and PNG plots, read back from what the stages left.
 
-Scalars come from the TensorBoard event files (``EventAccumulator``); abstraction recovery per EM iteration is
-computed here from the annotated traces of each iteration joined with the synthetic ground truth
-(:func:`ra3_lightning.abstraction_metrics.recovery_metrics`). Nothing in the report is typed in by hand: every
-number is read from the run, and the caveat about pass rates near zero is derived from the measured table.
+:func:`collect_results` is the one place that turns a seed's run directory into numbers: pass@k per model from
+``eval/<model>.json``, RLVR scalars from the TensorBoard event files (``EventAccumulator``), and abstraction recovery
+per EM iteration computed here from the annotated traces of each iteration joined with the synthetic ground truth
+(:func:`ra3_lightning.abstraction_metrics.recovery_metrics`). ``summary.md`` is rendered from that dict and the
+dict itself is written as ``results.json``, which the multi-seed aggregate (:mod:`.aggregate`) reads — so the
+aggregate never parses Markdown. Nothing in the report is typed in by hand, and the caveat about pass rates near
+zero is derived from the measured table.
 """
 
 from __future__ import annotations
@@ -16,9 +19,25 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from ra3_lightning.pipeline.stages import Paths, PipelineConfig
+    from ra3_lightning.pipeline.stages import Paths, PipelineConfig, RLVRSpec
 
 Series = list[tuple[int, float]]
+ARMS: tuple[str, ...] = ("ntp", "ra3")
+# Columns of the abstraction-recovery table: results key -> header.
+RECOVERY_COLUMNS: dict[str, str] = {
+    "elbo_per_line": "ELBO / line",
+    "think_rate": "THINK rate",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "F1",
+    "nmi_text": "NMI (text)",
+    "nmi_first_token": "NMI (first token)",
+}
+RECOVERY_TEXT = (
+    "THINK positions vs true skill starts (precision / recall / F1), and normalised mutual information between "
+    "the rationale (its text, or its first word) and the true skill id of the line it precedes, over the traces "
+    "each iteration annotated."
+)
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -68,12 +87,69 @@ def em_recovery(paths: Paths, iterations: int) -> list[dict[str, float]]:
     return rows
 
 
+# --------------------------------------------------------------------------------------------- one seed's numbers
+def collect_results(cfg: PipelineConfig, paths: Paths, timings: dict[str, float]) -> dict[str, Any]:
+    """Every number of one seed's report, as JSON-ready plain data (``None`` where a value is missing or NaN).
+
+    Keys: ``seed``; ``eval`` (model -> ``{"pass@k": value}``, only the models evaluated so far); ``rlvr``
+    (``target_pass_rate``, ``smoothing``, ``steps`` and per arm: see :func:`rlvr_arm_results`); ``recovery`` (one
+    row per EM iteration: see :func:`recovery_rows`); ``stage_times`` (seconds per stage that ran).
+    """
+    from ra3_lightning.pipeline.stages import MODELS
+
+    r = cfg.rlvr
+    return {
+        "seed": cfg.seed,
+        "eval": {m: json.loads(paths.eval_result(m).read_text()) for m in MODELS if paths.eval_result(m).exists()},
+        "rlvr": {
+            "target_pass_rate": r.target_pass_rate,
+            "smoothing": r.smoothing,
+            "steps": r.steps,
+            "arms": {arm: rlvr_arm_results(paths.log_dir(f"rlvr_{arm}"), r) for arm in ARMS},
+        },
+        "recovery": recovery_rows(paths, cfg.midtrain.iterations),
+        "stage_times": dict(timings),
+    }
+
+
+def rlvr_arm_results(log_dir: Path, r: RLVRSpec) -> dict[str, Any]:
+    """One RLVR arm: steps until the smoothed ``train/pass_rate`` reaches the target (``None``: not reached), and
+    ``final_reward``, the trailing ``smoothing``-step mean of ``train/reward_mean`` at the last logged step (a
+    single step's reward over ``batch_size * G`` samples is too noisy to compare arms by)."""
+    pass_rate = read_scalars(log_dir, "train/pass_rate")
+    reward = [v for _, v in read_scalars(log_dir, "train/reward_mean")]
+    return {
+        "steps_to_target": steps_to_reach(pass_rate, r.target_pass_rate, r.smoothing),
+        "final_reward": moving_average(reward, r.smoothing)[-1] if reward else None,
+        "logged_steps": len(pass_rate),
+    }
+
+
+def recovery_rows(paths: Paths, iterations: int) -> list[dict[str, float | None]]:
+    """Per EM iteration: ELBO per line and THINK rate (TensorBoard, logged at step = iteration) joined with the
+    recovery metrics of its annotated traces (:func:`em_recovery`) — the keys of :data:`RECOVERY_COLUMNS` plus
+    ``iteration`` and ``num_traces``."""
+    elbo = dict(read_scalars(paths.log_dir("ra3"), "em_iteration/elbo_per_line"))
+    think = dict(read_scalars(paths.log_dir("ra3"), "em_iteration/think_rate"))
+    rows = []
+    for k, metrics in enumerate(em_recovery(paths, iterations)):
+        values = {"elbo_per_line": elbo.get(k), "think_rate": think.get(k), **metrics}
+        keys = (*RECOVERY_COLUMNS, "num_traces")
+        rows.append({"iteration": k} | {key: _finite(values.get(key)) for key in keys})
+    return rows
+
+
+def _finite(x: float | None) -> float | None:
+    """``None`` for a missing or NaN value, so ``results.json`` stays strict JSON."""
+    return None if x is None or math.isnan(x) else float(x)
+
+
 # --------------------------------------------------------------------------------------------- plots
 def plot_rlvr(paths: Paths, out: Path) -> None:
     """Training mean reward vs step of both RLVR arms."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in ("ntp", "ra3"):
+    for arm in ARMS:
         series = read_scalars(paths.log_dir(f"rlvr_{arm}"), "train/reward_mean")
         ax.plot([s for s, _ in series], [v for _, v in series], label=f"RLVR from {arm.upper()}")
     ax.set(xlabel="RLVR step", ylabel="mean reward (pass rate)", title="RLVR reward vs step")
@@ -117,6 +193,9 @@ def plot_losses(paths: Paths, out: Path) -> None:
     plt.close(fig)
 
 
+PLOTS = {"rlvr_reward.png": plot_rlvr, "em_iterations.png": plot_em, "losses.png": plot_losses}
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -140,17 +219,23 @@ def results_table(results: dict[str, dict[str, float]], ks: tuple[int, ...]) -> 
     return rows
 
 
-def recovery_table(rows: list[dict[str, float]], elbo: Series, think: Series) -> list[str]:
+def rlvr_table(rlvr: dict[str, Any]) -> list[str]:
+    """Steps to the target training pass rate and the final smoothed training reward, per RLVR arm."""
+    rows = ["| arm | steps | final training reward |", "|---|---:|---:|"]
+    for arm, values in rlvr["arms"].items():
+        steps = values["steps_to_target"] or (f"not reached in {rlvr['steps']}" if values["logged_steps"] else "no log")
+        rows.append(f"| RLVR from {arm.upper()} | {steps} | {_fmt(values['final_reward'])} |")
+    return rows
+
+
+def recovery_table(rows: list[dict[str, float | None]]) -> list[str]:
     """Per EM iteration: ELBO per line, THINK rate, boundary precision / recall / F1, NMI (text, first token)."""
-    elbo_at, think_at = dict(elbo), dict(think)
     out = [
-        "| EM iteration | ELBO / line | THINK rate | precision | recall | F1 | NMI (text) | NMI (first token) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| EM iteration | " + " | ".join(RECOVERY_COLUMNS.values()) + " |",
+        "|---:|" + "---:|" * len(RECOVERY_COLUMNS),
     ]
-    for k, m in enumerate(rows):
-        keys = ("precision", "recall", "f1", "nmi_text", "nmi_first_token")
-        cells = [_fmt(elbo_at.get(k)), _fmt(think_at.get(k))] + [_fmt(m.get(key)) for key in keys]
-        out.append(f"| {k} | " + " | ".join(cells) + " |")
+    for k, row in enumerate(rows):
+        out.append(f"| {k} | " + " | ".join(_fmt(row.get(key)) for key in RECOVERY_COLUMNS) + " |")
     return out
 
 
@@ -173,69 +258,86 @@ def honesty_note(results: dict[str, dict[str, float]]) -> str:
     )
 
 
+def eval_description(cfg: PipelineConfig) -> str:
+    """How pass@k was measured (shared by the single-seed and the multi-seed report)."""
+    e = cfg.eval
+    return (
+        f"{cfg.world.eval} tasks whose skill compositions never occur in training; {e.num_samples} samples per "
+        f"task at temperature {e.temperature}, scored in the sandbox; unbiased pass@k estimator."
+    )
+
+
+def rlvr_description(cfg: PipelineConfig) -> str:
+    """How steps-to-target and the final training reward are measured (shared by both reports)."""
+    r = cfg.rlvr
+    return (
+        f"Trailing {r.smoothing}-step mean of `train/pass_rate`, out of {r.steps} steps; the final training reward "
+        f"is the trailing {r.smoothing}-step mean of `train/reward_mean` at the last step."
+    )
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def write_report(cfg: PipelineConfig, paths: Paths, command: str, timings: dict[str, float]) -> Path:
-    """Write the plots and ``summary.md`` under ``paths.root``; returns the summary's path."""
-    from ra3_lightning.pipeline.stages import MODELS, config_dict
+def config_yaml(config: dict[str, Any]) -> list[str]:
+    """A fenced YAML block of a config dict."""
+    return ["```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```"]
 
-    results = {m: json.loads(paths.eval_result(m).read_text()) for m in MODELS if paths.eval_result(m).exists()}
-    plots = {"rlvr_reward.png": plot_rlvr, "em_iterations.png": plot_em, "losses.png": plot_losses}
-    for name, plot in plots.items():
-        plot(paths, paths.root / name)
-    r = cfg.rlvr
-    reach = {arm: steps_to_reach(read_scalars(paths.log_dir(f"rlvr_{arm}"), "train/pass_rate"), r.target_pass_rate,
-                                 r.smoothing) for arm in ("ntp", "ra3")}  # fmt: skip
-    recovery = em_recovery(paths, cfg.midtrain.iterations)
-    elbo = read_scalars(paths.log_dir("ra3"), "em_iteration/elbo_per_line")
-    think = read_scalars(paths.log_dir("ra3"), "em_iteration/think_rate")
-    lines = [
+
+def summary_lines(cfg: PipelineConfig, paths: Paths, command: str, results: dict[str, Any]) -> list[str]:
+    """``summary.md`` of one seed, rendered from :func:`collect_results`'s dict."""
+    from ra3_lightning.pipeline.stages import config_dict
+
+    return [
         "# RA3 demo report",
         "",
         f"Command: `{command}`  ",
         f"Seed: {cfg.seed}  ",
-        f"Stage times (s): {json.dumps(timings)}",
+        f"Stage times (s): {json.dumps(results['stage_times'])}",
         "",
         "## pass@k on the held-out evaluation tasks",
         "",
-        f"{cfg.world.eval} tasks whose skill compositions never occur in training; {cfg.eval.num_samples} samples per "
-        f"task at temperature {cfg.eval.temperature}, scored in the sandbox; unbiased pass@k estimator.",
+        eval_description(cfg),
         "",
-        *results_table(results, tuple(cfg.eval.ks)),
+        *results_table(results["eval"], tuple(cfg.eval.ks)),
         "",
-        honesty_note(results),
+        honesty_note(results["eval"]),
         "",
-        f"## RLVR steps to reach a training pass rate of {r.target_pass_rate}",
+        f"## RLVR steps to reach a training pass rate of {cfg.rlvr.target_pass_rate}",
         "",
-        f"Trailing {r.smoothing}-step mean of `train/pass_rate`, out of {r.steps} steps.",
+        rlvr_description(cfg),
         "",
-        "| arm | steps |",
-        "|---|---:|",
-        *[f"| RLVR from {arm.upper()} | {reach[arm] or f'not reached in {r.steps}'} |" for arm in ("ntp", "ra3")],
+        *rlvr_table(results["rlvr"]),
         "",
         "## Abstraction recovery per EM iteration",
         "",
-        "THINK positions vs true skill starts (precision / recall / F1), and normalised mutual information between "
-        "the rationale (its text, or its first word) and the true skill id of the line it precedes, over the traces "
-        "each iteration annotated.",
+        RECOVERY_TEXT,
         "",
-        *recovery_table(recovery, elbo, think),
+        *recovery_table(results["recovery"]),
         "",
         "## Plots and logs",
         "",
-        *[f"![{name}]({name})" for name in plots],
+        *[f"![{name}]({name})" for name in PLOTS],
         "",
-        "TensorBoard: `tensorboard --logdir " + str(paths.tb) + "`",
+        "TensorBoard: `tensorboard --logdir " + str(paths.tb) + "`; every number above: `results.json`.",
         "",
         "## Config",
         "",
-        "```yaml",
-        yaml.safe_dump(config_dict(cfg), sort_keys=False).rstrip(),
-        "```",
+        *config_yaml(config_dict(cfg)),
         "",
     ]
+
+
+def write_report(cfg: PipelineConfig, paths: Paths, command: str, timings: dict[str, float]) -> Path:
+    """Write the plots, ``results.json`` and ``summary.md`` under ``paths.root``; returns the summary's path."""
+    from ra3_lightning.pipeline.stages import config_dict
+
+    results = collect_results(cfg, paths, timings)
+    for name, plot in PLOTS.items():
+        plot(paths, paths.root / name)
+    record = {"command": command, **results, "config": config_dict(cfg)}
+    (paths.root / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     summary = paths.root / "summary.md"
-    summary.write_text("\n".join(lines))
+    summary.write_text("\n".join(summary_lines(cfg, paths, command, results)))
     return summary

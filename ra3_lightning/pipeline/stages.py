@@ -12,10 +12,15 @@ through ``init_from``; TensorBoard logs under ``<out>/tb/<stage>``):
 5. ``rlvr_ntp`` / ``rlvr_ra3`` — :class:`RLVRModule` from each arm with identical settings on the ``rlvr`` tasks;
 6. ``eval`` — pass@k of base / NTP / RA3 / RLVR-from-NTP / RLVR-from-RA3 on the held-out ``eval`` tasks
    (``trainer.test`` of :class:`RLVRModule`: ``n`` samples per task, sandbox-scored, :class:`PassAtK`);
-7. ``report`` — ``summary.md`` and PNG plots, from the TensorBoard event files and the annotated traces.
+7. ``report`` — ``summary.md``, ``results.json`` and PNG plots, from the TensorBoard event files and the annotated
+   traces.
 
 Resuming is at stage granularity: a stage whose output (checkpoint, results file) exists is skipped, an unfinished
 one restarts from scratch. The report is rewritten on every run.
+
+``--seeds A B C`` runs the whole pipeline once per seed, one after the other, into ``<out>/seed{S}`` (each resumable
+as above), then writes the mean ± std over seeds to ``<out>/summary.md`` and ``<out>/results.json``
+(:mod:`.aggregate`). ``--seed N`` is the single run into ``<out>`` itself.
 
 Deviations from the paper: everything is tiny and synthetic; the "token budget" is matched by M-step *batches*
 (same count, size and sequence length), so the RA3 arm sees fewer expert programs than NTP (rationales take room),
@@ -30,7 +35,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +257,14 @@ class Paths:
     def log_dir(self, stage: str) -> Path:
         return self.tb / stage / "version_0"
 
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    def seed_dir(self, seed: int) -> Path:
+        """A seed's report directory in a ``--seeds`` run (this ``root`` holds the aggregate)."""
+        return self.root / f"seed{seed}"
+
 
 # --------------------------------------------------------------------------------------------- stage helpers
 def _trainer(cfg: PipelineConfig, paths: Paths, stage: str, max_steps: int, **kwargs: Any) -> L.Trainer:
@@ -454,6 +467,25 @@ def run_pipeline(cfg: PipelineConfig, command: str = "ra3 demo") -> Path:
     return summary
 
 
+def run_seeds(cfg: PipelineConfig, seeds: Sequence[int], command: str = "ra3 demo") -> Path:
+    """:func:`run_pipeline` for each seed into ``<out>/seed{S}``, then the aggregate report in ``<out>``.
+
+    Seeds run one after the other (each already uses the whole machine); a seed whose stages are all finished only
+    has its report rewritten, so rerunning the same command after an interruption picks up where it stopped.
+    Returns the path of the aggregate ``summary.md``.
+    """
+    from ra3_lightning.pipeline.aggregate import write_aggregate
+
+    paths = Paths(Path(cfg.out))
+    for i, seed in enumerate(seeds, 1):
+        _say(f"=== seed {seed} ({i}/{len(seeds)}): {paths.seed_dir(seed)}")
+        run_pipeline(replace(cfg, seed=seed, out=str(paths.seed_dir(seed))), command)
+    results = [json.loads(Paths(paths.seed_dir(seed)).results.read_text()) for seed in seeds]
+    summary = write_aggregate(cfg, results, command, paths.root)
+    _say(f"report over seeds {', '.join(map(str, seeds))}: {summary}")
+    return summary
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -466,16 +498,43 @@ def build_parser() -> Any:
     parser = ArgumentParser(prog="ra3 demo", description=__doc__.splitlines()[0], default_meta=False)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="a pipeline YAML (configs/demo/pipeline.yaml)")
     parser.add_class_arguments(PipelineConfig, fail_untyped=True)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="several seeds: one run per seed into OUT/seed{S}, then mean ± std in OUT/summary.md (not with --seed)",
+    )  # fmt: skip
     return parser
 
 
-def parse_config(argv: Sequence[str]) -> PipelineConfig:
-    """``argv`` (without ``demo``) as a :class:`PipelineConfig`."""
+def parse_args(argv: Sequence[str]) -> tuple[PipelineConfig, list[int] | None]:
+    """``argv`` (without ``demo``) as a :class:`PipelineConfig` and the ``--seeds`` list (``None``: one run)."""
     parser = build_parser()
     namespace = parser.parse_args(list(argv))
     namespace.pop("config", None)
+    seeds = namespace.pop("seeds", None)
+    check_seed_options(argv, seeds)
     values = parser.instantiate_classes(namespace).as_dict()
-    return _build(values)
+    return _build(values), seeds
+
+
+def check_seed_options(argv: Sequence[str], seeds: Sequence[int] | None) -> None:
+    """Reject ``--seed`` together with ``--seeds`` (which one would win is not obvious) and repeated seeds.
+
+    Only an explicit ``--seed`` on the command line conflicts: every config file sets ``seed``.
+    """
+    if seeds is None:
+        return
+    if any(a == "--seed" or a.startswith("--seed=") for a in argv):
+        raise ValueError(
+            "--seed and --seeds exclude each other: give --seed N for one run into --out, or --seeds A B C for one "
+            "run per seed into <out>/seed{S} plus the mean ± std over seeds in <out>/summary.md"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))} repeats a seed: give each seed once")
+
+
+def parse_config(argv: Sequence[str]) -> PipelineConfig:
+    """``argv`` (without ``demo``) as a :class:`PipelineConfig` (a ``--seeds`` list is validated, then dropped)."""
+    return parse_args(argv)[0]
 
 
 def _build(values: dict[str, Any]) -> PipelineConfig:
@@ -498,9 +557,11 @@ def with_default_config(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> Path:
-    """``ra3 demo [-c configs/demo/pipeline.yaml] [--seed N] [--out DIR]`` (that config when none is given)."""
-    cfg = parse_config(with_default_config(argv))
-    return run_pipeline(cfg, command=" ".join(["ra3", "demo", *argv]))
+    """``ra3 demo [-c configs/demo/pipeline.yaml] [--seed N | --seeds A B C] [--out DIR]`` (that config when none is
+    given); returns the path of the (aggregate) ``summary.md``."""
+    cfg, seeds = parse_args(with_default_config(argv))
+    command = " ".join(["ra3", "demo", *argv])
+    return run_pipeline(cfg, command=command) if seeds is None else run_seeds(cfg, seeds, command=command)
 
 
 def config_dict(cfg: PipelineConfig) -> dict[str, Any]:
