@@ -98,17 +98,20 @@ def test_pass_at_k_table(seeds):
     assert len(rows) == 2 + len(MODELS)
 
 
-def test_difference_line_compares_with_the_larger_std(seeds):
+def test_difference_line_pairs_the_arms_by_seed(seeds):
     agg = aggregate_eval(seeds, MODELS, METRICS)
-    # RA3 0.3, 0.4, 0.5 (0.400 ± 0.100) - NTP 0.200 ± 0.100 = +0.200 > 0.100
+    # RA3 0.3, 0.4, 0.5 - NTP 0.1, 0.2, 0.3: +0.2 in every seed, std 0
     line = difference_line(agg["ntp"]["pass@1"], agg["ra3"]["pass@1"], "pass@1, RA3 − NTP")
-    assert line.startswith("pass@1, RA3 − NTP: +0.200 (difference of the means), which exceeds one std")
-    assert "0.100)" in line
-    # RLVR from RA3 0.300 ± 0.000 - RLVR from NTP 0.300 ± 0.173 = +0.000 <= 0.173
+    assert line == (
+        "pass@1, RA3 − NTP, per seed: +0.200, +0.200, +0.200 (mean +0.200 ± 0.000; higher in 3, lower in 0 of 3 seeds)."
+    )
+    # RLVR from RA3 0.3, 0.3, 0.3 - RLVR from NTP 0.2, 0.2, 0.5: +0.1, +0.1, -0.2 -> mean 0, std sqrt(0.06 / 2) = 0.173
     line = difference_line(agg["rlvr_ntp"]["pass@1"], agg["rlvr_ra3"]["pass@1"], "x")
-    assert "+0.000" in line and "does not exceed one std" in line and "0.173)" in line
-    assert "one seed" in difference_line(seed_stats([0.1]), seed_stats([0.2]), "x")
+    assert line == "x, per seed: +0.100, +0.100, -0.200 (mean +0.000 ± 0.173; higher in 2, lower in 1 of 3 seeds)."
+    assert difference_line(seed_stats([0.1]), seed_stats([0.2]), "x") == "x: +0.100 (one seed)."
     assert "not measured" in difference_line(seed_stats([None]), seed_stats([0.2]), "x")
+    # a seed missing one arm drops out of the pairs: base is missing in seed 2
+    assert "of 2 seeds" in difference_line(agg["base"]["pass@1"], agg["ntp"]["pass@1"], "x")
 
 
 def test_rlvr_steps_over_the_seeds_that_reached_the_target(seeds):
@@ -148,7 +151,7 @@ def test_write_aggregate(seeds, tmp_path):
     text = summary.read_text()
     assert "Command: `ra3 demo --seeds 0 1 2`" in text and "Seeds: 0, 1, 2" in text
     assert "| NTP mid-training | 0.200 ± 0.100 | 0.400 ± 0.200 | 0.100, 0.200, 0.300 |" in text
-    assert "- pass@1, RA3 − NTP: +0.200" in text
+    assert "- pass@1, RA3 − NTP, per seed: +0.200, +0.200, +0.200" in text
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["seeds"] == [0, 1, 2] and record["command"] == "ra3 demo --seeds 0 1 2"
     assert record["eval"]["ra3"]["pass@1"]["values"] == [0.3, 0.4, 0.5]

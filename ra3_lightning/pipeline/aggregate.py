@@ -4,8 +4,8 @@ Input is the ``results.json`` that each seed's own report wrote under ``<out>/se
 (:func:`ra3_lightning.pipeline.report.collect_results`); this module only averages those numbers, it never
 re-derives or parses Markdown. The spread is the *sample* standard deviation over seeds (``n - 1`` denominator),
 which with three seeds is itself very uncertain, so every table also lists the per-seed values. The only verdict
-printed is mechanical: whether a difference of means exceeds the larger of the two arms' seed std — no test, and
-no claim about what the numbers mean.
+printed is mechanical: the RA3 − NTP differences paired by seed (both arms of a seed share its world and base
+model) and in how many seeds each sign occurs — no test, and no claim about what the numbers mean.
 
 The math and the table rows are pure functions of plain dicts (unit-tested on hand-written inputs);
 :func:`write_aggregate` is the thin part that reads config and writes files.
@@ -54,20 +54,23 @@ def seed_stats(values: Sequence[float | None]) -> Stats:
 
 
 def difference_line(first: Stats, second: Stats, what: str) -> str:
-    """``what`` (second − first) as a difference of means, and whether it exceeds the larger seed std of the two.
-
-    A neutral, mechanical statement: with a handful of seeds "exceeds one std" is not significance.
+    """``what`` (second − first) paired by seed: both arms of a seed share its world and its base model, so the
+    per-seed differences, not the two arms' spreads over seeds (which mostly measure how hard each seed's world is),
+    say how consistent a difference is. A mechanical statement, not a test.
     """
-    if first["mean"] is None or second["mean"] is None:
+    pairs = [(a, b) for a, b in zip(first["values"], second["values"], strict=True) if a is not None and b is not None]
+    if not pairs:
         return f"{what}: not measured for every arm."
-    diff = second["mean"] - first["mean"]
-    spreads = [s for s in (first["std"], second["std"]) if s is not None]
-    if not spreads:
-        return f"{what}: {diff:+.3f} (difference of the means); one seed, so no std to compare it with."
-    verdict = "exceeds" if abs(diff) > max(spreads) else "does not exceed"
+    diffs = [round(b - a, 9) + 0.0 for a, b in pairs]  # + 0.0: no "-0.000" from float noise
+    per_seed = ", ".join(f"{d:+.3f}" for d in diffs)
+    if len(diffs) == 1:
+        return f"{what}: {per_seed} (one seed)."
+    mean, std = mean_std(diffs)
+    mean = round(mean, 9) + 0.0
+    higher, lower = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
     return (
-        f"{what}: {diff:+.3f} (difference of the means), which {verdict} one std (the larger of the two arms' seed "
-        f"stds, {max(spreads):.3f})."
+        f"{what}, per seed: {per_seed} (mean {mean:+.3f} ± {std:.3f}; higher in {higher}, lower in {lower} of "
+        f"{len(diffs)} seeds)."
     )
 
 
