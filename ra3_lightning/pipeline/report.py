@@ -33,6 +33,7 @@ RECOVERY_COLUMNS: dict[str, str] = {
     "nmi_text": "NMI (text)",
     "nmi_first_token": "NMI (first token)",
 }
+RECOVERY_TITLE = "Abstraction recovery per EM iteration"
 RECOVERY_TEXT = (
     "THINK positions vs true skill starts (precision / recall / F1), and normalised mutual information between "
     "the rationale (its text, or its first word) and the true skill id of the line it precedes, over the traces "
@@ -267,6 +268,10 @@ def eval_description(cfg: PipelineConfig) -> str:
     )
 
 
+def rlvr_title(cfg: PipelineConfig) -> str:
+    return f"RLVR steps to reach a training pass rate of {cfg.rlvr.target_pass_rate}"
+
+
 def rlvr_description(cfg: PipelineConfig) -> str:
     """How steps-to-target and the final training reward are measured (shared by both reports)."""
     r = cfg.rlvr
@@ -285,6 +290,15 @@ def config_yaml(config: dict[str, Any]) -> list[str]:
     return ["```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```"]
 
 
+def section(title: str, *blocks: str | list[str]) -> list[str]:
+    """A Markdown section: ``## title``, then each block (a paragraph, or a list of lines) and a blank line."""
+    lines = [f"## {title}", ""]
+    for block in blocks:
+        lines += [block] if isinstance(block, str) else block
+        lines.append("")
+    return lines
+
+
 def summary_lines(cfg: PipelineConfig, paths: Paths, command: str, results: dict[str, Any]) -> list[str]:
     """``summary.md`` of one seed, rendered from :func:`collect_results`'s dict."""
     from ra3_lightning.pipeline.stages import config_dict
@@ -296,36 +310,20 @@ def summary_lines(cfg: PipelineConfig, paths: Paths, command: str, results: dict
         f"Seed: {cfg.seed}  ",
         f"Stage times (s): {json.dumps(results['stage_times'])}",
         "",
-        "## pass@k on the held-out evaluation tasks",
-        "",
-        eval_description(cfg),
-        "",
-        *results_table(results["eval"], tuple(cfg.eval.ks)),
-        "",
-        honesty_note(results["eval"]),
-        "",
-        f"## RLVR steps to reach a training pass rate of {cfg.rlvr.target_pass_rate}",
-        "",
-        rlvr_description(cfg),
-        "",
-        *rlvr_table(results["rlvr"]),
-        "",
-        "## Abstraction recovery per EM iteration",
-        "",
-        RECOVERY_TEXT,
-        "",
-        *recovery_table(results["recovery"]),
-        "",
-        "## Plots and logs",
-        "",
-        *[f"![{name}]({name})" for name in PLOTS],
-        "",
-        "TensorBoard: `tensorboard --logdir " + str(paths.tb) + "`; every number above: `results.json`.",
-        "",
-        "## Config",
-        "",
-        *config_yaml(config_dict(cfg)),
-        "",
+        *section(
+            "pass@k on the held-out evaluation tasks",
+            eval_description(cfg),
+            results_table(results["eval"], tuple(cfg.eval.ks)),
+            honesty_note(results["eval"]),
+        ),
+        *section(rlvr_title(cfg), rlvr_description(cfg), rlvr_table(results["rlvr"])),
+        *section(RECOVERY_TITLE, RECOVERY_TEXT, recovery_table(results["recovery"])),
+        *section(
+            "Plots and logs",
+            [f"![{name}]({name})" for name in PLOTS],
+            "TensorBoard: `tensorboard --logdir " + str(paths.tb) + "`; every number above: `results.json`.",
+        ),
+        *section("Config", config_yaml(config_dict(cfg))),
     ]
 
 
