@@ -13,6 +13,7 @@ original raises an error that names the record id(s).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -29,7 +30,16 @@ from ra3_lightning.data.sources import DataError, text_problem
 from ra3_lightning.data.texts import load_trace_records
 from ra3_lightning.latent import LatentFormat, strip_rationales
 from ra3_lightning.rl.returns import elbo_rewards
-from ra3_lightning.rollout import LatentVocab, Rollout, encode_trace, plain_layout, rollout, score_lines
+from ra3_lightning.rollout import (
+    ActLikelihood,
+    LatentVocab,
+    Rollout,
+    encode_trace,
+    expert_line_logp,
+    forward_logits,
+    plain_layout,
+    rollout,
+)
 
 Choose = Literal["sample", "best"]
 
@@ -58,6 +68,8 @@ class AnnotationConfig:
         temperature: Sampling temperature of ``q``.
         think_cost: ``c`` in ``r_t = log π(a_t|…) − c·1[THINK]`` (the return used by ``"best"`` and ``elbo``).
         engine: Rollout engine (``"kv"`` or ``"reencode"``).
+        act_likelihood: ``"conditional"`` or ``"marginal"`` scoring of expert lines (see
+            :func:`ra3_lightning.rollout.expert_line_logp`); use the E-step's.
     """
 
     num_samples: int = 4
@@ -66,6 +78,7 @@ class AnnotationConfig:
     temperature: float = 1.0
     think_cost: float = 0.05
     engine: str = "kv"
+    act_likelihood: ActLikelihood = "conditional"
 
 
 def _choose_sample(returns: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B]
@@ -98,10 +111,11 @@ def annotate_batch(
             raise DataError(f"record {i!r}: field 'text' {problem}")
     traces = [encode_trace(vocab.tokenizer, t) for t in texts]
     roll = rollout(q, traces, vocab, cfg.num_samples, cfg.max_latent_tokens, cfg.temperature, generator, cfg.engine)
-    lines = roll.think.shape[1]
     device = next(pi.parameters()).device
-    with_r = score_lines(pi, roll.layout, lines).cpu() * roll.line_mask  # [N, T]
-    without = score_lines(pi, plain_layout(traces, vocab, device), lines).cpu()  # [B, T]
+    score = functools.partial(expert_line_logp, vocab=vocab, act_likelihood=cfg.act_likelihood)
+    with_r = score(forward_logits(pi, roll.layout), roll.layout, traces, cfg.num_samples).cpu() * roll.line_mask
+    plain = plain_layout(traces, vocab, device)
+    without = score(forward_logits(pi, plain), plain, traces, 1).cpu()  # [B, T]
     returns = elbo_rewards(with_r, roll.think, cfg.think_cost).sum(-1).view(len(texts), cfg.num_samples)  # [B, G]
     picks = CHOOSERS[cfg.choose](returns)
     return [

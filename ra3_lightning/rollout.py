@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -96,6 +97,10 @@ class EncodedTrace:
     @property
     def num_lines(self) -> int:
         return len(self.lines)
+
+    @property
+    def indent_len(self) -> list[int]:
+        return [len(i) for i in self.indent]
 
 
 def encode_trace(tokenizer: PreTrainedTokenizerBase, text: str) -> EncodedTrace:
@@ -499,7 +504,9 @@ def forward_logits(model: torch.nn.Module, layout: TokenLayout) -> Tensor:
     return out.logits.float()
 
 
-def score_lines(model: torch.nn.Module, layout: TokenLayout, num_lines: int, logits: Tensor | None = None) -> Tensor:
+def score_lines(
+    model: torch.nn.Module | None, layout: TokenLayout, num_lines: int, logits: Tensor | None = None
+) -> Tensor:
     """``log π(a_t | prefix with rationales)`` for every expert line, ``[N, T]``, in one forward pass."""
     logits = forward_logits(model, layout) if logits is None else logits  # [N, L, V]
     targets = layout.input_ids[:, 1:]  # [N, L-1]
@@ -508,6 +515,75 @@ def score_lines(model: torch.nn.Module, layout: TokenLayout, num_lines: int, log
     out = torch.zeros(logits.shape[0], num_lines + 1, device=logits.device)
     out.scatter_add_(1, torch.where(owner >= 0, owner, num_lines), token_lp * (owner >= 0))
     return out[:, :num_lines]
+
+
+ActLikelihood = Literal["conditional", "marginal"]
+ACT_LIKELIHOODS: tuple[str, ...] = ("conditional", "marginal")
+
+
+def indent_lengths(traces: Sequence[EncodedTrace], num_samples: int, num_lines: int) -> Tensor:
+    """``[N, T]`` indentation tokens of every expert line, sequence ``n`` being a sample of trace ``n // G``."""
+    rows = [tr.indent_len + [0] * (num_lines - tr.num_lines) for tr in traces for _ in range(num_samples)]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def body_start_positions(line_of: Tensor, indent_len: Tensor) -> Tensor:
+    """``[N, T]`` index of the first body token of each expert line in the token sequences.
+
+    Args:
+        line_of: ``[N, L]`` expert line of every token (-1 for BOS / rationale / padding), see :class:`TokenLayout`.
+        indent_len: ``[N, T]`` indentation tokens of each line (they precede its body and belong to the line).
+
+    Lines past a trace's end get ``L - 1`` (masked by the caller).
+    """
+    n, length = line_of.shape
+    lines = indent_len.shape[1]
+    idx = torch.arange(length, device=line_of.device).expand(n, length)
+    first = torch.full((n, lines + 1), length, dtype=torch.long, device=line_of.device)
+    first = first.scatter_reduce(1, torch.where(line_of >= 0, line_of, lines), idx, "amin")[:, :lines]  # [N, T]
+    return (first + indent_len.to(first.device)).clamp(max=length - 1)
+
+
+def act_log_normaliser(logits: Tensor, layout: TokenLayout, indent_len: Tensor, think: Tensor) -> Tensor:
+    """``log(1 − P_π(THINK))`` where each expert line's first body token is predicted, ``[N, T]``.
+
+    Subtracting it from a line's log-likelihood renormalises that first token over the tokens that do not start a
+    comment: ``log π(a_t | s_t, z_t)`` given that the line is code, not (another) rationale. A line whose own first
+    token starts a comment (an original comment of the trace) keeps its marginal likelihood (normaliser 0).
+
+    Args:
+        logits: ``[N, L, V]`` logits of ``π`` over the annotated sequences (position ``j`` predicts token ``j + 1``).
+        layout: The sequences the logits are for.
+        indent_len: ``[N, T]`` from :func:`indent_lengths`.
+        think: ``[V]`` comment-start token mask.
+    """
+    think = think.to(logits.device)
+    body = body_start_positions(layout.line_of, indent_len).to(logits.device)  # [N, T]
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+    normaliser = log_act(logits[rows, (body - 1).clamp(min=0)], think)  # [N, T]
+    own_comment = think[layout.input_ids.to(logits.device).gather(1, body)]  # [N, T]
+    return torch.where(own_comment, 0.0, normaliser)
+
+
+def expert_line_logp(
+    logits: Tensor,  # [N, L, V] of π over layout
+    layout: TokenLayout,
+    traces: Sequence[EncodedTrace],
+    num_samples: int,
+    vocab: LatentVocab,
+    act_likelihood: ActLikelihood = "conditional",
+) -> Tensor:  # [N, T]
+    """The E-step's ``log π(a_t | …)`` of every expert line: ``"marginal"`` is the plain token log-likelihood
+    (:func:`score_lines`: the first token competes with π's comment-start tokens, so "no comment here" is charged
+    ``log(1 − P_π(#))``), ``"conditional"`` is ``log π(a_t | s_t, z_t)`` (:func:`act_log_normaliser` removed)."""
+    if act_likelihood not in ACT_LIKELIHOODS:
+        raise ValueError(f"act_likelihood={act_likelihood!r}; choose one of {list(ACT_LIKELIHOODS)}")
+    num_lines = max(tr.num_lines for tr in traces)
+    line_logp = score_lines(None, layout, num_lines, logits)
+    if act_likelihood == "marginal":
+        return line_logp
+    indent = indent_lengths(traces, num_samples, num_lines)
+    return line_logp - act_log_normaliser(logits, layout, indent, vocab.think)
 
 
 @dataclass

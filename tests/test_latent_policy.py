@@ -22,7 +22,7 @@ from ra3_lightning.data.texts import TextDataModule
 from ra3_lightning.models import TinyLMConfig, build_tiny_lm, train_bpe_tokenizer
 from ra3_lightning.modules.latent_policy import LatentPolicyModule
 from ra3_lightning.rl.returns import elbo_rewards
-from ra3_lightning.rollout import LatentVocab, encode_trace, plain_layout, rollout, score_lines
+from ra3_lightning.rollout import LatentVocab, encode_trace, expert_line_logp, forward_logits, plain_layout, rollout
 
 INTENTS = {
     "add": ["    y = x + 1\n", "    y = y + 2\n"],
@@ -81,20 +81,25 @@ def evaluate(module: LatentPolicyModule, texts: list[str], seed: int = 123) -> t
     """(ELBO gain per line over no rationales, THINK rate per boundary) of ``q`` on ``texts``, 8 samples each."""
     traces = [encode_trace(module.tokenizer, t) for t in texts]
     roll = rollout(module.model, traces, module.vocab, 8, 6, 1.0, torch.Generator().manual_seed(seed))
-    lines = roll.think.shape[1]
-    with_r = elbo_rewards(score_lines(module.pi, roll.layout, lines), roll.think, module.hparams.think_cost)
-    plain = score_lines(module.pi, plain_layout(traces, module.vocab), lines).repeat_interleave(8, 0)
+    mode = module.hparams.act_likelihood
+    logp = expert_line_logp(forward_logits(module.pi, roll.layout), roll.layout, traces, 8, module.vocab, mode)
+    with_r = elbo_rewards(logp, roll.think, module.hparams.think_cost)
+    plain = plain_layout(traces, module.vocab)
+    plain = expert_line_logp(forward_logits(module.pi, plain), plain, traces, 1, module.vocab, mode)
+    plain = plain.repeat_interleave(8, 0)
     gain = ((with_r - plain) * roll.line_mask).sum() / roll.line_mask.sum()
     return gain.item(), roll.think.float().mean(0)
 
 
-def test_estep_learns_rationales_at_intent_boundaries(pretrained_dir, tmp_path):
+def _fit_estep(pretrained_dir, tmp_path, act_likelihood: str) -> tuple[LatentPolicyModule, tuple, tuple]:
+    """100 E-steps on the expert corpus; ``(module, (gain, THINK rate) before, after)`` on held-out programs."""
     corpus = tmp_path / "expert.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in expert_programs(400, seed=1)))
     L.seed_everything(0)
     module = LatentPolicyModule(
-        pretrained=str(pretrained_dir), think_cost=0.1, num_rollouts=4, max_latent_tokens=6, lr=2e-4, seed=0
-    )
+        pretrained=str(pretrained_dir), think_cost=0.1, num_rollouts=4, max_latent_tokens=6, lr=2e-4, seed=0,
+        act_likelihood=act_likelihood,
+    )  # fmt: skip
     data = TextDataModule(str(corpus), batch_size=8)
     module.configure_model()
     held_out = expert_programs(32, seed=2)
@@ -105,7 +110,12 @@ def test_estep_learns_rationales_at_intent_boundaries(pretrained_dir, tmp_path):
         enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(module, data)
-    gain_after, rate_after = evaluate(module, held_out)
+    return module, (gain_before, rate_before), evaluate(module, held_out)
+
+
+def test_estep_learns_rationales_at_intent_boundaries(pretrained_dir, tmp_path):
+    # The marginal likelihood: a comment where π expects one also earns -log(1 - P_π(#)), whatever it says.
+    module, (gain_before, rate_before), (gain_after, rate_after) = _fit_estep(pretrained_dir, tmp_path, "marginal")
 
     others = torch.ones_like(rate_after, dtype=torch.bool)
     others[INTENT_LINE] = False
@@ -120,6 +130,17 @@ def test_estep_learns_rationales_at_intent_boundaries(pretrained_dir, tmp_path):
     assert rate_after[INTENT_LINE] > 0.8  # THINK at the intent boundary...
     assert rate_after[others].max() < 0.1  # ...and (almost) nowhere else
     assert not any(p.requires_grad for p in module.pi.parameters())
+
+
+def test_conditional_likelihood_does_not_pay_for_uninformative_rationales(pretrained_dir, tmp_path):
+    # The same run under the latent-conditional likelihood: a THINK earns only what its text adds. q's rationales
+    # are drawn from π's own prior (near chance on the intent, Jensen: no gain on average), so the E-step learns to
+    # stop writing them — the placement the marginal run "learns" above is the accounting, not the content.
+    # Measured (seeded): gain 0.073 -> 0.001 nats/line; THINK rate at the intent boundary 0.55 -> 0.004.
+    _, (_, rate_before), (gain_after, rate_after) = _fit_estep(pretrained_dir, tmp_path, "conditional")
+    assert rate_before[INTENT_LINE] > 0.4
+    assert rate_after[INTENT_LINE] < 0.1
+    assert abs(gain_after) < 0.02
 
 
 def test_print_config_shows_the_base_model_arguments(capsys):

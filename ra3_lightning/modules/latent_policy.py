@@ -34,15 +34,16 @@ from ra3_lightning.rl.kl import KLKind, kl_penalty
 from ra3_lightning.rl.returns import RewardNorm, discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
 from ra3_lightning.rollout import (
     ENGINES,
+    ActLikelihood,
     LatentVocab,
     PolicyTerms,
     Rollout,
     encode_trace,
+    expert_line_logp,
     forward_logits,
     plain_layout,
     policy_logq,
     rollout,
-    score_lines,
 )
 
 
@@ -71,6 +72,11 @@ class LatentPolicyModule(CausalLMModule):
         kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (per boundary, on ``log q(z_t)``).
         scale_advantages: Group baseline, then divide by the ``"group"`` std, the ``"batch"`` std, or ``"none"``.
         reward_norm: ``"none"`` or ``"per_token"`` (a line's log-likelihood divided by its token count).
+        act_likelihood: How an expert line's ``log π(a_t | …)`` is scored. ``"conditional"``: given the latent, the
+            line is code, so its first token is renormalised over the tokens that do not start a comment (a THINK
+            pays off only if its text makes the code more likely). ``"marginal"``: the plain token likelihood, in
+            which not commenting costs ``log(1 − P_π(#))`` wherever ``π`` expects a comment (THINKs pay off there
+            whatever they say). The paper does not say which it uses.
         hindsight_lines: ``k`` lines of hindsight for ``q`` (only 0 is implemented).
         lr: Peak learning rate of ``q``.
         weight_decay: AdamW weight decay on matrices.
@@ -95,6 +101,7 @@ class LatentPolicyModule(CausalLMModule):
         kl_estimator: KLKind = "k3",
         scale_advantages: AdvantageScale = "none",
         reward_norm: RewardNorm = "none",
+        act_likelihood: ActLikelihood = "conditional",
         hindsight_lines: int = 0,
         lr: float = 1e-5,
         weight_decay: float = 0.0,
@@ -161,7 +168,9 @@ class LatentPolicyModule(CausalLMModule):
     def score(self, roll: Rollout) -> tuple[Tensor, PolicyTerms]:
         """``log π(a_t | prefix with rationales)`` ``[N, T]`` and ``π``'s own ``log q``-terms (the KL reference)."""
         logits = forward_logits(self.pi, roll.layout)  # [N, L, V]
-        line_logp = score_lines(self.pi, roll.layout, roll.think.shape[1], logits)
+        line_logp = expert_line_logp(
+            logits, roll.layout, roll.traces, roll.num_samples, self.vocab, self.hparams.act_likelihood
+        )
         ref = policy_logq(
             self.pi, roll.layout, roll.think, roll.line_mask, self.vocab, self.hparams.temperature, logits
         )
@@ -193,7 +202,10 @@ class LatentPolicyModule(CausalLMModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Annotated-trace records for a batch (one sample per trace; see :func:`ra3_lightning.annotate.annotate`)."""
         hp = self.hparams
-        cfg = AnnotationConfig(1, "sample", hp.max_latent_tokens, hp.temperature, hp.think_cost, hp.engine)
+        cfg = AnnotationConfig(
+            num_samples=1, choose="sample", max_latent_tokens=hp.max_latent_tokens, temperature=hp.temperature,
+            think_cost=hp.think_cost, engine=hp.engine, act_likelihood=hp.act_likelihood,
+        )  # fmt: skip
         return annotate_batch(self.model, self.pi, self.vocab, batch["text"], batch["id"], cfg, self.generator)
 
     # ----------------------------------------------------------------------------------------- logging
@@ -230,7 +242,8 @@ class LatentPolicyModule(CausalLMModule):
     def plain_logp(self, roll: Rollout) -> Tensor:
         """``log π(a_t | s_t)`` without rationales, ``[B, T]``."""
         layout = plain_layout(roll.traces, self.vocab, roll.layout.input_ids.device)
-        return score_lines(self.pi, layout, roll.think.shape[1])
+        logits = forward_logits(self.pi, layout)
+        return expert_line_logp(logits, layout, roll.traces, 1, self.vocab, self.hparams.act_likelihood)
 
     def _log_samples(self, roll: Rollout) -> None:
         every = self.hparams.log_samples_every_n_steps

@@ -90,8 +90,9 @@ class RA3Module(LatentPolicyModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         hp = self.hparams
         cfg = AnnotationConfig(
-            hp.annotate_samples, hp.annotate_choose, hp.max_latent_tokens, hp.temperature, hp.think_cost, hp.engine
-        )
+            num_samples=hp.annotate_samples, choose=hp.annotate_choose, max_latent_tokens=hp.max_latent_tokens,
+            temperature=hp.temperature, think_cost=hp.think_cost, engine=hp.engine, act_likelihood=hp.act_likelihood,
+        )  # fmt: skip
         records = self.em_data.annotation_records(iteration, rank, world)
         with unsharded_for_generation(self.model):
             annotated = annotate(
