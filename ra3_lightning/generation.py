@@ -10,6 +10,12 @@
   does not rebuild it every step), and a stop as soon as every row has ended.
 * :class:`HFGenerate`: ``model.generate`` with the KV cache, for models whose ``forward`` our loop does not fit.
 
+Both take an optional additive ``[V]`` logit bias (:meth:`SamplingBackend.with_logit_bias`), applied before
+temperature, top-k and top-p — in :func:`sample_from_logits` for :class:`KVSample`, as a :class:`LogitBias` logits
+processor for :class:`HFGenerate` (``generate`` runs a caller's processors before its own warpers). Evaluation uses
+it to forbid comment-start tokens (:func:`ra3_lightning.eval_diagnostics.think_logit_bias`); without a bias the
+sampling path is the one RL training runs, unchanged.
+
 FSDP2 (``ModelParallelStrategy``): a sharded model would all-gather every block's parameters at *every* decoding
 step, and a rank whose prompts finish early would stop calling forward while the others still wait in the
 all-gather — a deadlock. :func:`unsharded_for_generation` therefore, once per rollout batch,
@@ -27,6 +33,7 @@ back on afterwards; the model is put in eval mode (no dropout) and restored to i
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from ra3_lightning.models import cache_argument
 
@@ -84,6 +91,14 @@ class SamplingBackend(GenerationBackend):
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> None:
         _check_sampling(temperature, top_p, top_k)
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.logit_bias: Tensor | None = None  # [V] added to the logits before sampling; see with_logit_bias
+
+    def with_logit_bias(self, bias: Tensor | None) -> SamplingBackend:
+        """A copy of this backend that adds ``bias`` (``[V']``, ``V' <=`` the model's vocabulary; ``-inf``
+        forbids a token) to every next-token logit before temperature, top-k and top-p. ``None``: no bias."""
+        backend = copy.copy(self)
+        backend.logit_bias = bias
+        return backend
 
     @torch.no_grad()
     def generate(
@@ -117,9 +132,11 @@ class HFGenerate(SamplingBackend):
     def complete(
         self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: int, pad: int
     ) -> Tensor:
+        processors = None if self.logit_bias is None else LogitsProcessorList([LogitBias(self.logit_bias)])
         out = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
+            logits_processor=processors,
             do_sample=True,
             temperature=self.temperature,
             top_p=self.top_p,
@@ -143,7 +160,28 @@ class KVSample(SamplingBackend):
 
     def __call__(self, logits: Tensor) -> Tensor:  # [N, V] -> [N]
         """Draw the next token of each row from ``logits``."""
-        return sample_from_logits(logits, self.temperature, self.top_k, self.top_p)
+        return sample_from_logits(logits, self.temperature, self.top_k, self.top_p, self.logit_bias)
+
+
+class LogitBias(LogitsProcessor):
+    """A ``transformers`` logits processor adding a fixed ``[V']`` bias (:func:`add_logit_bias`)."""
+
+    def __init__(self, bias: Tensor) -> None:
+        self.bias = bias
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:  # [N, L], [N, V] -> [N, V]
+        return add_logit_bias(scores, self.bias)
+
+
+def add_logit_bias(logits: Tensor, bias: Tensor) -> Tensor:  # [N, V], [V'] with V' <= V -> [N, V]
+    """``logits + bias`` over the first ``V'`` tokens (a model's vocabulary may be padded past the tokenizer's)."""
+    v = bias.shape[-1]
+    bias = bias.to(device=logits.device, dtype=logits.dtype)
+    if v == logits.shape[-1]:
+        return logits + bias
+    if v > logits.shape[-1]:
+        raise ValueError(f"logit bias over {v} tokens, but the model has a vocabulary of {logits.shape[-1]}")
+    return torch.cat([logits[..., :v] + bias, logits[..., v:]], dim=-1)
 
 
 def decode(
@@ -184,11 +222,21 @@ def decode(
     return tokens[:, :0]  # max_new_tokens == 0
 
 
-def sample_from_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
-    """One draw per row of ``softmax(logits / temperature)``, optionally restricted to the top-k tokens and to the
-    smallest set of most likely tokens whose probability reaches ``top_p`` (the definitions of ``transformers``'
-    ``TopKLogitsWarper`` / ``TopPLogitsWarper``). ``[N, V] -> [N]``."""
-    logits = logits.float() / temperature  # [N, V]
+def sample_from_logits(
+    logits: Tensor,  # [N, V]
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    logit_bias: Tensor | None = None,  # [V'], V' <= V
+) -> Tensor:  # [N]
+    """One draw per row of ``softmax((logits + logit_bias) / temperature)``, optionally restricted to the top-k
+    tokens and to the smallest set of most likely tokens whose probability reaches ``top_p`` (the definitions of
+    ``transformers``' ``TopKLogitsWarper`` / ``TopPLogitsWarper``). The bias comes first, as a ``generate``
+    logits processor does."""
+    logits = logits.float()
+    if logit_bias is not None:
+        logits = add_logit_bias(logits, logit_bias)
+    logits = logits / temperature  # [N, V]
     if top_k and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # [N, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -8,9 +8,11 @@ import copy
 import pytest
 import torch
 
+from ra3_lightning.eval_diagnostics import comment_start_mask, think_logit_bias
 from ra3_lightning.generation import (
     HFGenerate,
     KVSample,
+    add_logit_bias,
     completion_mask_from_eos,
     decode,
     sample_from_logits,
@@ -131,3 +133,67 @@ def test_bad_sampling_settings(backend):
         backend(top_p=0.0)
     with pytest.raises(ValueError, match="top_k"):
         backend(top_k=-1)
+
+
+# --------------------------------------------------------------------------------------------- logit bias
+def test_add_logit_bias_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    # the bias covers the tokenizer's 2 tokens; the model's padded third token is left alone
+    assert add_logit_bias(logits, torch.tensor([0.0, float("-inf")])).tolist() == [[1.0, float("-inf"), 3.0]]
+    assert add_logit_bias(logits, torch.tensor([1.0, 1.0, -1.0])).tolist() == [[2.0, 3.0, 2.0]]
+    with pytest.raises(ValueError, match="logit bias over 4 tokens"):
+        add_logit_bias(logits, torch.zeros(4))
+
+
+def test_bias_comes_before_the_nucleus():
+    """Token 0 holds almost all the mass; forbidding it must leave a nucleus of the others (a bias applied after
+    top-p would leave no token at all)."""
+    torch.manual_seed(0)
+    logits = torch.tensor([12.0, 0.0, 1.0, 0.0, 0.0]).expand(2_000, -1)
+    bias = torch.tensor([float("-inf"), 0.0, 0.0, float("-inf"), 0.0])
+    draws = sample_from_logits(logits, 1.0, 0, 0.5, bias)
+    assert set(draws.tolist()) == {2}  # p(2 | not 0, 3) = e / (e + 2) = 0.58 >= 0.5: the nucleus is token 2 alone
+    draws = sample_from_logits(logits, 1.0, 0, 1.0, bias)
+    assert set(draws.tolist()) == {1, 2, 4}
+
+
+def _boost_comments(model, tokenizer, boost: float = 10.0):
+    """Make comment-start tokens very likely (a stand-in for an RA3 model that always writes rationales)."""
+    extra = boost * comment_start_mask(tokenizer).float()  # [V]
+
+    def hook(module, args, out):
+        out.logits = add_logit_bias(out.logits, extra)
+        return out
+
+    return model.register_forward_hook(hook)
+
+
+@BACKENDS
+def test_think_bias_forbids_comment_tokens(tiny_lm, tiny_tokenizer, backend):
+    ids, mask = _prompts(tiny_tokenizer)
+    starts = comment_start_mask(tiny_tokenizer)  # [V]
+    _boost_comments(tiny_lm, tiny_tokenizer)
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    torch.manual_seed(0)
+    free = backend().generate(tiny_lm, ids, mask, 4, 8, eos, pad)
+    assert starts[free.completion_ids].any(-1).float().mean() >= 0.75  # the boosted model comments
+
+    banned = backend().with_logit_bias(think_logit_bias(starts, float("-inf")))
+    torch.manual_seed(0)
+    rollout = banned.generate(tiny_lm, ids, mask, 4, 8, eos, pad)
+    assert not bool(starts[rollout.completion_ids[rollout.completion_mask.bool()]].any())
+    texts = tiny_tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+    assert not any(line.lstrip().startswith("#") for text in texts for line in text.split("\n"))
+
+
+@BACKENDS
+@pytest.mark.parametrize("temperature", [1.0, 1e-4])  # sampled, and greedy-equivalent
+def test_zero_bias_changes_nothing(tiny_lm, tiny_tokenizer, backend, temperature):
+    ids, mask = _prompts(tiny_tokenizer)
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    runs = []
+    for bias in (None, torch.zeros(len(tiny_tokenizer))):
+        torch.manual_seed(0)
+        sampler = backend(temperature=temperature).with_logit_bias(bias)
+        runs.append(sampler.generate(tiny_lm, ids, mask, 3, 10, eos, pad).completion_ids)
+    assert torch.equal(runs[0], runs[1])

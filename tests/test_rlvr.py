@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -15,11 +16,16 @@ import torch
 from ra3_lightning.cli import main
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.task_data import TaskDataModule
+from ra3_lightning.eval_diagnostics import comment_start_mask
 from ra3_lightning.models import TinyLMConfig
 from ra3_lightning.modules.rlvr import RLVRModule
 from ra3_lightning.rl.losses import LossNormaliser
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo" / "rlvr_tiny.yaml"
+COMPLETION_DIAGNOSTICS = (
+    "truncation_rate", "rationale_rate", "rationales_per_completion", "rationale_tokens", "completion_tokens",
+    "code_tokens",
+)  # fmt: skip
 TINY = TinyLMConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64)
 
 
@@ -105,7 +111,8 @@ def test_kl_mu_and_validation_with_a_plain_reward_callable(tmp_path, tok_dir):
     assert trainer.global_step == 4  # mu=2 updates per generation batch -> 2 batches
     assert seen["train/kl"] > 0 and "train/clip_fraction" in seen
     val = trainer.validate(module, data, verbose=False)[0]
-    assert set(val) == {"val/pass@1", "val/pass@2"} and 0.0 <= val["val/pass@1"] <= val["val/pass@2"] <= 1.0
+    assert set(val) == {"val/pass@1", "val/pass@2"} | {f"val/{k}" for k in COMPLETION_DIAGNOSTICS}  # no ground truth
+    assert 0.0 <= val["val/pass@1"] <= val["val/pass@2"] <= 1.0
 
 
 def test_micro_batches_give_the_full_batch_gradient(tmp_path, tok_dir):
@@ -186,6 +193,8 @@ def test_bad_configuration_is_rejected(tok_dir):
         RLVRModule(tiny=TINY, tokenizer=tok_dir, loss_aggregation="sum")
     with pytest.raises(ValueError, match="val_num_samples"):
         RLVRModule(tiny=TINY, tokenizer=tok_dir, pass_at_k=(1, 8), val_num_samples=4)
+    with pytest.raises(ValueError, match="val_think_bias is NaN"):
+        RLVRModule(tiny=TINY, tokenizer=tok_dir, val_think_bias=float("nan"))
 
 
 def test_fewer_torch_threads_while_the_sandbox_scores_on_cpu(tok_dir):
@@ -205,3 +214,63 @@ def test_fewer_torch_threads_while_the_sandbox_scores_on_cpu(tok_dir):
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def even_length_reward(completions: list[str], tasks: list) -> list[float]:
+    """Stand-in reward (no sandbox) that passes about half of any completions: 1 for an even length."""
+    return [float(len(c) % 2 == 0) for c in completions]
+
+
+def _test_with_diagnostics(tmp_path, tok_dir, think_bias: float | None) -> tuple[dict, list[dict]]:
+    """``trainer.test`` on 4 synthetic eval tasks x 3 samples with comments made very likely; metrics, samples."""
+    module = RLVRModule(
+        tiny=TINY, tokenizer=tok_dir, num_generations=2, max_new_tokens=12, reward_fn=even_length_reward,
+        val_num_samples=3, val_think_bias=think_bias, samples_path=str(tmp_path / "samples_{stage}_{step}.jsonl"),
+    )  # fmt: skip
+    torch.manual_seed(0)  # the weights; sampling is seeded by the module
+    module.configure_model()
+    boost = 6.0 * comment_start_mask(module.tokenizer).float()  # [V]: a stand-in for a model that likes comments
+    boost[module.tokenizer.eos_token_id] = 4.0  # and ends early now and then (not every sample is truncated)
+    module.model.register_forward_hook(lambda m, args, out: setattr(out, "logits", out.logits + boost) or out)
+    data = TaskDataModule("synthetic:eval?n=4&seed=0", prompt_template="plain", val_batch_size=2, shuffle=False)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    results = trainer.test(module, data, verbose=False)[0]
+    samples = [json.loads(line) for line in open(tmp_path / "samples_test_0.jsonl")]
+    return results, samples
+
+
+def test_test_logs_diagnostics_that_agree_with_the_samples_file(tmp_path, tok_dir):
+    results, samples = _test_with_diagnostics(tmp_path, tok_dir, think_bias=None)
+    assert len(samples) == 4 * 3
+    assert set(samples[0]) == {
+        "task_id", "completion", "passed", "truncated", "num_tokens", "num_code_tokens", "num_rationales", "skills"
+    }  # fmt: skip
+    for s in samples:
+        assert s["passed"] == (len(s["completion"]) % 2 == 0)
+        assert 0 <= s["num_code_tokens"] <= s["num_tokens"] <= 12 and (s["num_tokens"] == 12 or not s["truncated"])
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert results["test/truncation_rate"] == pytest.approx(mean([s["truncated"] for s in samples]))
+    assert results["test/rationale_rate"] == pytest.approx(mean([s["num_rationales"] > 0 for s in samples]))
+    assert results["test/completion_tokens"] == pytest.approx(mean([s["num_tokens"] for s in samples]))
+    assert results["test/code_tokens"] == pytest.approx(mean([s["num_code_tokens"] for s in samples]))
+    assert results["test/rationale_rate"] >= 0.5  # the boosted model comments (8 of 12 samples, seeded)
+    assert 0 < results["test/truncation_rate"] < 1 and 0 < results["test/pass@1"] < 1  # the checks above can fail
+    assert 0.0 <= results["test/rationale_matched_rate"] <= 1.0 and "test/rationale_accuracy" in results
+    by_task = {}
+    for s in samples:
+        by_task.setdefault(s["task_id"], []).append(s)
+    for k in {len(rows[0]["skills"]) for rows in by_task.values()}:
+        tasks = [rows for rows in by_task.values() if len(rows[0]["skills"]) == k]
+        assert results[f"test/tasks_skills{k}"] == len(tasks)
+        expected = mean([mean([s["passed"] for s in rows]) for rows in tasks])
+        assert results[f"test/pass@1_skills{k}"] == pytest.approx(expected)
+    assert results["test/pass@1"] == pytest.approx(mean([s["passed"] for s in samples]))
+
+
+def test_think_bias_scores_without_rationales(tmp_path, tok_dir):
+    results, samples = _test_with_diagnostics(tmp_path, tok_dir, think_bias=float("-inf"))
+    assert results["test/rationale_rate"] == 0.0 and all(s["num_rationales"] == 0 for s in samples)
+    assert math.isnan(results["test/rationale_tokens"]) and math.isnan(results["test/rationale_matched_rate"])

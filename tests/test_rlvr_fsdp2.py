@@ -75,3 +75,4 @@ def test_rlvr_fit_and_validate_on_two_fsdp2_cpu_processes(tmp_path, tiny_tokeniz
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
     assert sum(1 for r in rows if r.get("train/reward_mean")) == 2
     assert any(r.get("val/pass@1") for r in rows)
+    assert any(r.get("val/completion_tokens") for r in rows)  # the diagnostics sync over both ranks too

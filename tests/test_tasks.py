@@ -209,3 +209,16 @@ def test_duplicate_ids_and_missing_columns():
         tasks_from_records(records, kind="apps")
     with pytest.raises(DataError, match="no records"):
         tasks_from_records([], source="empty")
+
+
+def test_humaneval_schema_keeps_extra_fields_as_meta():
+    """The synthetic world's ground truth reaches the task (``meta``); HumanEval records have none; meta is not
+    hashed, so a task stays hashable."""
+    task = tasks_from_records(datasets.Dataset.from_list([
+        {"task_id": "s/0", "prompt": "def f(x):\n", "entry_point": "f", "test": "def check(candidate):\n    pass\n",
+         "canonical_solution": "    return x\n", "id": "s/0", "skills": ["a"], "skill_starts": [1], "skill_ends": [2]},
+    ]))[0]  # fmt: skip
+    assert task.meta == {"id": "s/0", "skills": ["a"], "skill_starts": [1], "skill_ends": [2]}
+    assert hash(task) == hash(dataclasses.replace(task, meta={}))
+    assert load_tasks(str(ASSETS / "humaneval.jsonl"))[0].meta == {}
+    assert load_tasks(str(ASSETS / "mbpp_full.jsonl"))[0].meta == {}

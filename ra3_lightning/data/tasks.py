@@ -34,7 +34,7 @@ import re
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ra3_lightning.data.sources import DataError, load_records, text_problem
@@ -74,6 +74,8 @@ class CodingTask:
         completion_mode: ``"continue"`` — the completion continues ``prompt`` (HumanEval, MBPP); ``"solution"`` —
             the completion is a whole program and the prompt is prose (LiveCodeBench, stdin tasks).
         preamble: code placed before every program (LiveCodeBench's import header).
+        meta: the record's other fields (HumanEval schema), e.g. the synthetic world's ground truth ``id``,
+            ``skills``, ``skill_starts``, ``skill_ends``; empty for other schemas. Not part of the hash.
     """
 
     task_id: str
@@ -84,6 +86,7 @@ class CodingTask:
     source: str = ""
     completion_mode: CompletionMode = "continue"
     preamble: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def program(self, completion: str) -> str:
         """The text the sandbox runs for ``completion``.
@@ -326,7 +329,11 @@ def _humaneval_task(r: _Record) -> CodingTask:
         entry_point=entry_point,
         canonical_solution=r.optional_text("canonical_solution") or None,
         source=r.source,
+        meta={k: v for k, v in r.data.items() if k not in _HUMANEVAL_FIELDS},
     )
+
+
+_HUMANEVAL_FIELDS = frozenset({"task_id", "prompt", "entry_point", "test", "canonical_solution"})
 
 
 def _mbpp_task(r: _Record) -> CodingTask:

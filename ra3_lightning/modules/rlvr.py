@@ -29,16 +29,25 @@ only those steps reach the logger): ``train/reward_mean|std``, ``train/pass_rate
 ``perf/sandbox_programs_per_s``; ``reward`` (progress bar) every step; sample prompts and completions with their
 outcome as TensorBoard text; validation ``val/pass@k`` via :class:`PassAtK` (and
 ``test/pass@k`` from ``ra3 test``, on the data module's test tasks).
+
+Evaluation explains itself (:mod:`ra3_lightning.eval_diagnostics`): besides pass@k each validation / test logs
+``{val,test}/truncation_rate``, ``rationale_rate``, ``rationales_per_completion``, ``rationale_tokens``,
+``completion_tokens``, ``code_tokens``; for tasks with ground truth (the synthetic world) ``rationale_matched_rate``,
+``rationale_accuracy``, ``pass@1_skills{n}`` and ``tasks_skills{n}``. ``val_think_bias`` biases (``-inf``: forbids)
+comment-start tokens while sampling for evaluation; ``samples_path`` writes one JSON line per sample.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,7 +56,18 @@ from torch import Tensor
 
 from ra3_lightning.data.task_data import TaskBatch
 from ra3_lightning.data.tasks import CodingTask
-from ra3_lightning.generation import GenerationBackend, KVSample, Rollout, unsharded_for_generation
+from ra3_lightning.eval_diagnostics import (
+    CompletionStats,
+    EvalDiagnostics,
+    comment_start_mask,
+    completion_stats,
+    has_ground_truth,
+    rationale_counts,
+    sample_record,
+    skill_phrases,
+    think_logit_bias,
+)
+from ra3_lightning.generation import GenerationBackend, KVSample, Rollout, SamplingBackend, unsharded_for_generation
 from ra3_lightning.metrics import PassAtK
 from ra3_lightning.modules.base import CausalLMModule, shard_lm
 from ra3_lightning.optim import adamw_warmup_cosine
@@ -89,6 +109,15 @@ class RLVRModule(CausalLMModule):
         val_num_samples: Samples per validation task for pass@k.
         val_temperature: Sampling temperature in validation.
         pass_at_k: The k values of the validation pass@k.
+        val_think_bias: Added to the logits of comment-start tokens (text starting with ``#`` after spaces/tabs)
+            when sampling for validation / test: ``-inf`` (``-.inf`` in YAML and on the command line) or a large
+            negative number forbids rationales, so an RA3 model can be scored without them; ``None`` or ``0`` = off.
+            Training rollouts never see it.
+        samples_path: Write one JSON line per validation / test sample here: ``task_id``, ``completion``,
+            ``passed``, ``truncated``, ``num_tokens``, ``num_code_tokens``, ``num_rationales`` (and ``skills`` when
+            the task has them). ``{stage}`` (``val`` / ``test``) and ``{step}`` (global step) in the path are
+            filled in; each evaluation rewrites its file; with several processes each rank writes
+            ``<stem>.rank<r><suffix>``. Not written during the sanity check. ``None`` = no file.
         log_samples_every_n_steps: Write sample prompts / completions as TensorBoard text this often (0 = never).
         num_logged_samples: How many samples to write each time.
         seed: Seed of the per-step rollout RNG.
@@ -122,6 +151,8 @@ class RLVRModule(CausalLMModule):
         val_num_samples: int = 4,
         val_temperature: float = 1.0,
         pass_at_k: tuple[int, ...] = (1,),
+        val_think_bias: float | None = None,
+        samples_path: str | None = None,
         log_samples_every_n_steps: int = 50,
         num_logged_samples: int = 4,
         seed: int = 0,
@@ -129,6 +160,8 @@ class RLVRModule(CausalLMModule):
     ) -> None:
         super().__init__(**kwargs)
         _validate(num_generations, mu, loss_aggregation, beta, val_num_samples, pass_at_k)
+        if val_think_bias is not None and math.isnan(val_think_bias):
+            raise ValueError("val_think_bias is NaN; give a number, -.inf to forbid comments, or null for off")
         self.save_hyperparameters(ignore=["generation", "reward_fn"])
         self.automatic_optimization = False
         self.G, self.max_new_tokens, self.mu, self.beta = num_generations, max_new_tokens, mu, beta
@@ -142,6 +175,12 @@ class RLVRModule(CausalLMModule):
         self.micro_batch_size = micro_batch_size
         self.val_num_samples = val_num_samples
         self.pass_at_k = PassAtK(ks=pass_at_k)
+        self.eval_diagnostics = EvalDiagnostics()
+        self.val_think_bias, self.samples_path = val_think_bias, samples_path
+        self._token_pieces: dict[int, str] = {}  # token id -> its text ("" for special tokens), filled lazily
+        self._skill_phrases = skill_phrases()
+        self._samples_file: str | None = None  # this evaluation's samples file (set at epoch start)
+        self._think_bias: Tensor | None = None  # [V], built on first use
         self.ref_model: torch.nn.Module | None = None  # set in configure_model only when beta > 0
         self._executor: ThreadPoolExecutor | None = None
         self._last_pass = torch.zeros(0)
@@ -444,31 +483,115 @@ class RLVRModule(CausalLMModule):
         self.pass_at_k_step(batch, batch_idx)
 
     def pass_at_k_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        """Sample ``val_num_samples`` completions per task, score them in the sandbox and update :class:`PassAtK`."""
+        """Sample ``val_num_samples`` completions per task, score them in the sandbox, update :class:`PassAtK` and
+        the diagnostics, and append the samples to ``samples_path``."""
         if len(batch) == 0:  # a padding batch: join the collective unshard/reshard so FSDP2 ranks stay in step
             with unsharded_for_generation(self.model):
                 return
         n = self.val_num_samples
-        rollout = self.rollout(batch, self.val_generation, n, -1 - batch_idx)
-        tasks = [t for t in batch.tasks for _ in range(n)]
-        rewards = self.submit_rewards(self.decode(rollout), tasks).result()
-        passed = torch.tensor([float(r.passed) for r in getattr(self.reward_fn, "last_results", [])])
-        if passed.numel() != len(tasks):  # a plain reward callable without last_results: reward >= 1 is a pass
-            passed = torch.tensor(rewards) >= 1.0
+        rollout = self.rollout(batch, self.eval_generation(), n, -1 - batch_idx)
+        texts, tasks = self.decode(rollout), [t for t in batch.tasks for _ in range(n)]
+        passed = self.eval_passed(texts, tasks)  # [B*n] bool
         correct = passed.float().view(-1, n).sum(-1)  # [B]
         self.pass_at_k.update(torch.full_like(correct, n), correct)
+        stats = [completion_stats(self.token_pieces(ids)) for ids in completion_token_lists(rollout)]
+        self.update_diagnostics(batch, texts, passed, rollout.truncated, stats)
+        self.write_samples(tasks, texts, passed, rollout.truncated, stats)
+
+    def eval_generation(self) -> GenerationBackend:
+        """The validation / test backend: ``val_generation``, with the THINK bias when ``val_think_bias`` is set."""
+        if not self.val_think_bias:
+            return self.val_generation
+        if not isinstance(self.val_generation, SamplingBackend):
+            raise TypeError(f"val_think_bias needs a SamplingBackend, got {type(self.val_generation).__name__}")
+        if self._think_bias is None or self._think_bias.device != self.device:
+            mask = comment_start_mask(self.tokenizer)  # [V]
+            self._think_bias = think_logit_bias(mask, self.val_think_bias).to(self.device)  # [V]
+        return self.val_generation.with_logit_bias(self._think_bias)
+
+    def eval_passed(self, texts: list[str], tasks: list[CodingTask]) -> Tensor:  # [N] bool
+        """Whether each completion passes its task's tests (the sandbox's verdict, else ``reward >= 1``)."""
+        rewards = self.submit_rewards(texts, tasks).result()
+        passed = torch.tensor([r.passed for r in getattr(self.reward_fn, "last_results", [])], dtype=torch.bool)
+        if passed.numel() != len(tasks):  # a plain reward callable without last_results: reward >= 1 is a pass
+            passed = torch.tensor(rewards) >= 1.0
+        return passed
+
+    def token_pieces(self, ids: list[int]) -> list[str]:
+        """The text of each token (``""`` for special tokens such as EOS), decoded once per vocabulary id."""
+        for i in ids:
+            if i not in self._token_pieces:
+                self._token_pieces[i] = self.tokenizer.decode([i], skip_special_tokens=True)
+        return [self._token_pieces[i] for i in ids]
+
+    def update_diagnostics(
+        self, batch: TaskBatch, texts: list[str], passed: Tensor, truncated: Tensor, stats: list[CompletionStats]
+    ) -> None:  # passed [B*n] bool, truncated [B*n] bool
+        """Token accounting of every completion; rationale accuracy and pass rate of tasks with ground truth."""
+        n = self.val_num_samples
+        rationale, skills, pass_rates = [], [], []
+        for b, task in enumerate(batch.tasks):
+            if not has_ground_truth(task.meta):
+                continue
+            rows = range(b * n, (b + 1) * n)
+            rationale += [rationale_counts(texts[i], task.prompt, task.meta, self._skill_phrases) for i in rows]
+            skills.append(len(task.meta["skills"]))
+            pass_rates.append(float(passed[b * n : (b + 1) * n].float().mean()))
+        self.eval_diagnostics.update(stats, truncated.tolist(), rationale, skills, pass_rates)
+
+    def on_validation_epoch_start(self) -> None:
+        self.start_samples_file("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.start_samples_file("test")
+
+    def start_samples_file(self, stage: str) -> None:
+        """Empty this evaluation's ``samples_path`` file (none during the sanity check)."""
+        self._samples_file = None
+        if self.samples_path is None or self.trainer.sanity_checking:
+            return
+        path = Path(self.samples_path.format(stage=stage, step=self.global_step))
+        if self.trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{self.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        self._samples_file = str(path)
+
+    def write_samples(
+        self,
+        tasks: list[CodingTask],
+        texts: list[str],
+        passed: Tensor,  # [N] bool
+        truncated: Tensor,  # [N] bool
+        stats: list[CompletionStats],
+    ) -> None:
+        """Append one :func:`~ra3_lightning.eval_diagnostics.sample_record` line per sample to the samples file."""
+        if self._samples_file is None:
+            return
+        rows = zip(tasks, texts, passed.tolist(), truncated.tolist(), stats, strict=True)
+        with open(self._samples_file, "a") as f:
+            f.writelines(json.dumps(sample_record(*row)) + "\n" for row in rows)
 
     def on_validation_epoch_end(self) -> None:
         self.log_pass_at_k("val")
+        self.log_diagnostics("val")
 
     def on_test_epoch_end(self) -> None:
         self.log_pass_at_k("test")
+        self.log_diagnostics("test")
 
     def log_pass_at_k(self, prefix: str) -> None:
         results = self.pass_at_k.compute()
         self.pass_at_k.reset()
         for name, value in results.items():
             self.log(f"{prefix}/{name}", value, prog_bar=name == "pass@1")
+
+    def log_diagnostics(self, prefix: str) -> None:
+        """The evaluation's diagnostics (already summed over ranks) as ``<prefix>/<name>`` scalars."""
+        results = self.eval_diagnostics.compute()
+        self.eval_diagnostics.reset()
+        for name, value in results.items():
+            self.log(f"{prefix}/{name}", float(value))
 
     def on_test_end(self) -> None:
         self.on_fit_end()  # stop the sandbox workers and the reward thread
@@ -492,6 +615,12 @@ def _validate(G: int, mu: int, aggregation: str, beta: float, val_n: int, ks: tu
         raise ValueError(f"beta must be >= 0 (got {beta})")
     if ks and max(ks) > val_n:
         raise ValueError(f"pass_at_k={ks} needs val_num_samples >= {max(ks)} (got {val_n})")
+
+
+def completion_token_lists(rollout: Rollout) -> list[list[int]]:
+    """Each completion's token ids up to and including its EOS."""
+    lengths = rollout.completion_mask.sum(-1).tolist()  # [N]
+    return [row[:length] for row, length in zip(rollout.completion_ids.tolist(), lengths, strict=True)]
 
 
 def rows_share(rows: slice, rollout: Rollout) -> float:
