@@ -258,7 +258,10 @@ class EvalDiagnostics(Metric):
             "gt_matched": sum(r.matched for r in rationale),
             "gt_correct": sum(r.correct for r in rationale),
         }
-        self.totals += torch.tensor([float(values[k]) for k in COUNTERS], dtype=torch.float64, device=self.device)
+        # Not in place: a state reset under ``trainer.validate`` (inference mode) is then updated under ``fit``.
+        self.totals = self.totals + torch.tensor(
+            [float(values[k]) for k in COUNTERS], dtype=torch.float64, device=self.device
+        )
         # Float, as PassAtK stores counts: torchmetrics pads a rank without tasks with an empty float tensor.
         self.task_skills.append(torch.tensor(list(task_skills), dtype=self.dtype, device=self.device))
         self.task_pass.append(torch.tensor(list(task_pass), dtype=self.dtype, device=self.device))

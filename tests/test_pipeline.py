@@ -28,8 +28,10 @@ MINI = [
     "--midtrain.max_latent_tokens", "4", "--midtrain.e_batch_size", "2", "--midtrain.records_per_iteration", "4",
     "--midtrain.annotate_batch_size", "4",
     "--rlvr.steps", "2", "--rlvr.batch_size", "2", "--rlvr.num_generations", "2", "--rlvr.max_new_tokens", "16",
-    "--rlvr.smoothing", "1",
+    "--rlvr.smoothing", "1", "--rlvr.heldin", "2", "--rlvr.val_every", "1", "--rlvr.val_num_samples", "2",
+    "--rlvr.checkpoint_every", "1",
     "--eval.num_samples", "2", "--eval.ks", "[1,2]", "--eval.max_new_tokens", "16", "--eval.batch_size", "4",
+    "--eval.curve_num_samples", "2", "--eval.check_budget", "false",
 ]  # fmt: skip
 
 
@@ -75,8 +77,9 @@ def test_demo_writes_its_numbers_as_json(demo):
 
 def test_rerun_skips_finished_stages(demo, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in (demo / "checkpoints").glob("*.ckpt")}
-    assert len(stamps) == 5
+    assert len(stamps) == 5 + 2  # the stages' and one RLVR checkpoint along each run (--rlvr.checkpoint_every 1)
     (demo / "eval" / "ra3.json").unlink()  # one unfinished piece of work: only it runs again
+    (demo / "eval" / "DONE").unlink()
     main(["demo", "-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--out", str(demo), "--seed", "1", *MINI])
     err = capsys.readouterr().err
     for stage in STAGES[:-1]:

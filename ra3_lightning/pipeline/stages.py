@@ -44,6 +44,7 @@ import lightning as L
 from ra3_lightning.models import TinyLMConfig
 
 MODELS: tuple[str, ...] = ("base", "ntp", "ra3", "rlvr_ntp", "rlvr_ra3")
+ARMS: tuple[str, ...] = ("ntp", "ra3")
 MODEL_LABELS: dict[str, str] = {
     "base": "base (pre-trained)",
     "ntp": "NTP mid-training",
@@ -118,9 +119,15 @@ class MidtrainSpec:
         e_batch_size: Traces per E-step.
         q_lr: Learning rate of the latent policy ``q``.
         temperature: Sampling temperature of ``q``.
-        records_per_iteration: Traces annotated per EM iteration.
+        records_per_iteration: Traces annotated per EM iteration (``None``: every training program, so no M-phase
+            is confined to a slice of the corpus; an ``int`` takes a wrapping slice per iteration).
         annotate_batch_size: Traces rolled out together while annotating.
         loss_on: M-step loss on ``"all"`` tokens or ``"code"`` only.
+        val_size: The validation holdout of the mid-training corpus, shared by both arms (fraction < 1 or count).
+        act_likelihood: ``"conditional"`` or ``"marginal"`` scoring of expert lines in the E-step.
+        hindsight_lines: ``k`` next expert lines ``q`` sees before writing a rationale (0: none).
+        annotate_choose: ``"sample"`` (one draw of ``q``) or ``"best"`` of ``annotate_samples`` by return.
+        annotate_samples: Rollouts per trace when annotating.
     """
 
     iterations: int = 2
@@ -138,9 +145,14 @@ class MidtrainSpec:
     e_batch_size: int = 4
     q_lr: float = 2e-4
     temperature: float = 1.0
-    records_per_iteration: int = 492
+    records_per_iteration: int | None = None
     annotate_batch_size: int = 16
     loss_on: str = "all"
+    val_size: float = 0.05
+    act_likelihood: str = "conditional"
+    hindsight_lines: int = 0
+    annotate_choose: str = "sample"
+    annotate_samples: int = 1
 
 
 @dataclass
@@ -158,6 +170,12 @@ class RLVRSpec:
         target_pass_rate: The report gives the first step at which the smoothed training pass rate reaches this.
         smoothing: Window (steps) of the moving average used for ``target_pass_rate``.
         workers: Sandbox worker processes.
+        heldin: Tasks of the ``rlvr`` split kept out of RLVR training for its validation (``val/pass@1`` every
+            ``val_every`` steps); tune RLVR on these and on the training reward, never on ``eval``.
+        val_every: Steps between those validations (0: none).
+        val_num_samples: Samples per held-in task in those validations.
+        checkpoint_every: Save the policy every this many steps (0: never); the eval stage scores each saved
+            checkpoint on the held-out tasks (held-out pass@1 along the RLVR run).
     """
 
     steps: int = 30
@@ -170,6 +188,10 @@ class RLVRSpec:
     target_pass_rate: float = 0.2
     smoothing: int = 5
     workers: int = 2
+    heldin: int = 0
+    val_every: int = 0
+    val_num_samples: int = 4
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -180,8 +202,13 @@ class EvalSpec:
         num_samples: ``n`` completions per task.
         ks: The ``k`` values of pass@k (each ``<= num_samples``).
         temperature: Sampling temperature.
-        max_new_tokens: Completion budget in tokens.
+        max_new_tokens: Completion budget in tokens (checked: the longest reference body plus one rationale of
+            ``midtrain.max_latent_tokens`` per skill must fit).
         batch_size: Tasks per generation batch.
+        no_rationale_models: Models also scored with comment-start tokens forbidden at decode time (reported as
+            ``<model>_nothink``): how much the model leans on its rationales.
+        curve_num_samples: Samples per task for the RLVR checkpoints along the run (``rlvr.checkpoint_every``).
+        check_budget: Refuse a ``max_new_tokens`` below what the eval tasks need (off only for smoke tests).
     """
 
     num_samples: int = 8
@@ -189,6 +216,9 @@ class EvalSpec:
     temperature: float = 0.8
     max_new_tokens: int = 96
     batch_size: int = 8
+    no_rationale_models: tuple[str, ...] = ()
+    curve_num_samples: int = 4
+    check_budget: bool = True
 
 
 @dataclass
@@ -222,8 +252,13 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if max(self.eval.ks) > self.eval.num_samples:
             raise ValueError(f"eval.ks={self.eval.ks} needs eval.num_samples >= {max(self.eval.ks)}")
-        if self.midtrain.records_per_iteration < self.midtrain.e_batch_size:
-            raise ValueError("midtrain.records_per_iteration must be >= midtrain.e_batch_size")
+        m, r = self.midtrain, self.rlvr
+        if m.records_per_iteration is not None and m.records_per_iteration < m.e_batch_size:
+            raise ValueError("midtrain.records_per_iteration must be >= midtrain.e_batch_size (or null: all records)")
+        if r.heldin >= self.world.rlvr:
+            raise ValueError(f"rlvr.heldin={r.heldin} leaves no RLVR training tasks of world.rlvr={self.world.rlvr}")
+        if r.val_every and not r.heldin:
+            raise ValueError("rlvr.val_every needs rlvr.heldin > 0 tasks to validate on")
 
 
 # --------------------------------------------------------------------------------------------- paths
@@ -337,7 +372,9 @@ def stage_ntp(cfg: PipelineConfig, paths: Paths) -> None:
         init_from=str(paths.ckpt("pretrain")), lr=m.lr, warmup_steps=m.warmup_steps, min_lr_ratio=m.min_lr_ratio,
         weight_decay=m.weight_decay, loss_on=m.loss_on,
     )  # fmt: skip
-    data = TraceDataModule(paths.split("midtrain"), max_length=m.max_length, batch_size=m.batch_size, seed=cfg.seed)
+    data = TraceDataModule(
+        paths.split("midtrain"), max_length=m.max_length, batch_size=m.batch_size, val_size=m.val_size, seed=cfg.seed
+    )
     val = {"val_check_interval": steps, "check_val_every_n_epoch": None}
     _fit_and_save(_trainer(cfg, paths, "ntp", steps, **val), module, data, paths.ckpt("ntp"))
 
@@ -355,15 +392,51 @@ def stage_ra3(cfg: PipelineConfig, paths: Paths) -> None:
         max_latent_tokens=m.max_latent_tokens, temperature=m.temperature, lr=m.q_lr, m_lr=m.lr,
         m_warmup_steps=m.warmup_steps, m_min_lr_ratio=m.min_lr_ratio, m_weight_decay=m.weight_decay,
         loss_on=m.loss_on, annotate_batch_size=m.annotate_batch_size, work_dir=str(paths.em_work), seed=cfg.seed,
-        log_samples_every_n_steps=max(1, m.e_steps),
+        log_samples_every_n_steps=max(1, m.e_steps), act_likelihood=m.act_likelihood,
+        hindsight_lines=m.hindsight_lines, annotate_choose=m.annotate_choose, annotate_samples=m.annotate_samples,
     )  # fmt: skip
     data = EMDataModule(
         paths.split("midtrain"), id_field="id", e_batch_size=m.e_batch_size, m_batch_size=m.batch_size,
-        max_length=m.max_length, records_per_iteration=m.records_per_iteration, val_size=16, seed=cfg.seed,
+        max_length=m.max_length, records_per_iteration=m.records_per_iteration, val_size=m.val_size, seed=cfg.seed,
     )  # fmt: skip
     scheduler = EMScheduler(iterations=m.iterations, e_steps=m.e_steps, m_steps=m.m_steps)
     trainer = _trainer(cfg, paths, "ra3", scheduler.total_steps, callbacks=[scheduler])
     _fit_and_save(trainer, module, data, paths.ckpt("ra3"))
+
+
+def rlvr_splits(cfg: PipelineConfig, paths: Paths) -> tuple[str, str | None]:
+    """The RLVR training tasks and the held-in validation tasks: the last ``rlvr.heldin`` tasks of the ``rlvr``
+    split (written once as ``rlvr_train`` / ``rlvr_heldin``), or the whole split and ``None``."""
+    if not cfg.rlvr.heldin:
+        return paths.split("rlvr"), None
+    train, heldin = paths.data / "rlvr_train", paths.data / "rlvr_heldin"
+    if not (train.exists() and heldin.exists()):
+        import datasets
+
+        tasks = datasets.load_from_disk(paths.split("rlvr"))
+        cut = len(tasks) - cfg.rlvr.heldin
+        tasks.select(range(cut)).save_to_disk(str(train))
+        tasks.select(range(cut, len(tasks))).save_to_disk(str(heldin))
+    return str(train), str(heldin)
+
+
+class SaveEvery(L.Callback):
+    """Save the module's weights every ``every`` optimizer steps to ``path(step)`` (for evaluation along a run)."""
+
+    def __init__(self, every: int, path: Callable[[int], Path]) -> None:
+        self.every, self.path = every, path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step < trainer.max_steps:
+            self.path(step).parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(str(self.path(step)), weights_only=True)
+
+
+def rlvr_checkpoint_steps(cfg: PipelineConfig) -> list[int]:
+    """Steps at which an RLVR run saves its policy for the held-out curve (the final step is the stage's own)."""
+    every = cfg.rlvr.checkpoint_every
+    return list(range(every, cfg.rlvr.steps, every)) if every else []
 
 
 def _rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
@@ -376,43 +449,98 @@ def _rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
             init_from=str(paths.ckpt(arm)), num_generations=r.num_generations, max_new_tokens=r.max_new_tokens,
             lr=r.lr, loss_aggregation=r.loss_aggregation, advantage_scale=r.advantage_scale,
             drop_zero_variance_groups=True, reward_fn=_sandbox_reward(cfg), seed=cfg.seed,
-            log_samples_every_n_steps=max(1, r.steps // 3),
+            log_samples_every_n_steps=max(1, r.steps // 3), val_num_samples=r.val_num_samples,
+            val_temperature=cfg.eval.temperature,
         )  # fmt: skip
-        data = TaskDataModule(paths.split("rlvr"), batch_size=r.batch_size, prompt_template="plain", seed=cfg.seed)
-        _fit_and_save(_trainer(cfg, paths, f"rlvr_{arm}", r.steps), module, data, paths.ckpt(f"rlvr_{arm}"))
+        train, heldin = rlvr_splits(cfg, paths)
+        data = TaskDataModule(
+            train, val_path=heldin, batch_size=r.batch_size, val_batch_size=cfg.eval.batch_size,
+            prompt_template="plain", seed=cfg.seed,
+        )  # fmt: skip
+        stage = f"rlvr_{arm}"
+        save = SaveEvery(r.checkpoint_every, lambda step: paths.ckpt(f"{stage}_step{step}"))
+        val = {"val_check_interval": r.val_every, "check_val_every_n_epoch": None} if r.val_every and heldin else {}
+        trainer = _trainer(cfg, paths, stage, r.steps, callbacks=[save], limit_val_batches=1.0 if val else 0, **val)
+        if val:
+            trainer.validate(module, datamodule=data, verbose=False)  # held-in pass@1 before the first update
+        _fit_and_save(trainer, module, data, paths.ckpt(stage))
 
     run.__doc__ = f"RLVR (GRPO-family, sandbox rewards) from the {arm.upper()} arm on the rlvr tasks."
     return run
 
 
-def evaluate_checkpoint(cfg: PipelineConfig, paths: Paths, model: str) -> dict[str, float]:
-    """pass@k of one checkpoint on the held-out tasks, through ``RLVRModule.test_step``."""
+@dataclass(frozen=True)
+class EvalRun:
+    """One evaluation of the eval stage: result name, checkpoint, decode-time THINK bias, samples per task."""
+
+    name: str
+    checkpoint: str
+    think_bias: float | None = None
+    num_samples: int | None = None
+
+
+def eval_runs(cfg: PipelineConfig) -> list[EvalRun]:
+    """Every evaluation of the eval stage: the five models, the ``no_rationale_models`` with comments forbidden, and
+    the RLVR checkpoints along each run (``rlvr.checkpoint_every``)."""
+    runs = [EvalRun(m, "pretrain" if m == "base" else m) for m in MODELS]
+    for model in cfg.eval.no_rationale_models:
+        runs.append(EvalRun(f"{model}_nothink", "pretrain" if model == "base" else model, float("-inf")))
+    for arm in ARMS:
+        for step in rlvr_checkpoint_steps(cfg):
+            name = f"rlvr_{arm}_step{step}"
+            runs.append(EvalRun(name, name, None, cfg.eval.curve_num_samples))
+    return runs
+
+
+def check_budget(cfg: PipelineConfig, paths: Paths, tokenizer: Any) -> None:
+    """Raise unless ``eval.max_new_tokens`` fits every eval task's reference body plus its rationales."""
+    from ra3_lightning.data.tasks import load_tasks
+    from ra3_lightning.eval_diagnostics import required_completion_budget
+
+    need = required_completion_budget(load_tasks(paths.split("eval")), tokenizer, cfg.midtrain.max_latent_tokens)
+    if cfg.eval.max_new_tokens < need.total:
+        raise ValueError(
+            f"eval.max_new_tokens={cfg.eval.max_new_tokens} < {need.total} tokens, what task {need.task_id!r} needs "
+            "for its reference body plus one rationale per skill: raise eval.max_new_tokens (and rlvr.max_new_tokens)"
+        )
+
+
+def evaluate_checkpoint(cfg: PipelineConfig, paths: Paths, run: EvalRun) -> dict[str, float]:
+    """pass@k and the diagnostics of one checkpoint on the held-out tasks, through ``RLVRModule.test_step``."""
     from ra3_lightning.data.task_data import TaskDataModule
     from ra3_lightning.modules.rlvr import RLVRModule
 
     e = cfg.eval
+    n = run.num_samples or e.num_samples
+    samples = paths.eval_result(run.name).with_suffix(".samples.jsonl")
+    samples.unlink(missing_ok=True)
     module = RLVRModule(
-        init_from=str(paths.ckpt("pretrain" if model == "base" else model)), max_new_tokens=e.max_new_tokens,
-        val_num_samples=e.num_samples, val_temperature=e.temperature, pass_at_k=tuple(e.ks),
-        reward_fn=_sandbox_reward(cfg), seed=cfg.seed,
+        init_from=str(paths.ckpt(run.checkpoint)), max_new_tokens=e.max_new_tokens, val_num_samples=n,
+        val_temperature=e.temperature, pass_at_k=tuple(k for k in e.ks if k <= n), reward_fn=_sandbox_reward(cfg),
+        seed=cfg.seed, val_think_bias=run.think_bias, samples_path=str(samples),
     )  # fmt: skip
     data = TaskDataModule(paths.split("eval"), val_batch_size=e.batch_size, prompt_template="plain", shuffle=False)
-    results = _trainer(cfg, paths, f"eval_{model}", -1).test(module, datamodule=data, verbose=False)[0]
+    results = _trainer(cfg, paths, f"eval_{run.name}", -1).test(module, datamodule=data, verbose=False)[0]
     return {k.removeprefix("test/"): float(v) for k, v in results.items()}
 
 
 def stage_eval(cfg: PipelineConfig, paths: Paths) -> None:
-    """pass@k of the five models; each result file is written once (resumable per model)."""
-    for model in MODELS:
-        out = paths.eval_result(model)
+    """pass@k of the five models (and the extra runs); each result file is written once (resumable per run)."""
+    from ra3_lightning.modules.base import load_lm_source
+
+    if cfg.eval.check_budget:
+        check_budget(cfg, paths, load_lm_source(str(paths.ckpt("pretrain")), tokenizer_only=True)[1])
+    for run in eval_runs(cfg):
+        out = paths.eval_result(run.name)
         if out.exists():
-            _say(f"  eval {model}: done before, skipped")
+            _say(f"  eval {run.name}: done before, skipped")
             continue
         L.seed_everything(cfg.seed, verbose=False)
-        results = evaluate_checkpoint(cfg, paths, model)
+        results = evaluate_checkpoint(cfg, paths, run)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results))
-        _say(f"  eval {model}: " + ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
+        _say(f"  eval {run.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in results.items() if k.startswith("pass@")))
+    (paths.root / "eval" / "DONE").write_text(json.dumps([run.name for run in eval_runs(cfg)]))
 
 
 @dataclass(frozen=True)
@@ -434,7 +562,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("ra3", stage_ra3, lambda p: [p.ckpt("ra3")]),
     Stage("rlvr_ntp", _rlvr_stage("ntp"), lambda p: [p.ckpt("rlvr_ntp")]),
     Stage("rlvr_ra3", _rlvr_stage("ra3"), lambda p: [p.ckpt("rlvr_ra3")]),
-    Stage("eval", stage_eval, lambda p: [p.eval_result(m) for m in MODELS]),
+    Stage("eval", stage_eval, lambda p: [p.root / "eval" / "DONE"]),
 )
 
 
