@@ -18,6 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ra3_lightning.pipeline.fairness import (
+    budget_lines,
+    collect_fairness,
+    curve_lines,
+    diagnostics_table,
+    skills_table,
+)
+
 if TYPE_CHECKING:
     from ra3_lightning.pipeline.stages import Paths, PipelineConfig, RLVRSpec
 
@@ -110,6 +118,7 @@ def collect_results(cfg: PipelineConfig, paths: Paths, timings: dict[str, float]
         },
         "recovery": recovery_rows(paths, cfg.midtrain.iterations),
         "stage_times": dict(timings),
+        "fairness": collect_fairness(cfg, paths),
     }
 
 
@@ -147,12 +156,14 @@ def _finite(x: float | None) -> float | None:
 
 # --------------------------------------------------------------------------------------------- plots
 def plot_rlvr(paths: Paths, out: Path) -> None:
-    """Training mean reward vs step of both RLVR arms."""
+    """Training mean reward vs step of both RLVR arms: the raw points and a trailing 10-step mean."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in ARMS:
+    for arm, color in zip(ARMS, ("tab:blue", "tab:orange"), strict=True):
         series = read_scalars(paths.log_dir(f"rlvr_{arm}"), "train/reward_mean")
-        ax.plot([s for s, _ in series], [v for _, v in series], label=f"RLVR from {arm.upper()}")
+        steps, values = [s for s, _ in series], [v for _, v in series]
+        ax.scatter(steps, values, s=6, alpha=0.3, color=color)
+        ax.plot(steps, moving_average(values, 10), color=color, label=f"RLVR from {arm.upper()} (10-step mean)")
     ax.set(xlabel="RLVR step", ylabel="mean reward (pass rate)", title="RLVR reward vs step")
     ax.legend()
     fig.tight_layout()
@@ -303,6 +314,7 @@ def summary_lines(cfg: PipelineConfig, paths: Paths, command: str, results: dict
     """``summary.md`` of one seed, rendered from :func:`collect_results`'s dict."""
     from ra3_lightning.pipeline.stages import config_dict
 
+    fair = results["fairness"]
     return [
         "# RA3 demo report",
         "",
@@ -316,7 +328,23 @@ def summary_lines(cfg: PipelineConfig, paths: Paths, command: str, results: dict
             results_table(results["eval"], tuple(cfg.eval.ks)),
             honesty_note(results["eval"]),
         ),
+        *section(
+            "Why each model scores what it scores (held-out tasks)",
+            "`_nothink`: the same model with comment-start tokens forbidden at decode time. Rationale accuracy: of the "
+            "comments whose text is a skill's phrase, the share naming the skill the next code line belongs to.",
+            diagnostics_table(fair["eval_runs"]),
+            "pass@1 by the number of skills in the task:",
+            skills_table(fair["eval_runs"]),
+        ),
+        *section("Mid-training token budget", budget_lines(fair["token_budget"])),
         *section(rlvr_title(cfg), rlvr_description(cfg), rlvr_table(results["rlvr"])),
+        *section(
+            "RLVR along the run",
+            "Held-out pass@1 of the checkpoints along each RLVR run (in between: `eval.curve_num_samples` samples per "
+            "task), held-in pass@1 on the `rlvr.heldin` tasks RLVR never trains on, and convergence to a threshold "
+            "both arms start below.",
+            curve_lines(fair["rlvr_curves"], fair["rlvr_convergence"]),
+        ),
         *section(RECOVERY_TITLE, RECOVERY_TEXT, recovery_table(results["recovery"])),
         *section(
             "Plots and logs",
