@@ -70,6 +70,8 @@ class AnnotationConfig:
         engine: Rollout engine (``"kv"`` or ``"reencode"``).
         act_likelihood: ``"conditional"`` or ``"marginal"`` scoring of expert lines (see
             :func:`ra3_lightning.rollout.expert_line_logp`); use the E-step's.
+        hindsight_lines: Next expert lines ``q`` sees before each decision (use the E-step's); they never reach
+            the annotated text or ``π``'s scores.
     """
 
     num_samples: int = 4
@@ -79,6 +81,7 @@ class AnnotationConfig:
     think_cost: float = 0.05
     engine: str = "kv"
     act_likelihood: ActLikelihood = "conditional"
+    hindsight_lines: int = 0
 
 
 def _choose_sample(returns: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B]
@@ -110,7 +113,10 @@ def annotate_batch(
         if problem:
             raise DataError(f"record {i!r}: field 'text' {problem}")
     traces = [encode_trace(vocab.tokenizer, t) for t in texts]
-    roll = rollout(q, traces, vocab, cfg.num_samples, cfg.max_latent_tokens, cfg.temperature, generator, cfg.engine)
+    roll = rollout(
+        q, traces, vocab, cfg.num_samples, cfg.max_latent_tokens, cfg.temperature, generator, cfg.engine,
+        cfg.hindsight_lines,
+    )  # fmt: skip
     device = next(pi.parameters()).device
     score = functools.partial(expert_line_logp, vocab=vocab, act_likelihood=cfg.act_likelihood)
     with_r = score(forward_logits(pi, roll.layout), roll.layout, traces, cfg.num_samples).cpu() * roll.line_mask

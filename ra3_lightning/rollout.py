@@ -16,6 +16,20 @@ merge across a line break, e.g. ``"\\n   "``), so the rollout, :func:`score_line
 identical tokens. A tokenizer whose pre-tokenizer splits at newlines (Qwen2, Llama-3) gives the same tokens as
 tokenizing the text up to blank-line runs; the M-step retokenizes the annotated text naturally.
 
+**Hindsight** (``hindsight_lines = k > 0``, a posterior ``q(z_t | s_t, a_{t:t+k})``): at boundary ``t``, before
+deciding, ``q``'s stream gets a *hindsight group*: the tokens of expert lines ``t..t+k-1`` exactly as they will be fed
+(``encode_line``'s indentation + body, no rendering), then line ``t``'s indentation, on which ``q`` decides and writes
+its rationale. Near the end of a trace the block holds the lines that are left (the last line's block is that line
+alone; no end marker). Once the rationale is written the engine masks the group's cache slots from every later token
+and rewinds ``position_ids``; the visible stream then gets the indentation (and the rationale) again. So the group
+sees the prefix at its natural positions, and every visible token sees exactly, position for position, ``π``'s
+sequence (:attr:`Rollout.layout`, identical to a ``k = 0`` rollout with the same decisions and rationales; no
+position ever points backwards). ``q``'s own layout (:attr:`Rollout.q_layout`) holds the groups, their explicit
+positions and :attr:`TokenLayout.hindsight_group`, from which :func:`forward_logits` builds the 4-D attention mask
+of the teacher-forced pass (SDPA or eager attention). Raw tokens rather than a comment rendering (``# next: ...``):
+they need no per-language text, ``q`` reads them in the representation it has for code, and a rendered comment
+would invite ``q``'s comment prior to continue it (copying the next line into the rationale verbatim).
+
 Models are used through the Hugging Face causal-LM call ``model(input_ids, attention_mask, position_ids,
 past_key_values, use_cache) -> .logits`` only.
 """
@@ -25,7 +39,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -123,6 +137,9 @@ class TokenLayout:
         kind: ``[N, L]`` ``TEACHER`` / ``FIRST_COMMENT`` / ``COMMENT`` (sampled rationale tokens).
         owner: ``[N, L]`` boundary a sampled rationale token belongs to, -1 otherwise.
         decision_pos: ``[N, T]`` position whose logits decide ``z_t`` (last token before line/rationale ``t``).
+        position_ids: ``[N, L]`` explicit position ids, or None for ``0..L-1`` (π's layout).
+        hindsight_group: ``[N, L]`` boundary whose hindsight group a token belongs to (hidden from every token
+            outside that group), -1 for the visible stream; None when nothing is hidden (π's layout).
     """
 
     input_ids: Tensor
@@ -131,28 +148,56 @@ class TokenLayout:
     kind: Tensor
     owner: Tensor
     decision_pos: Tensor
+    position_ids: Tensor | None = None
+    hindsight_group: Tensor | None = None
+
+
+class _Seg(NamedTuple):
+    """A run of tokens the rollout feeds: its expert line (-1: none), kind, rationale owner and hindsight group."""
+
+    ids: list[int]
+    line: int = -1
+    kind: int = TEACHER
+    owner: int = -1
+    group: int = -1  # boundary whose hindsight group the tokens belong to; -1: the visible stream
 
 
 class _SeqBuilder:
-    """The growing annotated token sequence of one rollout sample."""
+    """The growing annotated token sequence of one rollout sample.
+
+    Position ids count the visible tokens before a token; a hindsight group continues from the visible count at its
+    start, and the visible stream resumes where it was (what :meth:`KVCacheEngine.hide` does to the engine).
+    """
 
     def __init__(self, num_lines: int) -> None:
         self.ids: list[int] = []
         self.line_of: list[int] = []
         self.kind: list[int] = []
         self.owner: list[int] = []
+        self.group: list[int] = []
+        self.positions: list[int] = []
         self.decision_pos = [0] * num_lines
+        self._visible = 0  # visible tokens so far
+        self._group_len = 0  # tokens of the open hindsight group
 
-    def add(self, ids: Sequence[int], line: int = -1, kind: int = TEACHER, owner: int = -1) -> range:
-        start = len(self.ids)
+    def add(self, ids: Sequence[int], line: int = -1, kind: int = TEACHER, owner: int = -1, group: int = -1) -> None:
+        if group < 0:
+            self.positions += range(self._visible, self._visible + len(ids))
+            self._visible, self._group_len = self._visible + len(ids), 0
+        else:
+            start = self._visible + self._group_len
+            self.positions += range(start, start + len(ids))
+            self._group_len += len(ids)
         self.ids += list(ids)
         self.line_of += [line] * len(ids)
         self.kind += [kind] * len(ids)
         self.owner += [owner] * len(ids)
-        return range(start, len(self.ids))
+        self.group += [group] * len(ids)
 
 
-def _layout(seqs: Sequence[_SeqBuilder], pad_id: int, num_lines: int, device: torch.device) -> TokenLayout:
+def _layout(
+    seqs: Sequence[_SeqBuilder], pad_id: int, num_lines: int, device: torch.device, hindsight: bool = False
+) -> TokenLayout:
     length = max(len(s.ids) for s in seqs)
 
     def pad(rows: list[list[int]], value: int) -> Tensor:
@@ -166,7 +211,27 @@ def _layout(seqs: Sequence[_SeqBuilder], pad_id: int, num_lines: int, device: to
         kind=pad([s.kind for s in seqs], TEACHER),
         owner=pad([s.owner for s in seqs], -1),
         decision_pos=torch.tensor(decision, dtype=torch.long, device=device),
+        position_ids=pad([s.positions for s in seqs], 0) if hindsight else None,
+        hindsight_group=pad([s.group for s in seqs], -1) if hindsight else None,
     )
+
+
+def hindsight_attention_mask(group: Tensor, attention_mask: Tensor) -> Tensor:
+    """Which tokens each token sees in a layout with hindsight groups, ``[N, L, L]`` bool (query ``j``, key ``i``).
+
+    Token ``j`` sees token ``i`` iff ``i <= j``, ``i`` is real, and ``i`` is visible (group -1) or in ``j``'s own
+    group. Every token sees itself (a padding row is never empty).
+
+    Args:
+        group: ``[N, L]`` :attr:`TokenLayout.hindsight_group`.
+        attention_mask: ``[N, L]`` 1 on real tokens.
+    """
+    length = group.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=group.device).tril()  # [L, L]
+    key_ok = (group < 0) & attention_mask.bool()  # [N, L] visible real keys
+    same = (group[:, :, None] == group[:, None, :]) & (group[:, None, :] >= 0)  # [N, L, L] own group
+    eye = torch.eye(length, dtype=torch.bool, device=group.device)
+    return (causal & (key_ok[:, None, :] | same)) | eye
 
 
 def plain_layout(traces: Sequence[EncodedTrace], vocab: LatentVocab, device: torch.device | str = "cpu") -> TokenLayout:
@@ -211,6 +276,21 @@ class KVCacheEngine:
         cache_kwarg = {self.cache_arg: self.cache}
         out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True, **cache_kwarg)
         return out.logits.float()  # the DynamicCache was updated in place
+
+    @property
+    def num_slots(self) -> int:
+        """Cache slots so far (the next ``feed`` writes its chunk from this slot on)."""
+        return self.mask.shape[1]
+
+    def hide(self, slots: Sequence[Sequence[int]]) -> None:
+        """Mask cache ``slots[n]`` of sequence ``n`` from every later token and give their positions back.
+
+        The slots stay in the cache; later tokens get the positions they would have had without them.
+        """
+        rows = torch.tensor([n for n, s in enumerate(slots) for _ in s], dtype=torch.long, device=self.device)
+        cols = torch.tensor([c for s in slots for c in s], dtype=torch.long, device=self.device)
+        self.mask[rows, cols] = 0
+        self.pos -= torch.tensor([len(s) for s in slots], dtype=torch.long, device=self.device)
 
 
 class ReencodeEngine(KVCacheEngine):
@@ -269,7 +349,9 @@ class Rollout:
         p_think: ``[N, T]`` ``P(THINK)`` at each boundary.
         line_logp: ``[N, T]`` log-likelihood of each expert line under the rollout model (temperature 1).
         rationales: ``[N][T]`` sampled rationale ids (indentation excluded; empty for ACT).
-        layout: The annotated token sequences.
+        layout: The annotated token sequences: what ``π`` scores, annotation writes and the M-step trains on.
+        q_layout: ``q``'s sequences, for :func:`policy_logq`: ``layout`` itself without hindsight; with it, ``layout``
+            plus the hidden hindsight groups (explicit positions and :attr:`TokenLayout.hindsight_group`).
         seconds: Wall-clock time of the rollout.
     """
 
@@ -282,6 +364,7 @@ class Rollout:
     line_logp: Tensor
     rationales: list[list[list[int]]]
     layout: TokenLayout
+    q_layout: TokenLayout
     seconds: float
 
     def trace_of(self, n: int) -> EncodedTrace:
@@ -306,81 +389,139 @@ class Rollout:
 
 
 class _Walker:
-    """State of one rollout: engine, per-sequence builders, the pending chunks and running records."""
+    """State of one rollout: engine, per-sequence builders, the pending segments and running records.
 
-    def __init__(self, model, traces, vocab, num_samples, temperature, generator, engine) -> None:
+    With ``hindsight_lines = k > 0`` every boundary ``t`` opens a hindsight group in ``q``'s stream: the tokens of
+    expert lines ``t..t+k-1`` (fewer at the end of the trace), line ``t``'s indentation, then the decision and the
+    rationale draft. Once the rationale is written, :meth:`hide` masks the group from every later token and rewinds
+    the positions; the visible stream then gets the indentation (and the rationale) again, so that it is token for
+    token, position for position, ``π``'s layout.
+    """
+
+    def __init__(self, model, traces, vocab, num_samples, temperature, generator, engine, hindsight_lines=0) -> None:
         self.traces, self.vocab, self.temperature, self.generator = traces, vocab, temperature, generator
+        self.k = hindsight_lines
         self.n = len(traces) * num_samples
         self.trace = [traces[i // num_samples] for i in range(self.n)]
         self.engine = ENGINES[engine](model, self.n, vocab.pad_id)
         dev = self.engine.device
         self.think_mask, self.comment_mask, self.ends = (m.to(dev) for m in (vocab.think, vocab.comment, vocab.ends))
         lines = max(tr.num_lines for tr in traces)
-        self.seqs = [_SeqBuilder(tr.num_lines) for tr in self.trace]
-        # segments waiting to be fed, per sequence: (ids, line, kind, owner)
-        self.pending: list[list[tuple[list[int], int, int, int]]] = [
-            [([vocab.bos_id], -1, TEACHER, -1)] for _ in range(self.n)
-        ]
-        self.last_logits = torch.zeros(self.n, len(vocab.think), device=dev)  # [N, V]
-        self.has_logits = torch.zeros(self.n, dtype=torch.bool, device=dev)
+        self.seqs = [_SeqBuilder(tr.num_lines) for tr in self.trace]  # π's layout
+        self.qseqs = [_SeqBuilder(tr.num_lines) for tr in self.trace] if self.k else self.seqs  # q's layout
+        self.pending: list[list[_Seg]] = [[_Seg([vocab.bos_id])] for _ in range(self.n)]  # waiting to be fed
+        self.last_logits = torch.zeros(self.n, len(vocab.think), device=dev)  # [N, V] at the last token fed
+        self.visible_logits = torch.zeros(self.n, len(vocab.think), device=dev)  # [N, V] at the last visible one
+        self.group_slots: list[list[int]] = [[] for _ in range(self.n)]  # cache slots of the open hindsight groups
+        self._kind_last = [FIRST_COMMENT] * self.n
         self.think = torch.zeros(self.n, lines, dtype=torch.bool)
         self.logq = torch.zeros(self.n, lines)
         self.p_think = torch.zeros(self.n, lines)
         self.line_logp = torch.zeros(self.n, lines)
         self.rationales: list[list[list[int]]] = [[[] for _ in range(lines)] for _ in range(self.n)]
 
-    def feed(self, segments: list[list[tuple[list[int], int, int, int]]]) -> list[list[float]]:
-        """Feed each sequence's segments; return the temperature-1 log-prob of every fed token."""
-        chunks = [[i for seg in segs for i in seg[0]] for segs in segments]
+    def feed(self, segments: list[list[_Seg]]) -> list[list[float]]:
+        """Feed each sequence's segments (visible ones first); return the temperature-1 log-prob of every fed token."""
+        chunks = [[i for seg in segs for i in seg.ids] for segs in segments]
         if not any(chunks):
             return [[] for _ in chunks]
+        first_slot = self.engine.num_slots
         logits = self.engine.feed(chunks)  # [N, C, V]
         prev = torch.cat([self.last_logits[:, None], logits[:, :-1]], dim=1)  # [N, C, V] logits predicting each slot
         ids = torch.tensor([c + [0] * (logits.shape[1] - len(c)) for c in chunks], device=logits.device)
         token_lp = torch.log_softmax(prev, -1).gather(-1, ids[..., None]).squeeze(-1).cpu()  # [N, C]
+        visible = [sum(len(seg.ids) for seg in segs if seg.group < 0) for segs in segments]
         for n, (segs, chunk) in enumerate(zip(segments, chunks, strict=True)):
-            for seg in segs:
-                self.seqs[n].add(*seg)
+            self.record(n, segs, first_slot)
             if chunk:
                 self.last_logits[n] = logits[n, len(chunk) - 1]
-                self.has_logits[n] = True
+            if visible[n] and self.k:
+                self.visible_logits[n] = logits[n, visible[n] - 1]
         return [token_lp[n, : len(c)].tolist() for n, c in enumerate(chunks)]
 
-    def add_line_logp(self, segments, token_lp) -> None:
+    def record(self, n: int, segs: list[_Seg], first_slot: int) -> None:
+        """Add fed segments to ``π``'s layout (the visible ones) and to ``q``'s (all; there, a visible copy of a
+        rationale is context, not ``q``'s sample), and note the cache slots of hindsight groups."""
+        slot = first_slot
+        for seg in segs:
+            if seg.group < 0:
+                self.seqs[n].add(*seg)
+            if self.k:
+                copy = seg.group < 0 and seg.kind != TEACHER
+                kind, owner = (TEACHER, -1) if copy else (seg.kind, seg.owner)
+                self.qseqs[n].add(seg.ids, seg.line, kind, owner, seg.group)
+            if seg.group >= 0:
+                self.group_slots[n] += range(slot, slot + len(seg.ids))
+            slot += len(seg.ids)
+
+    def add_line_logp(self, segments: list[list[_Seg]], token_lp: list[list[float]]) -> None:
         for n, segs in enumerate(segments):
             i = 0
-            for ids, line, _, _ in segs:
-                if line >= 0:
-                    self.line_logp[n, line] += sum(token_lp[n][i : i + len(ids)])
-                i += len(ids)
+            for seg in segs:
+                if seg.line >= 0:
+                    self.line_logp[n, seg.line] += sum(token_lp[n][i : i + len(seg.ids)])
+                i += len(seg.ids)
 
     def step(self, t: int, max_latent_tokens: int) -> None:
-        """Boundary ``t``: feed pending + indentation, decide, write rationales, queue the line body."""
+        """Boundary ``t``: feed pending + the boundary's context, decide, write rationales, queue the line."""
         active = [t < tr.num_lines for tr in self.trace]
-        segments = [
-            self.pending[n] + ([(self.trace[n].indent[t], -1, TEACHER, -1)] if active[n] else []) for n in range(self.n)
-        ]
+        segments = [self.pending[n] + (self.boundary(n, t) if active[n] else []) for n in range(self.n)]
         token_lp = self.feed(segments)
         self.add_line_logp(segments, token_lp)
-        indent_lp = [
-            sum(lp[len(lp) - len(self.trace[n].indent[t]) :]) if active[n] else 0.0 for n, lp in enumerate(token_lp)
-        ]
         think = self.decide(t, torch.tensor(active))
         comments = self.write_rationales(t, think, max_latent_tokens)
+        if self.k:
+            self.hide(t, think, comments)
         for n in range(self.n):
-            if not active[n]:
-                self.pending[n] = []
-                continue
-            tr, seq = self.trace[n], self.seqs[n]
+            self.pending[n] = self.queue_line(n, t, bool(think[n]), comments[n], token_lp[n]) if active[n] else []
+
+    def boundary(self, n: int, t: int) -> list[_Seg]:
+        """What is fed before ``z_t`` is decided: line ``t``'s indentation, after the hindsight block if ``k > 0``."""
+        tr = self.trace[n]
+        if not self.k:
+            return [_Seg(tr.indent[t])]
+        block = [_Seg(tr.indent[j] + tr.body[j], group=t) for j in range(t, min(t + self.k, tr.num_lines))]
+        return [*block, _Seg(tr.indent[t], group=t)]
+
+    def queue_line(self, n: int, t: int, think: bool, comment: list[int], token_lp: list[float]) -> list[_Seg]:
+        """The segments fed next for line ``t``: the rest of the rationale (THINK), the indentation and the body."""
+        tr = self.trace[n]
+        line = [_Seg(tr.indent[t], t), _Seg(tr.body[t], t)]
+        if think:
+            self.rationales[n][t] = comment
+            return self.rationale_segments(n, t, comment) + line
+        if self.k:  # the indentation fed in the hindsight group is hidden: the line feeds its own
+            return line
+        self.claim_indent(n, t, token_lp)
+        return line[1:]
+
+    def rationale_segments(self, n: int, t: int, comment: list[int]) -> list[_Seg]:
+        """The rationale's part of the visible stream still to feed: its last token (``k = 0``), or, after a
+        hindsight group, all of it again, its indentation first."""
+        last = _Seg(comment[-1:], -1, self._kind_last[n], t)
+        if not self.k:
+            return [last]
+        head = [_Seg(comment[:1], -1, FIRST_COMMENT, t), _Seg(comment[1:-1], -1, COMMENT, t)] if comment[1:] else []
+        return [_Seg(self.trace[n].indent[t]), *head, last]
+
+    def claim_indent(self, n: int, t: int, token_lp: list[float]) -> None:
+        """ACT without hindsight: the indentation fed before the decision is line ``t``'s; relabel it, count it."""
+        width, seq = len(self.trace[n].indent[t]), self.seqs[n]
+        for j in range(len(seq.ids) - width, len(seq.ids)):
+            seq.line_of[j] = t
+        self.line_logp[n, t] += sum(token_lp[len(token_lp) - width :])
+
+    def hide(self, t: int, think: Tensor, comments: list[list[int]]) -> None:
+        """Close boundary ``t``'s hindsight groups: ``q``'s layout gets each rationale's last token (sampled, never
+        fed), the engine masks the groups' slots and rewinds positions, and the next visible token is predicted from
+        the last visible one."""
+        for n in range(self.n):
             if think[n]:
-                self.pending[n] = [(comments[n][-1:], -1, self._kind_last[n], t), (tr.indent[t], t, TEACHER, -1)]
-                self.rationales[n][t] = comments[n]
-            else:  # the indentation already fed belongs to the line
-                for j in range(len(seq.ids) - len(tr.indent[t]), len(seq.ids)):
-                    seq.line_of[j] = t
-                self.line_logp[n, t] += indent_lp[n]
-                self.pending[n] = []
-            self.pending[n].append((tr.body[t], t, TEACHER, -1))
+                self.qseqs[n].add(comments[n][-1:], -1, self._kind_last[n], t, t)
+        rows = [n for n in range(self.n) if self.group_slots[n]]
+        self.engine.hide(self.group_slots)
+        self.last_logits[rows] = self.visible_logits[rows]
+        self.group_slots = [[] for _ in range(self.n)]
 
     def decide(self, t: int, active: Tensor) -> Tensor:  # [N] bool
         logits = self.last_logits / self.temperature  # [N, V]
@@ -389,7 +530,9 @@ class _Walker:
         think = active & (draw < p)
         for n in range(self.n):
             if active[n]:
-                self.seqs[n].decision_pos[t] = len(self.seqs[n].ids) - 1
+                self.qseqs[n].decision_pos[t] = len(self.qseqs[n].ids) - 1
+            if active[n] and self.k:  # in π's layout: the last token of line t's indentation, fed next
+                self.seqs[n].decision_pos[t] = len(self.seqs[n].ids) + len(self.trace[n].indent[t]) - 1
         self.think[:, t], self.p_think[:, t] = think, torch.where(active, p, 0.0)
         self.logq[:, t] = torch.where(active & ~think, log_act(logits, self.think_mask).cpu(), 0.0)
         return think
@@ -399,11 +542,13 @@ class _Walker:
         return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1)
 
     def write_rationales(self, t: int, think: Tensor, max_latent_tokens: int) -> list[list[int]]:
-        """Sample a rationale for every THINK sequence; all but its last token are fed here."""
+        """Sample a rationale for every THINK sequence; all but its last token are fed here (in the hindsight group
+        when ``k > 0``)."""
         comments: list[list[int]] = [[] for _ in range(self.n)]
         self._kind_last = [FIRST_COMMENT] * self.n
         if not think.any():
             return comments
+        group = t if self.k else -1
         logits = self.last_logits / self.temperature
         tok = self.sample(logits, self.think_mask)
         self.logq[:, t] += torch.where(
@@ -420,7 +565,7 @@ class _Walker:
         k = 1
         while open_.any():
             kind = FIRST_COMMENT if k == 1 else COMMENT
-            self.feed([[(comments[n][-1:], -1, kind, t)] if open_[n] else [] for n in range(self.n)])
+            self.feed([[_Seg(comments[n][-1:], -1, kind, t, group)] if open_[n] else [] for n in range(self.n)])
             k += 1
             logits = self.last_logits / self.temperature
             if k == max_latent_tokens:  # the cap: force the newline (not a decision of q)
@@ -446,17 +591,19 @@ class _Walker:
         lines = self.think.shape[1]
         mask = torch.tensor([[t < tr.num_lines for t in range(lines)] for tr in self.trace])
         layout = _layout(self.seqs, self.vocab.pad_id, lines, self.engine.device)
+        q_layout = _layout(self.qseqs, self.vocab.pad_id, lines, self.engine.device, True) if self.k else layout
         return Rollout(
-            list(self.traces),
-            num_samples,
-            self.think,
-            mask,
-            self.logq,
-            self.p_think,
-            self.line_logp,
-            self.rationales,
-            layout,
-            time.perf_counter() - seconds_start,
+            traces=list(self.traces),
+            num_samples=num_samples,
+            think=self.think,
+            line_mask=mask,
+            logq=self.logq,
+            p_think=self.p_think,
+            line_logp=self.line_logp,
+            rationales=self.rationales,
+            layout=layout,
+            q_layout=q_layout,
+            seconds=time.perf_counter() - seconds_start,
         )
 
 
@@ -470,6 +617,7 @@ def rollout(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     engine: str = "kv",
+    hindsight_lines: int = 0,
 ) -> Rollout:
     """Sample ``num_samples`` latent annotations of every trace with ``model`` as the latent policy ``q``.
 
@@ -482,13 +630,17 @@ def rollout(
         temperature: Sampling temperature of the THINK decision and the rationale tokens.
         generator: CPU random generator (seed it for reproducible rollouts).
         engine: ``"kv"`` (one KV cache) or ``"reencode"`` (the naive baseline).
+        hindsight_lines: ``k``: before deciding at line ``t``, ``q`` sees expert lines ``t..t+k-1`` in a group hidden
+            from every later token (``Rollout.layout`` never contains it; ``Rollout.q_layout`` does).
     """
+    if isinstance(hindsight_lines, bool) or not isinstance(hindsight_lines, int) or hindsight_lines < 0:
+        raise ValueError(f"hindsight_lines={hindsight_lines!r} must be an integer >= 0 (0: no hindsight)")
     if max_latent_tokens < 2:
         raise ValueError(f"max_latent_tokens={max_latent_tokens} must be >= 2 (a comment marker and a newline)")
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}; choose one of {sorted(ENGINES)}")
     start = time.perf_counter()
-    walker = _Walker(model, traces, vocab, num_samples, temperature, generator, engine)
+    walker = _Walker(model, traces, vocab, num_samples, temperature, generator, engine, hindsight_lines)
     for t in range(walker.think.shape[1]):
         walker.step(t, max_latent_tokens)
     return walker.finish(num_samples, start)
@@ -496,18 +648,43 @@ def rollout(
 
 # --------------------------------------------------------------------------------------------- scoring
 def forward_logits(model: torch.nn.Module, layout: TokenLayout) -> Tensor:
-    """Logits ``[N, L, V]`` of one teacher-forced pass over the annotated sequences."""
-    positions = torch.arange(layout.input_ids.shape[1], device=layout.input_ids.device).expand_as(layout.input_ids)
-    out = model(
-        input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=positions, use_cache=False
-    )
+    """Logits ``[N, L, V]`` of one teacher-forced pass over the annotated sequences (hindsight groups hidden)."""
+    ids = layout.input_ids  # [N, L]
+    positions = layout.position_ids
+    if positions is None:
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    mask = layout.attention_mask if layout.hindsight_group is None else _model_mask(model, layout)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
     return out.logits.float()
+
+
+def _model_mask(model: torch.nn.Module, layout: TokenLayout) -> Tensor:  # [N, 1, L, L]
+    """:func:`hindsight_attention_mask` as the model's attention takes a ready 4-D mask: bool for SDPA (True =
+    attend), additive for eager; transformers passes a 4-D mask through unchanged."""
+    visible = hindsight_attention_mask(layout.hindsight_group, layout.attention_mask)[:, None]  # [N, 1, L, L]
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl == "sdpa":
+        return visible
+    if impl == "eager":
+        dtype = next(model.parameters()).dtype
+        blocked = torch.full(visible.shape, torch.finfo(dtype).min, dtype=dtype, device=visible.device)
+        return blocked.masked_fill(visible, 0.0)
+    raise ValueError(
+        f"hindsight_lines > 0 needs an attention implementation that takes a 4-D mask, 'sdpa' or 'eager' (got "
+        f"{impl!r}); load the model with attn_implementation='sdpa', or set hindsight_lines=0"
+    )
 
 
 def score_lines(
     model: torch.nn.Module | None, layout: TokenLayout, num_lines: int, logits: Tensor | None = None
 ) -> Tensor:
-    """``log π(a_t | prefix with rationales)`` for every expert line, ``[N, T]``, in one forward pass."""
+    """``log π(a_t | prefix with rationales)`` for every expert line, ``[N, T]``, in one forward pass.
+
+    ``layout`` is ``π``'s (:attr:`Rollout.layout`): in a layout with hindsight groups the token after a group is not
+    predicted by the token before it, so it is rejected.
+    """
+    if layout.hindsight_group is not None:
+        raise ValueError("score_lines takes π's layout (Rollout.layout), not q's layout with hindsight groups")
     logits = forward_logits(model, layout) if logits is None else logits  # [N, L, V]
     targets = layout.input_ids[:, 1:]  # [N, L-1]
     token_lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, targets[..., None]).squeeze(-1)  # [N, L-1]
@@ -603,7 +780,11 @@ def policy_logq(
     temperature: float = 1.0,
     logits: Tensor | None = None,
 ) -> PolicyTerms:
-    """Re-compute ``log q(z_t)`` for the sampled decisions and rationales in one teacher-forced pass (with grad)."""
+    """Re-compute ``log q(z_t)`` for the sampled decisions and rationales in one teacher-forced pass (with grad).
+
+    For ``q`` pass :attr:`Rollout.q_layout` (the same as ``Rollout.layout`` without hindsight); ``π``'s own terms (the
+    KL reference, the prior ``p(z_t | s_t)``) come from ``Rollout.layout``.
+    """
     logits = forward_logits(model, layout) if logits is None else logits  # [N, L, V]
     logits = logits / temperature
     dev = logits.device

@@ -173,7 +173,7 @@ def test_bad_settings_raise_at_construction():
     with pytest.raises(ValueError, match="num_rollouts"):
         LatentPolicyModule(tiny=tiny, num_rollouts=1)
     with pytest.raises(ValueError, match="hindsight_lines"):
-        LatentPolicyModule(tiny=tiny, hindsight_lines=2)
+        LatentPolicyModule(tiny=tiny, hindsight_lines=-1)
 
 
 def _config():

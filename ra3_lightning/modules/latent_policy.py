@@ -6,14 +6,22 @@
     rollout (q, G samples per trace) → score (π, one teacher-forced pass) → rewards/returns → group advantages
     → REINFORCE loss over the THINK/ACT decisions and rationale tokens (log q re-computed with grad)
 
-with ``r_t = log π(a_t | s_t, z_{≤t}) − c·1[THINK]`` (DESIGN.md §2). Batches come from
+with ``r_t = log π(a_t | s_t, z_{≤t}) − c·1[THINK]``. Batches come from
 :class:`ra3_lightning.data.texts.TextDataModule` (``{"id": [...], "text": [...]}``); ``ra3 predict`` returns
 annotated-trace records (:func:`ra3_lightning.annotate.annotate_batch`), :func:`ra3_lightning.annotate.annotate`
 writes them to disk resumably.
 
+**Hindsight** (``hindsight_lines = k > 0``): ``q`` becomes a posterior ``q(z_t | s_t, a_{t:t+k})``. At boundary ``t``
+its stream gets a hidden group: the raw tokens of expert lines ``t..t+k-1`` (fewer when the trace ends sooner), line
+``t``'s indentation, then the decision and the rationale. The group is masked from every later token and its
+positions are given back, and the indentation and rationale are fed again in the visible stream, so after boundary
+``t`` ``q`` sees exactly ``π``'s sequence. ``π``'s scoring, the annotated texts and the M-step never see the groups;
+the loss recomputes ``log q`` on ``Rollout.q_layout`` (groups included, a 4-D attention mask: SDPA or eager
+attention), and the KL reference is ``π`` on its own layout (the prior ``p(z_t | s_t)``). See docs/estep.md.
+
 Deviations from the paper / known limits: the KL of ``q`` to its initial policy (= ``π``) is a loss term, not a
-reward; ``hindsight_lines > 0`` (a posterior that peeks at the next lines) is not implemented; ``π`` is kept as a
-full frozen copy (no LoRA option yet) and is not FSDP-sharded (it is replicated on every rank).
+reward; ``π`` is kept as a full frozen copy (no LoRA option yet) and is not FSDP-sharded (it is replicated on every
+rank).
 """
 
 from __future__ import annotations
@@ -77,7 +85,10 @@ class LatentPolicyModule(CausalLMModule):
             pays off only if its text makes the code more likely). ``"marginal"``: the plain token likelihood, in
             which not commenting costs ``log(1 − P_π(#))`` wherever ``π`` expects a comment (THINKs pay off there
             whatever they say). The paper does not say which it uses.
-        hindsight_lines: ``k`` lines of hindsight for ``q`` (only 0 is implemented).
+        hindsight_lines: ``k``: before deciding THINK/ACT at line ``t`` and writing its rationale, ``q`` sees the
+            next ``k`` expert lines ``t..t+k-1`` (fewer at the end of a trace) in a context that ``π``'s scoring,
+            the annotated text and the M-step never see. 0 (default): the rationale is a plan written from the
+            prefix alone, as the model must at inference time. Needs SDPA or eager attention for ``k > 0``.
         lr: Peak learning rate of ``q``.
         weight_decay: AdamW weight decay on matrices.
         warmup_steps: Linear warm-up steps.
@@ -161,7 +172,7 @@ class LatentPolicyModule(CausalLMModule):
         with unsharded_for_generation(self.model):
             return rollout(
                 self.model, traces, self.vocab, hp.num_rollouts, hp.max_latent_tokens, hp.temperature,
-                self.generator, hp.engine,
+                self.generator, hp.engine, hp.hindsight_lines,
             )  # fmt: skip
 
     @torch.no_grad()
@@ -192,7 +203,7 @@ class LatentPolicyModule(CausalLMModule):
         roll = self.sample_latents(batch["text"])
         line_logp, ref = self.score(roll)
         rewards, adv = self.advantages(roll, line_logp)
-        terms = policy_logq(self.model, roll.layout, roll.think, roll.line_mask, self.vocab, hp.temperature)
+        terms = policy_logq(self.model, roll.q_layout, roll.think, roll.line_mask, self.vocab, hp.temperature)
         kl = kl_penalty(terms.logq, ref.logq, hp.kl_estimator)  # [N, T]
         loss, stats = latent_pg_loss(terms.logq, adv, roll.line_mask.to(adv.device), kl, hp.kl_coef)
         self.log_estep(roll, line_logp, rewards, terms, stats)
@@ -205,6 +216,7 @@ class LatentPolicyModule(CausalLMModule):
         cfg = AnnotationConfig(
             num_samples=1, choose="sample", max_latent_tokens=hp.max_latent_tokens, temperature=hp.temperature,
             think_cost=hp.think_cost, engine=hp.engine, act_likelihood=hp.act_likelihood,
+            hindsight_lines=hp.hindsight_lines,
         )  # fmt: skip
         return annotate_batch(self.model, self.pi, self.vocab, batch["text"], batch["id"], cfg, self.generator)
 
@@ -273,7 +285,10 @@ def _validate(
         raise ValueError(f"max_latent_tokens={max_latent_tokens} must be >= 2 (a comment marker and a newline)")
     if temperature <= 0 or not 0.0 <= gamma <= 1.0:
         raise ValueError(f"need temperature > 0 and 0 <= gamma <= 1 (got {temperature}, {gamma})")
-    if hindsight_lines != 0:
-        raise ValueError(f"hindsight_lines={hindsight_lines}: only 0 (no hindsight) is implemented")
+    if isinstance(hindsight_lines, bool) or not isinstance(hindsight_lines, int) or hindsight_lines < 0:
+        raise ValueError(
+            f"hindsight_lines={hindsight_lines!r} must be an integer >= 0: the number of next expert lines q sees "
+            "before it writes a rationale (0: none)"
+        )
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}; choose one of {sorted(ENGINES)}")

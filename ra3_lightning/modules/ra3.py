@@ -92,6 +92,7 @@ class RA3Module(LatentPolicyModule):
         cfg = AnnotationConfig(
             num_samples=hp.annotate_samples, choose=hp.annotate_choose, max_latent_tokens=hp.max_latent_tokens,
             temperature=hp.temperature, think_cost=hp.think_cost, engine=hp.engine, act_likelihood=hp.act_likelihood,
+            hindsight_lines=hp.hindsight_lines,
         )  # fmt: skip
         records = self.em_data.annotation_records(iteration, rank, world)
         with unsharded_for_generation(self.model):
