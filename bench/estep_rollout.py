@@ -4,7 +4,7 @@ Both engines run the same tiny model (random weights, THINK tokens boosted so th
 same traces (HumanEval canonical programs from ../shared/data when present, else the synthetic mid-training
 corpus) and the same seed, so they sample identical annotations; the figure is expert lines per second.
 
-    python bench/estep_rollout.py [--traces 16] [--samples 4] [--hidden 64] [--layers 2]
+    python bench/estep_rollout.py [--traces 16] [--samples 4] [--hidden 64] [--layers 2] [--hindsight-lines 0]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--max-latent-tokens", type=int, default=8)
+    parser.add_argument("--hindsight-lines", type=int, default=0, help="next expert lines q sees at each boundary")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     texts = load_traces(args.traces)
@@ -52,16 +53,17 @@ def main() -> None:
     lines = sum(t.num_lines for t in traces) * args.samples
     results = {}
     for engine in ("kv", "reencode"):
-        rollout(model, traces[:2], vocab, 2, args.max_latent_tokens, engine=engine)  # warm-up
+        k = args.hindsight_lines
+        rollout(model, traces[:2], vocab, 2, args.max_latent_tokens, engine=engine, hindsight_lines=k)  # warm-up
         start = time.perf_counter()
         roll = rollout(model, traces, vocab, args.samples, args.max_latent_tokens,
-                       generator=torch.Generator().manual_seed(0), engine=engine)  # fmt: skip
+                       generator=torch.Generator().manual_seed(0), engine=engine, hindsight_lines=k)  # fmt: skip
         seconds = time.perf_counter() - start
         results[engine] = lines / seconds
         print(f"{engine:>9}: {lines} expert lines in {seconds:.2f}s = {results[engine]:.1f} lines/s "
               f"(THINK rate {roll.think[roll.line_mask].float().mean():.2f})")  # fmt: skip
-    print(f"speed-up of the KV-cache engine: {results['kv'] / results['reencode']:.2f}x "
-          f"({len(traces)} traces x {args.samples} samples, device {args.device})")  # fmt: skip
+    print(f"speed-up of the KV-cache engine: {results['kv'] / results['reencode']:.2f}x ({len(traces)} traces x "
+          f"{args.samples} samples, hindsight_lines {args.hindsight_lines}, device {args.device})")  # fmt: skip
 
 
 if __name__ == "__main__":
