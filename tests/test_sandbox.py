@@ -31,7 +31,7 @@ def sandbox():
 
 
 def _facts(record: str | None, **kw) -> dict:
-    return {"record": record, "nonce": "abc", "timed_out": False, "exit_code": 0, "signal": None, **kw}
+    return {"record": record, "nonce": "abc", "timed_out": False, "exit_code": None, "signal": None, **kw}
 
 
 def test_parse_record_accepts_only_one_well_formed_line_with_the_nonce():
@@ -47,14 +47,32 @@ def test_parse_record_accepts_only_one_well_formed_line_with_the_nonce():
 
 def test_verdict_never_trusts_an_exit_code():
     suite = TestSuite("assert", asserts=("assert True",))
-    # exit code 0 but no harness record: the program ended early (sys.exit/os._exit before the tests).
+    # exit code 0 but no judge record: the program ended early (sys.exit/os._exit before the tests).
     r = verdict(_facts(None, exit_code=0), suite)
     assert (r.status, r.tests, r.passed) == ("crashed", [False], False)
-    assert verdict(_facts(None, exit_code=None, signal=11), suite).detail.startswith("killed by SIGSEGV")
+    assert verdict(_facts(None, signal=11), suite).detail.startswith("killed by SIGSEGV")
     assert verdict(_facts(None, timed_out=True), suite).status == "timeout"
-    assert verdict(_facts(None, exit_code=None, signal=24), suite).status == "timeout"  # SIGXCPU: CPU rlimit
-    forged = json.dumps({"nonce": "guess", "tests": [True]}) + "\n"
-    assert verdict(_facts(forged), suite).detail.startswith("the result channel was tampered")
+    assert verdict(_facts(None, signal=24), suite).status == "timeout"  # SIGXCPU: CPU rlimit
+    assert verdict(_facts(None, signal=9, cpu_exceeded=True), suite).status == "timeout"  # the hard CPU limit
+    stale = json.dumps({"nonce": "other-job", "tests": [True]}) + "\n"
+    assert verdict(_facts(stale), suite).detail.startswith("the result line does not belong to this job")
+    assert verdict(_facts(None), suite).detail == "no result from the sandbox's judge"
+
+
+def test_verdict_of_a_program_that_broke_off_the_tests():
+    """The judge reports ``crashed``; how the program ended comes from the zygote's facts, junk from the judge."""
+    suite = TestSuite("assert", asserts=("a", "b"))
+
+    def crashed(reason: str, ended: bool) -> str:
+        return json.dumps({"nonce": "abc", "tests": [True, False], "crashed": reason, "ended": ended}) + "\n"
+
+    ended = crashed("the program ended before the tests finished", True)
+    r = verdict(_facts(ended, exit_code=0), suite)
+    assert (r.status, r.tests, r.detail) == ("crashed", [False, False], "exited with code 0 before the tests finished")
+    assert verdict(_facts(ended, signal=11), suite).detail == "killed by SIGSEGV before the tests finished"
+    assert verdict(_facts(ended, signal=24), suite).status == "timeout"
+    junk = verdict(_facts(crashed("the program wrote junk", False), exit_code=0), suite)
+    assert (junk.status, junk.detail) == ("crashed", "the program wrote junk")
 
 
 def test_verdict_statuses_from_a_valid_record():
@@ -92,6 +110,13 @@ def test_check_style(sandbox):
     assert sandbox.run("def add(a, b):\n    return a - b\n", ADD_CHECK).status == "failed"
     missing = sandbox.run("def plus(a, b):\n    return a + b\n", ADD_CHECK)
     assert (missing.status, missing.detail) == ("error", "KeyError: 'add'")
+
+
+def test_stdio_numbers_compare_as_decimals_like_livecodebench(sandbox):
+    program = "print(input())\n"
+    cases = (("1.50", "1.5"), ("1e2 3", "100 3.0"), ("0.30000000000000004", "0.3"), ("YES 1.0", "YES 1"))
+    r = sandbox.run(program, TestSuite("stdio", stdio_cases=cases))
+    assert r.tests == [True, True, False, False]  # a number equal as a Decimal passes; 1e-17 off, or a word, not
 
 
 def test_stdio_style_is_whitespace_tolerant_and_judges_each_case(sandbox):

@@ -1,26 +1,33 @@
-"""The sandbox's worker ("zygote"): runs INSIDE the sandbox, forks one runner per untrusted program.
+"""The sandbox's processes: runs INSIDE the sandbox; a zygote forks one candidate per program, a judge tests it.
 
-This file is executed as a script (``python -I _harness.py ...``) inside a bubblewrap sandbox (or, without
-bubblewrap, as a plain child process). It imports only the standard library and is never imported by the trainer.
+This file is executed as a script (``python -I -S _harness.py ...``) inside a bubblewrap sandbox (or, without
+bubblewrap, as a plain child process). It imports only the standard library (and its siblings ``_wire.py`` and
+``_judge.py``) and is never imported by the trainer.
 
-Protocol (newline-delimited JSON on the worker's stdin / stdout):
+Three kinds of process per sandbox worker:
 
-* the worker first writes ``{"ready": true, ...}``;
-* then, per request, two lines: a header ``{"timeout_s": float, "max_output_bytes": int}`` (all the worker itself
-  reads) and the runner's job ``{"program": str, "tests": {...TestSuite fields...}, "limits": {...Limits
-  fields...}}``, which the worker forwards unparsed (decoding it would only cost pages). It answers with the raw
-  facts of the run: ``{"record": str | null, "nonce": str, "timed_out": bool, "exit_code": int | null, "signal":
-  int | null, "runtime_s": float, "stdout_tail": str, "stderr_tail": str}``. The trainer turns these facts into an
-  :class:`~ra3_lightning.sandbox.types.ExecResult` (``ra3_lightning.sandbox.verdict``).
+* the **zygote** (this script's main process, root inside the sandbox where it can be): it never sees a job's
+  program or tests. Per job it forks a **candidate** ahead of time, hands the candidate's channel to the judge,
+  enforces the wall-clock limit from outside and kills and reaps everything of the job afterwards;
+* the **judge** (forked once at start, before any job, then under its own uid; ``_judge.serve_jobs``): it reads
+  each job from the trainer on a pipe the zygote never reads, runs the tests itself against values the candidate
+  sends as plain data, and writes the result line back to the trainer on a second such pipe. It never forks, so
+  no program ever runs in a copy of memory that holds tests or results;
+* the **candidate** (one per job, its own uid and session, rlimits): runs the program and answers the judge.
 
-Per program the worker uses a *runner* it forked ahead of time (while the trainer was busy with the previous
-answer): the runner starts a new session, closes every descriptor except its job and result pipes, drops to a
-per-job uid where it can (the worker runs as root inside the sandbox), then waits for its job, applies the rlimits,
-runs the program and its tests, writes ONE result line carrying a per-job random nonce to the result pipe and
-``_exit``s. The worker enforces the wall-clock limit from outside the runner and then kills every process of the
-job: with its own PID namespace (bubblewrap) by ``kill(-1, SIGKILL)``, which reaches all processes of the namespace
-however they ``setsid``; without one by killing the runner's process group and sweeping the orphans it inherits as
-child subreaper. Waiting for the dead and wiping the scratch directory happen after the answer went out.
+Protocol with the trainer: on the zygote's stdin / stdout (newline-delimited JSON), ``{"ready": true, ...}`` first,
+then per job a header ``{"timeout_s": float, "max_output_bytes": int}`` in and the facts of the run out:
+``{"judged": bool, "timed_out": bool, "runtime_s": float, "exit_code": int | null, "signal": int | null,
+"cpu_s": float | null, "cpu_exceeded": bool, "stdout_tail": str, "stderr_tail": str}`` (``exit_code``, ``signal``,
+``cpu_s``: how the candidate ended, if it did so before the judge finished). The job itself ``{"nonce", "program",
+"tests", "limits"}`` goes to the judge on ``--job-fd``, and, where ``judged``, the judge's result line is waiting on
+``--record-fd``. The trainer turns both into an :class:`~ra3_lightning.sandbox.types.ExecResult`
+(``ra3_lightning.sandbox.verdict``).
+
+Killing a job: the candidate's session by ``killpg``, and then every process that escaped it — with a PID
+namespace (bubblewrap) every process of the namespace but pid 1, the zygote and the judge; without one every orphan
+re-parented to the zygote as child subreaper. Waiting for the dead, wiping the scratch directory and forking the
+next candidate happen after the answer went out.
 """
 
 from __future__ import annotations
@@ -31,12 +38,31 @@ import os
 import resource
 import select
 import signal
+import socket
 import sys
 import time
-import traceback
 
-# Modules most generated programs import: loading them once here makes them free in every forked runner. Kept short:
-# every preloaded page makes each fork (page tables, copy-on-write faults, teardown) a little dearer.
+
+def _load_sibling(name: str):
+    """Import ``<name>.py`` from this file's directory (it is not on ``sys.path``: ``-I``)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if __package__:
+    from . import _judge
+else:
+    _wire = _load_sibling("_wire")
+    _judge = _load_sibling("_judge")
+
+# Modules most generated programs import: loading them once here makes them free in every forked candidate. Kept
+# short: every preloaded page makes each fork (page tables, copy-on-write faults, teardown) a little dearer.
 PRELOAD = (
     "bisect",
     "collections",
@@ -50,15 +76,17 @@ PRELOAD = (
     "string",
     "typing",
 )
-MAX_RECORD_BYTES = 1 << 20
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+JUDGE_GRACE_S = 5.0  # after the candidate is killed at the deadline, how long the judge may take to report
+PATH_FD_BASE = 1000  # descriptors of interpreter directories candidates reach through /proc (_expose_hidden_paths)
+JUDGE_UID_OFFSET = 4096  # candidate uids are uid_base + job % 4096; the judge's is uid_base + 4096
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 
 _libc = None
 
 
 def _prctl(option: int, arg: int) -> None:
-    """``prctl(2)`` through ctypes, loaded on first use: only the worker without a PID namespace needs it, and every
-    shared library the worker maps makes each of its forks dearer."""
+    """``prctl(2)`` through ctypes, loaded on first use: only a zygote without a PID namespace and the judge need it,
+    and every shared library the zygote maps makes each of its forks dearer."""
     global _libc
     if _libc is None:
         import ctypes
@@ -68,124 +96,11 @@ def _prctl(option: int, arg: int) -> None:
 
 
 def _ensure_no_new_privs() -> None:
-    """Set ``PR_SET_NO_NEW_PRIVS`` (inherited by every runner) unless it is already set, as bubblewrap does."""
+    """Set ``PR_SET_NO_NEW_PRIVS`` (inherited by every child) unless it is already set, as bubblewrap does."""
     with open("/proc/self/status") as f:
         if any(line.split() == ["NoNewPrivs:", "1"] for line in f):
             return
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
-
-
-# ----------------------------------------------------------------------------------------------- runner (child)
-
-
-def _normalize_output(text: str) -> list[list[str]]:
-    """Whitespace-tolerant form of a program's output: lines split into words, blank lines at the ends dropped."""
-    return [line.split() for line in text.strip().splitlines()]
-
-
-def _describe(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
-
-
-class _Outcome:
-    """What the runner reports: per-test booleans, the first error, whether memory ran out."""
-
-    def __init__(self, num_tests: int) -> None:
-        self.tests = [False] * num_tests
-        self.error: str | None = None
-        self.test_error: str | None = None
-        self.memory = False
-
-    def fail_exec(self, exc: BaseException) -> None:
-        self.error = _describe(exc)
-        self.memory = self.memory or isinstance(exc, MemoryError)
-
-    def record_test(self, i: int, exc: BaseException | None) -> None:
-        self.tests[i] = exc is None
-        if exc is not None:
-            self.test_error = self.test_error or f"test {i}: {_describe(exc)}"
-            self.memory = self.memory or isinstance(exc, MemoryError)
-
-
-def _run_assert_style(program: str, tests: dict, out: _Outcome) -> None:
-    env: dict = {"__name__": "__sandbox__"}
-    try:
-        exec(compile(program, "<program>", "exec"), env)
-        exec(compile(tests.get("setup_code", ""), "<setup>", "exec"), env)
-    except BaseException as exc:  # noqa: B036 — SystemExit / KeyboardInterrupt from the program are failures too
-        return out.fail_exec(exc)
-    for i, stmt in enumerate(tests.get("asserts", ())):
-        try:
-            exec(compile(stmt, f"<test {i}>", "exec"), env)
-            out.record_test(i, None)
-        except BaseException as exc:  # noqa: B036
-            out.record_test(i, exc)
-
-
-def _run_check_style(program: str, tests: dict, out: _Outcome) -> None:
-    env: dict = {"__name__": "__sandbox__"}
-    try:
-        exec(compile(program, "<program>", "exec"), env)
-        candidate = env[tests["entry_point"]]
-        exec(compile(tests.get("check_code", ""), "<check>", "exec"), env)
-        check = env["check"]
-    except BaseException as exc:  # noqa: B036
-        return out.fail_exec(exc)
-    try:
-        check(candidate)
-        out.record_test(0, None)
-    except BaseException as exc:  # noqa: B036
-        out.record_test(0, exc)
-
-
-def _stdio_case(code, stdin_path: str, stdout_path: str) -> int:
-    """Fork one process that runs the program as ``__main__`` on one stdin; return its exit status."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            os.dup2(os.open(stdin_path, os.O_RDONLY), 0)
-            os.dup2(os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
-            sys.stdin, sys.stdout = open(0, closefd=False), open(1, "w", closefd=False)  # noqa: SIM115
-            exec(code, {"__name__": "__main__"})
-            status = 0
-        except SystemExit as exc:
-            status = 0 if exc.code in (None, 0) else 1
-        except BaseException:  # noqa: B036
-            traceback.print_exc()
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except BaseException:  # noqa: B036, S110
-                    pass
-            os._exit(status)
-    return os.waitpid(pid, 0)[1]
-
-
-def _run_stdio_style(program: str, tests: dict, out: _Outcome) -> None:
-    try:
-        code = compile(program, "<program>", "exec")
-    except BaseException as exc:  # noqa: B036
-        return out.fail_exec(exc)
-    for i, (stdin, expected) in enumerate(tests.get("stdio_cases", ())):
-        stdin_path, stdout_path = f".stdin{i}", f".stdout{i}"
-        with open(stdin_path, "w") as f:
-            f.write(stdin)
-        status = _stdio_case(code, stdin_path, stdout_path)
-        with open(stdout_path, errors="replace") as f:
-            got = f.read()
-        if status != 0:
-            out.record_test(i, RuntimeError(f"program exited with status {status:#x}"))
-        elif _normalize_output(got) != _normalize_output(expected):
-            out.record_test(i, AssertionError(f"wrong output: {got[:200]!r}"))
-        else:
-            out.record_test(i, None)
-
-
-STYLES = {"assert": _run_assert_style, "check": _run_check_style, "stdio": _run_stdio_style}
 
 
 def _apply_limits(limits: dict) -> None:
@@ -207,154 +122,180 @@ def _apply_limits(limits: dict) -> None:
         resource.setrlimit(which, (value, hard))
 
 
-def _isolate_runner(jobdir: str, job_fd: int, result_fd: int, hidden: int, uid: int | None, pidns: bool) -> None:
-    """Make this forked process a runner: own session, fresh fds, unprivileged uid (rlimits come later); the result
-    pipe moves to fd ``hidden``. ``PR_SET_NO_NEW_PRIVS`` and the environment it inherits from the worker."""
-    os.setsid()
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    for fd, name in ((1, ".stdout"), (2, ".stderr")):
-        os.dup2(os.open(os.path.join(jobdir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
-    os.dup2(result_fd, hidden)
-    os.dup2(job_fd, 3)
-    os.closerange(4, hidden)
-    os.closerange(hidden + 1, 1 << 16)
-    os.chdir(jobdir)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the only disposition the worker wants different
+def _close_fds_except(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+
+
+def _drop_privileges(uid: int | None, pidns: bool) -> None:
+    """Become ``uid`` (where the zygote is root) and, without a PID namespace, die with the parent."""
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    if not pidns:  # with one, the namespace dies with the worker; the uid change above clears the flag
+    if not pidns:  # with one, the namespace dies with the zygote; a uid change clears the flag, so set it after
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    # sys.stdin/stdout/stderr already wrap fds 0/1/2, which now point at the job's files; the worker never uses
+
+
+# ----------------------------------------------------------------------------------------------------- candidate
+
+
+def _candidate(jobdir: str, to_r: int, from_w: int, uid: int | None, pidns: bool, keep: tuple[int, ...]) -> None:
+    """Body of a forked candidate; never returns. Own session, fds 0-2 on ``/dev/null`` and the job's output files,
+    its channel from and to the judge, its own uid; then it serves the judge (``_judge.Candidate``), which applies
+    the rlimits before the program runs."""
+    os.setsid()
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for fd, name in ((1, ".stdout"), (2, ".stderr")):
+        os.dup2(os.open(os.path.join(jobdir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+    _close_fds_except({0, 1, 2, to_r, from_w, *keep})
+    os.chdir(jobdir)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the only disposition the zygote wants different
+    _drop_privileges(uid, pidns)
+    # sys.stdin/stdout/stderr already wrap fds 0/1/2, which now point at the job's files; the zygote never uses
     # these objects (it reads and writes raw fds), so their buffers are empty and new ones would only cost pages.
+    _judge.Candidate(to_r, from_w, _apply_limits).serve()
 
 
-def _read_job(fd: int) -> dict:
-    data = bytearray()
-    while chunk := os.read(fd, 1 << 16):
-        data += chunk
-    os.close(fd)
-    return json.loads(data)
+# --------------------------------------------------------------------------------------------------------- judge
 
 
-def _runner(jobdir: str, job_fd: int, result_fd: int, hidden: int, nonce: str, uid: int | None, pidns: bool) -> None:
-    """Body of the forked runner; never returns. Forked ahead of time, it isolates itself, then waits for its job
-    on ``job_fd``. The result line is written only after the last test."""
-    write, dumps, exit_ = os.write, json.dumps, os._exit  # bound before untrusted code can replace them
-    _isolate_runner(jobdir, job_fd, result_fd, hidden, uid, pidns)
-    job = _read_job(3)
-    _apply_limits(job["limits"])
-    tests = job["tests"]
-    out = _Outcome({"assert": len(tests["asserts"]), "check": 1, "stdio": len(tests["stdio_cases"])}[tests["style"]])
-    STYLES[tests["style"]](job["program"], tests, out)
-    for stream in (sys.stdout, sys.stderr):
+def _start_judge(args, uid: int | None, pidns: bool, keep: tuple[int, ...]) -> tuple[int, socket.socket]:
+    """Fork the judge, before any job exists; it keeps the trainer's job and record pipes, the zygote drops them.
+    Returns its pid and the zygote's end of the control socket (candidate channels out, "done" bytes in)."""
+    mine, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
         try:
-            stream.flush()
-        except BaseException:  # noqa: B036, S110
-            pass
-    line = dumps(
-        {"nonce": nonce, "tests": out.tests, "error": out.error, "test_error": out.test_error, "memory": out.memory}
-    )
-    write(hidden, (line + "\n").encode())
-    exit_(0)
+            mine.close()
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)  # test code that prints must not write into the zygote's answers
+            _close_fds_except({0, 1, 2, args.job_fd, args.record_fd, theirs.fileno(), *keep})
+            os.chdir("/")
+            _drop_privileges(uid, pidns)
+            _prctl(PR_SET_DUMPABLE, 0)  # no process of the same uid may trace it or read its memory
+            _limit_judge_memory(args.judge_memory_mb)
+            _judge.serve_jobs(args.job_fd, args.record_fd, theirs)
+        finally:
+            os._exit(70)
+    theirs.close()
+    os.close(args.job_fd)
+    os.close(args.record_fd)
+    if mine.recv(1) != b"r":
+        raise SystemExit("harness: the judge failed to start")
+    return pid, mine
 
 
-# ----------------------------------------------------------------------------------------------- worker (parent)
+def _limit_judge_memory(memory_mb: int) -> None:
+    """Cap the judge's address space, so that a program sending a huge value makes a ``MemoryError``, not an OOM."""
+    limit = memory_mb << 20
+    current = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if current != resource.RLIM_INFINITY:
+        limit = min(limit, current)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+# -------------------------------------------------------------------------------------------------------- zygote
 
 
 class Worker:
-    """The long-lived process that forks a runner per program and cleans up after it."""
+    """The long-lived zygote: forks a candidate per program, hands it to the judge, and cleans up after it."""
 
-    def __init__(self, scratch: str, pidns: bool, uid_base: int | None) -> None:
+    def __init__(self, scratch: str, pidns: bool, uid_base: int | None, judge: tuple[int, socket.socket],
+                 keep_fds: tuple[int, ...] = ()) -> None:  # fmt: skip
         self.scratch = scratch
-        self.pidns = pidns and os.getpid() == 2 and os.getppid() == 1 and _pid1_is_bwrap()
-        if pidns and not self.pidns:
-            raise SystemExit("harness: --pidns given but this process is not in a fresh bubblewrap PID namespace")
+        self.pidns = pidns
         self.uid_base = uid_base
+        self.judge_pid, self.judge = judge
+        self.keep_fds = keep_fds  # descriptors every candidate keeps open (see _expose_hidden_paths)
         self.jobs = 0
         self.pending: int | None = None
         self.keep = _entries_holding_mounts(scratch)  # e.g. a venv under /tmp bound back read-only: never wiped
-        if not self.pidns:
-            _prctl(PR_SET_CHILD_SUBREAPER, 1)
-        _ensure_no_new_privs()
         self._wipe_scratch()  # leftovers of a predecessor that was killed mid-job
         self.prefork()
 
     def prefork(self) -> None:
-        """Fork the next job's runner now, so that fork and isolation overlap with the trainer's round trip."""
+        """Fork the next job's candidate now, so that fork and isolation overlap with the trainer's round trip, and
+        give the judge its end of the candidate's channel."""
         self.jobs += 1
-        uid = None if self.uid_base is None else self.uid_base + self.jobs % 4096
+        uid = None if self.uid_base is None else self.uid_base + self.jobs % JUDGE_UID_OFFSET
         jobdir = os.path.join(self.scratch, f"job{self.jobs}-{os.urandom(4).hex()}")
         os.mkdir(jobdir, 0o700)
         if uid is not None:
             os.chown(jobdir, uid, uid)
-        nonce = os.urandom(16).hex()
-        hidden = 200 + int.from_bytes(os.urandom(2), "little") % 700  # the result fd; obscurity only: docs/sandbox.md
-        # Set here, not in the runner: the runner inherits them and writes one page fewer (see _prepare_worker).
+        # Set here, not in the candidate: it inherits them and writes one page fewer (see _prepare_worker).
         os.environ["HOME"] = os.environ["TMPDIR"] = jobdir
-        r, w = os.pipe()
-        job_r, job_w = os.pipe()
-        gc.freeze()  # the child's collector then skips the worker's objects: no copy-on-write of all their pages
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        gc.freeze()  # the child's collector then skips the zygote's objects: no copy-on-write of all their pages
         pid = os.fork()
         if pid == 0:
             try:
-                os.close(r)
-                os.close(job_w)
-                _runner(jobdir, job_r, w, hidden, nonce, uid, self.pidns)
+                _candidate(jobdir, to_r, from_w, uid, self.pidns, self.keep_fds)
             finally:
                 os._exit(70)
-        os.close(w)
-        os.close(job_r)
-        self.spare = (pid, r, job_w, nonce, jobdir)
+        socket.send_fds(self.judge, [b"c"], [to_w, from_r])
+        for fd in (to_r, to_w, from_r, from_w):
+            os.close(fd)
+        self.spare = (pid, jobdir)
 
-    def run(self, header: dict, line: bytes) -> dict:
-        """Hand one job to the spare runner and return its facts; clean-up after a report waits for :meth:`finish`."""
-        pid, r, job_w, nonce, jobdir = self.spare
+    def run(self, header: dict) -> dict:
+        """Wait until the judge has tested the spare candidate (or the deadline) and return the facts of the run;
+        clean-up waits for :meth:`finish` unless the deadline passed."""
+        pid, jobdir = self.spare
         start = time.monotonic()
-        try:
-            _write_all(job_w, line)
-        except BrokenPipeError:  # the spare runner died before its job came (it is scored as crashed)
-            pass
-        os.close(job_w)
-        record, timed_out = _collect(r, pid, start + header["timeout_s"])
-        facts = {"record": record, "nonce": nonce, "timed_out": timed_out, "runtime_s": time.monotonic() - start}
-        os.close(r)
+        judged = on_time = self._await_judge(start + header["timeout_s"])
+        facts: dict = {"runtime_s": time.monotonic() - start, "exit_code": None, "signal": None, "cpu_s": None}
+        facts.update(_early_exit(pid))
+        facts["cpu_exceeded"] = (facts["cpu_s"] or 0.0) >= int(header["timeout_s"]) + 1  # SIGKILL at the hard limit
         self._signal_all(pid)
-        if record is not None and record.endswith("\n"):  # reported: the exit status does not matter
-            facts.update(exit_code=None, signal=None)
-            self.pending = pid
-        else:
-            facts.update(_exit_facts(self._reap(pid)))
+        self.pending = pid
+        if not judged:  # kill all of the job, so that the judge sees the channel close, and let it report
+            self._reap(pid)
             self.pending = None
-        facts.update(_tails(jobdir, header["max_output_bytes"]))
-        return facts
+            judged = self._await_judge(time.monotonic() + JUDGE_GRACE_S)
+        facts.update(judged=judged, timed_out=not on_time)
+        return {**facts, **_tails(jobdir, header["max_output_bytes"])}
 
     def finish(self) -> None:
-        """Clean up after the last job and fork the next runner (after the answer went out: this overlaps with the
-        trainer's work)."""
+        """Clean up after the last job and fork the next candidate (after the answer went out: this overlaps with
+        the trainer's work)."""
         if self.pending is not None:
             self._reap(self.pending)
         self.pending = None
         self._wipe_scratch()
         self.prefork()
 
+    def _await_judge(self, deadline: float) -> bool:
+        """Whether the judge reported "done" before ``deadline``; exits the zygote if the judge is gone."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([self.judge], [], [], remaining)[0]:
+            return False
+        if self.judge.recv(1) != b"d":
+            raise SystemExit("harness: the judge died")
+        return True
+
     def _signal_all(self, pid: int) -> None:
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if self.pidns:
-            os.kill(-1, signal.SIGKILL)
 
-    def _reap(self, pid: int) -> int:
-        """Wait for the runner and make sure every other process of the job is gone; return the wait status."""
-        status = os.waitpid(pid, 0)[1]
+    def _reap(self, pid: int) -> None:
+        """Wait for the candidate and make sure every other process of the job is gone."""
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # already reaped by _early_exit
+            pass
         if self.pidns:
-            _kill_namespace()
+            _kill_namespace(spare={1, os.getpid(), self.judge_pid})
         else:
-            _kill_orphans()
-        return status
+            _kill_orphans(spare={self.judge_pid})
 
     def _wipe_scratch(self) -> None:
         """Remove everything in the scratch directory but the mounts bound back into it. Runs after every process
@@ -363,6 +304,17 @@ class Worker:
             for entry in entries:
                 if entry.path not in self.keep:
                     _remove(entry)
+
+
+def _early_exit(pid: int) -> dict:
+    """How the candidate ended, if it did before being killed (reaps it then); else nothing."""
+    try:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+    except ChildProcessError:
+        return {}
+    if not done:
+        return {}
+    return {**_exit_facts(status), "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 def _remove(entry: os.DirEntry) -> None:
@@ -400,63 +352,27 @@ def _pid1_is_bwrap() -> bool:
         return False
 
 
-def _collect(r: int, pid: int, deadline: float) -> tuple[str | None, bool]:
-    """Read the runner's result pipe until it exits or the deadline passes; return (record line, timed out)."""
-    pidfd = os.pidfd_open(pid)
-    buf = bytearray()
-    timed_out = False
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            ready, _, _ = select.select([r, pidfd], [], [], remaining)
-            if r in ready:
-                chunk = os.read(r, 65536)
-                buf += chunk
-                if not chunk or b"\n" in chunk or len(buf) > MAX_RECORD_BYTES:
-                    break
-            elif pidfd in ready:
-                os.set_blocking(r, False)
-                buf += _drain(r)
-                break
-    finally:
-        os.close(pidfd)
-    return (buf[:MAX_RECORD_BYTES].decode("utf-8", "replace") if buf else None), timed_out
-
-
-def _drain(fd: int) -> bytes:
-    data = bytearray()
-    while len(data) <= MAX_RECORD_BYTES:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
-def _kill_namespace() -> None:
-    """SIGKILL every process of this PID namespace except pid 1 and ourselves; wait until they are gone."""
-    me = os.getpid()
+def _kill_namespace(spare: set[int]) -> None:
+    """SIGKILL every process of this PID namespace but ``spare``; wait until they are gone (bwrap's pid 1 reaps
+    the orphans)."""
     for _ in range(5000):
-        if not [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]:
+        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in spare]
+        if not others:
             return
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for p in others:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _reap_children()
         time.sleep(0.0005)
 
 
-def _kill_orphans() -> None:
+def _kill_orphans(spare: set[int]) -> None:
     """Without a PID namespace: kill (and reap) every orphan re-parented to us as child subreaper."""
     me = os.getpid()
     for _ in range(1000):
-        orphans = _children_of(me)
+        orphans = [p for p in _children_of(me) if p not in spare]
         if not orphans:
             return
         for p in orphans:
@@ -555,56 +471,125 @@ _C().m(2)
 
 
 def _prepare_worker() -> None:
-    """Everything every runner would otherwise do for itself, done once: after a fork each page a process writes
-    costs a copy-on-write fault, so work done here is work no runner repeats.
+    """Everything every candidate would otherwise do for itself, done once: after a fork each page a process writes
+    costs a copy-on-write fault, so work done here is work no candidate repeats.
 
-    Preloads common modules, runs the compiler, ``exec``, JSON and exception formatting once (their lazy state,
-    e.g. the AST types the first ``compile`` creates, then lives in pages the runners only read), and sets the
-    environment and the signal dispositions that runners keep.
+    Preloads common modules, runs the compiler, ``exec``, the judge protocol (on a loopback), JSON and exception
+    formatting once (their lazy state, e.g. the AST types the first ``compile`` creates, and their specialised
+    bytecode then live in pages the candidates only read), and sets the environment and the signal dispositions
+    that candidates keep.
     """
     for name in PRELOAD:
         __import__(name)
     exec(compile(WARM_UP, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
-    json.loads(json.dumps({"a": [True, None, 1.5, "x"], "b": {"c": 1}}))
+    _judge.warm_up(rounds=20)
     for bad in ("raise ValueError('warm-up')", "return 1 )"):  # a runtime error and a syntax error
         try:
             exec(compile(bad, "<warm-up>", "exec"), {})
         except (ValueError, SyntaxError) as exc:
-            _describe(exc)
+            _judge.describe(exc)
     os.environ.clear()
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # runners: oversized writes raise OSError in the program instead
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # worker: a dead runner's job pipe raises instead of killing us
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # candidates: oversized writes raise OSError in the program
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # zygote and judge: a dead peer's pipe raises instead of killing
 
 
-def main(argv: list[str]) -> None:
+def _hidden_ancestor(path: str) -> str | None:
+    """The outermost directory on ``path`` that other users cannot traverse (e.g. ``/root``), if any."""
+    current = "/"
+    for part in path.split(os.sep)[1:]:
+        current = os.path.join(current, part)
+        try:
+            if not os.stat(current).st_mode & 0o001:
+                return current
+        except OSError:
+            return None
+    return None
+
+
+def _relink(path: str, links: dict[str, str]) -> str:
+    for root, link in links.items():
+        if path == root or path.startswith(root + os.sep):
+            return link + path[len(root) :]
+    return path
+
+
+def _expose_hidden_paths() -> tuple[int, ...]:
+    """Without a mount namespace, as root: let candidates (unprivileged uids) import from the interpreter's
+    directories under a directory other users cannot traverse (a pyenv in ``/root``, mode 0700).
+
+    Each such ``sys.path`` directory is opened once (``O_PATH``) on a descriptor every candidate keeps, and
+    ``sys.path`` and the ``__path__`` of loaded packages name it as ``/proc/self/fd/N``: following that link needs
+    no search permission on the hidden ancestor, only on the directory itself and below. Returns the descriptors.
+    """
+    dirs = [p for p in dict.fromkeys(sys.path) if p.startswith(os.sep) and os.path.isdir(p) and _hidden_ancestor(p)]
+    outer = [p for p in dirs if not any(p != q and p.startswith(q + os.sep) for q in dirs)]
+    links = {}
+    for i, path in enumerate(outer):
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY)
+        os.dup2(fd, PATH_FD_BASE + i)
+        os.close(fd)
+        links[path] = f"/proc/self/fd/{PATH_FD_BASE + i}"
+    sys.path[:] = [_relink(p, links) for p in sys.path]
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):
+            search[:] = [_relink(p, links) for p in search]
+    sys.path_importer_cache.clear()
+    return tuple(range(PATH_FD_BASE, PATH_FD_BASE + len(outer)))
+
+
+def _parse_args(argv: list[str]):
     import argparse
 
     p = argparse.ArgumentParser()
     p.add_argument("--scratch", required=True)
+    p.add_argument("--job-fd", type=int, required=True)
+    p.add_argument("--record-fd", type=int, required=True)
+    p.add_argument("--judge-memory-mb", type=int, default=4096)
     p.add_argument("--pidns", action="store_true")
     p.add_argument("--uid-base", type=int, default=None)
     p.add_argument("--parent-pid", type=int, default=None)
     p.add_argument("--site-dir", action="append", default=[])
-    args = p.parse_args(argv)
-    sys.path.extend(args.site_dir)
+    p.add_argument("--cpu", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def _setup(args) -> tuple[bool, tuple[int, ...]]:
+    """Checks and process settings before any child exists; returns (PID namespace?, descriptors to keep)."""
+    pidns = args.pidns and os.getpid() == 2 and os.getppid() == 1 and _pid1_is_bwrap()
+    if args.pidns and not pidns:
+        raise SystemExit("harness: --pidns given but this process is not in a fresh bubblewrap PID namespace")
     if args.parent_pid is not None:  # without bubblewrap's --die-with-parent: die with the trainer
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != args.parent_pid:
             raise SystemExit("harness: parent already gone")
+    if not pidns:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _ensure_no_new_privs()
+    return pidns, (_expose_hidden_paths() if args.uid_base is not None and not pidns else ())
+
+
+def main(argv: list[str]) -> None:
+    args = _parse_args(argv)
+    if args.cpu is not None:  # judge and candidates on one CPU: a hand-over between them then costs no wake-up IPI
+        os.sched_setaffinity(0, {args.cpu})
+    sys.path.extend(args.site_dir)
     _prepare_worker()
-    worker = Worker(args.scratch, args.pidns, args.uid_base)
+    pidns, keep_fds = _setup(args)
+    judge_uid = None if args.uid_base is None else args.uid_base + JUDGE_UID_OFFSET
+    judge = _start_judge(args, judge_uid, pidns, keep_fds)
+    worker = Worker(args.scratch, pidns, args.uid_base, judge, keep_fds)
     stdin = open(0, "rb", closefd=False)  # noqa: SIM115
     _write_line({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "pidns": worker.pidns})
     for header in stdin:
-        line = stdin.readline()
         try:
-            _write_line(worker.run(json.loads(header), line))
+            _write_line(worker.run(json.loads(header)))
             worker.finish()
-        except Exception as exc:  # a bug in the worker itself: report it instead of hanging the trainer
-            _write_line({"worker_error": _describe(exc)})
+        except Exception as exc:  # a bug in the zygote itself: report it instead of hanging the trainer
+            _write_line({"worker_error": _judge.describe(exc)})
 
 
 if __name__ == "__main__":

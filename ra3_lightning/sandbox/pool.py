@@ -193,82 +193,88 @@ def _warn_no_isolation(reason: str) -> None:
 
 
 class _Worker:
-    """One sandboxed zygote process and its JSON-lines pipe; restarted lazily after it dies."""
+    """One sandbox (zygote + judge) and its pipes; restarted lazily after it dies.
 
-    def __init__(self, isolation: Literal["bwrap", "none"], scratch_mb: int) -> None:
+    The zygote's stdin/stdout carry small JSON headers and facts; the job itself goes to the judge on its own pipe
+    and the judge's result line comes back on another, so that the zygote, which forks every program, never holds
+    a task's tests in its memory (see ``_harness.py``).
+    """
+
+    def __init__(self, isolation: Literal["bwrap", "none"], scratch_mb: int, judge_memory_mb: int, cpu: int) -> None:
         self.isolation = isolation
+        self.cpu = cpu
         self.scratch_mb = scratch_mb
+        self.judge_memory_mb = judge_memory_mb
         self.proc: subprocess.Popen | None = None
         self.host_scratch: str | None = None
-        self.uid_bases: list[int] = []  # one per start; runner uids are uid_base + (job % 4096)
-        self._buf = bytearray()
+        self.uid_bases: list[int] = []  # one per start; candidate uids are uid_base + (job % 4096)
+        self.job_w: int | None = None
+        self.records: _LineReader | None = None
+        self.answers: _LineReader | None = None
 
-    def _argv(self) -> list[str]:
+    def _argv(self, job_fd: int, record_fd: int) -> list[str]:
         harness = [sys.executable, "-I", "-S", str(HARNESS), *(a for d in _site_dirs() for a in ("--site-dir", d))]
-        # As root, every runner gets a fresh unprivileged uid: RLIMIT_NPROC does not bind root, and a root runner
-        # could signal (``kill(-1)``), trace or overwrite anything its uid owns.
+        harness += ["--job-fd", str(job_fd), "--record-fd", str(record_fd)]
+        harness += ["--judge-memory-mb", str(self.judge_memory_mb), "--cpu", str(self.cpu)]
+        # As root, every candidate gets a fresh unprivileged uid: RLIMIT_NPROC does not bind root, and a root
+        # program could signal (``kill(-1)``), trace or overwrite anything its uid owns.
         self.uid_bases.append(_random_uid_base())
         uid = ["--uid-base", str(self.uid_bases[-1])] if os.geteuid() == 0 else []
         if self.isolation == "bwrap":
             return bwrap_argv(self.scratch_mb, os.geteuid() == 0) + harness + ["--scratch", SCRATCH, "--pidns", *uid]
         if self.host_scratch is None:
             self.host_scratch = tempfile.mkdtemp(prefix="ra3-sandbox-")
-            os.chmod(self.host_scratch, 0o711)  # runners (other uids) must reach their job dir inside it
+            os.chmod(self.host_scratch, 0o711)  # candidates (other uids) must reach their job dir inside it
         return harness + ["--scratch", self.host_scratch, "--parent-pid", str(os.getpid()), *uid]
 
     def start(self) -> None:
         errlog = tempfile.TemporaryFile()
+        job_r, job_w = os.pipe()
+        record_r, record_w = os.pipe()
         # Spawned from one long-lived thread: bwrap's --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread*
         # that forked it exits, so a short-lived batch thread must not be the parent.
         popen = functools.partial(
-            subprocess.Popen, self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
-            start_new_session=True, env=ENV, cwd="/",
+            subprocess.Popen, self._argv(job_r, record_w), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=errlog, start_new_session=True, env=ENV, cwd="/", pass_fds=(job_r, record_w),
         )  # fmt: skip
-        self.proc = _SPAWNER.submit(popen).result()
-        self._buf.clear()
-        hello = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S)
+        try:
+            self.proc = _SPAWNER.submit(popen).result()
+        finally:
+            os.close(job_r)
+            os.close(record_w)
+        assert self.proc.stdout is not None
+        self.job_w, self.records, self.answers = job_w, _LineReader(record_r), _LineReader(self.proc.stdout.fileno())
+        hello = self.answers.read(time.monotonic() + STARTUP_TIMEOUT_S)
         if not hello or not hello.get("ready"):
             self.kill()
             errlog.seek(0)
             raise RuntimeError(f"sandbox worker failed to start: {errlog.read().decode(errors='replace')[-1000:]}")
 
     def request(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
-        """Run one job; ``None`` if the worker died or stopped answering (it is then killed, restarted later)."""
+        """Run one job; ``None`` if the sandbox died or stopped answering (it is then killed, restarted later)."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
-        assert self.proc is not None and self.proc.stdin is not None
+        assert self.proc is not None and self.proc.stdin is not None and self.job_w is not None
         header = {"timeout_s": job["limits"]["timeout_s"], "max_output_bytes": job["limits"]["max_output_bytes"]}
         try:
-            self.proc.stdin.write(f"{json.dumps(header)}\n{json.dumps(job)}\n".encode())
+            _write_all(self.job_w, (json.dumps(job) + "\n").encode())
+            self.proc.stdin.write(f"{json.dumps(header)}\n".encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self.kill()
             return None
-        answer = self._read_line(time.monotonic() + timeout_s + BACKSTOP_SLACK_S)
-        if answer is None or "worker_error" in answer:
-            if answer is not None:
-                log.error("sandbox worker error: %s", answer["worker_error"])
-            self.kill()
-            return None
-        return answer
+        return self._facts(time.monotonic() + timeout_s + BACKSTOP_SLACK_S)
 
-    def _read_line(self, deadline: float) -> dict[str, Any] | None:
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                return None
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return None
-            self._buf += chunk
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
-        try:
-            return json.loads(line)
-        except ValueError:
-            return None
+    def _facts(self, deadline: float) -> dict[str, Any] | None:
+        assert self.answers is not None and self.records is not None
+        facts = self.answers.read(deadline)
+        if facts is None or "worker_error" in facts or not facts.get("judged"):
+            if facts is not None and "worker_error" in facts:
+                log.error("sandbox worker error: %s", facts["worker_error"])
+            self.kill()  # a judge that did not report may still write: only a fresh sandbox is in step again
+            return None if facts is None or "worker_error" in facts else facts
+        facts["record"] = self.records.read_raw(time.monotonic() + STARTUP_TIMEOUT_S)
+        return facts
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -278,12 +284,53 @@ class _Worker:
                 self.proc.kill()
             self.proc.wait()
         self.proc = None
+        for reader in (self.records,):
+            if reader is not None:
+                os.close(reader.fd)
+        if self.job_w is not None:
+            os.close(self.job_w)
+        self.job_w = self.records = self.answers = None
 
     def close(self) -> None:
         self.kill()
         if self.host_scratch:
             shutil.rmtree(self.host_scratch, ignore_errors=True)
             self.host_scratch = None
+
+
+class _LineReader:
+    """Newline-delimited messages from a pipe, read with a deadline."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+
+    def read_raw(self, deadline: float) -> str | None:
+        """The next line including its newline, or ``None`` at end of file or the deadline."""
+        while b"\n" not in self.buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, rest = bytes(self.buf).partition(b"\n")
+        self.buf = bytearray(rest)
+        return line.decode("utf-8", "replace") + "\n"
+
+    def read(self, deadline: float) -> dict[str, Any] | None:
+        """The next line as a JSON object, or ``None``."""
+        line = self.read_raw(deadline)
+        try:
+            return json.loads(line) if line is not None else None
+        except ValueError:
+            return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _progress_bar(total: int):
@@ -345,7 +392,9 @@ class Sandbox:
         self.workers = workers or os.cpu_count() or 1
         self.limits = limits
         scratch_mb = max(64, 4 * limits.max_file_mb)
-        self._all = [_Worker(self.isolation, scratch_mb) for _ in range(self.workers)]
+        judge_mb = 2 * limits.memory_mb + 512  # the judge holds the tests and the values the program returns
+        cpus = sorted(os.sched_getaffinity(0))
+        self._all = [_Worker(self.isolation, scratch_mb, judge_mb, cpus[i % len(cpus)]) for i in range(self.workers)]
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for w in self._all:
             self._idle.put(w)
@@ -405,7 +454,9 @@ class Sandbox:
                 bar.update()
 
     def _execute(self, program: str, tests: TestSuite, limits: Limits) -> ExecResult:
-        job = {"program": program, "tests": dataclasses.asdict(tests), "limits": dataclasses.asdict(limits)}
+        nonce = os.urandom(16).hex()  # the judge echoes it: a result line of another job cannot be taken for this one
+        job = {"nonce": nonce, "program": program, "tests": dataclasses.asdict(tests)}
+        job["limits"] = dataclasses.asdict(limits)
         worker = self._idle.get()
         start = time.monotonic()
         try:
@@ -419,7 +470,7 @@ class Sandbox:
                 runtime_s=time.monotonic() - start,
                 detail="the sandbox worker died or stopped answering during this program; it was restarted",
             )
-        return verdict(facts, tests)
+        return verdict({**facts, "nonce": nonce}, tests)
 
     def close(self) -> None:
         """Stop the workers (running programs are killed) and remove their scratch directories."""
