@@ -246,3 +246,21 @@ def test_annotate_batch_with_hindsight_round_trips(setup, tiny_lm, code_snippets
         assert strip_rationales(r["text"], r["rationale_spans"]) == original
         for start, end in r["rationale_spans"]:
             assert r["text"][start:end].lstrip(" \t").startswith("#")
+
+
+def test_ra3_module_annotates_with_its_hindsight(tmp_path, monkeypatch):
+    import ra3_lightning.modules.ra3 as ra3_mod
+
+    tiny = TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                        tokenizer_corpus="synthetic:pretrain?n=50")  # fmt: skip
+    module = ra3_mod.RA3Module(tiny=tiny, hindsight_lines=2, work_dir=str(tmp_path))
+    module.model = torch.nn.Linear(1, 1)  # annotation is mocked: only unsharded_for_generation touches q
+    configs = []
+    monkeypatch.setattr(ra3_mod, "annotate", lambda source, ds, out, config, **kw: configs.append(config) or ds)
+    records = SimpleNamespace(annotation_records=lambda iteration, rank, world: [{"id": "a", "text": "x = 1\n"}])
+    monkeypatch.setattr(ra3_mod.RA3Module, "em_data", property(lambda self: records))
+    monkeypatch.setattr(ra3_mod.RA3Module, "log_annotation", lambda self, iteration, annotated: None)
+    module._trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True,
+                                      strategy=SimpleNamespace(barrier=lambda name: None))  # fmt: skip
+    module.annotate_iteration(0)
+    assert [c.hindsight_lines for c in configs] == [2]
