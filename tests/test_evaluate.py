@@ -103,8 +103,10 @@ def _reference(kind_file: str) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize(
-    "kind_file", ["humaneval.jsonl", "mbpp_full.jsonl", "mbpp_sanitized.jsonl", "mbppplus.jsonl", "livecodebench.jsonl"]
-)
+    "kind_file",
+    ["humaneval.jsonl", "humanevalplus.jsonl", "mbpp_full.jsonl", "mbpp_sanitized.jsonl", "mbppplus.jsonl",
+     "livecodebench.jsonl"],
+)  # fmt: skip
 def test_every_schema_scores_reference_one_and_wrong_zero(tmp_path, kind_file):
     refs = _reference(kind_file)
     right = _write_samples(tmp_path / "right.jsonl", [{"task_id": i, "completion": r} for i, r, _ in refs])
