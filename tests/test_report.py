@@ -157,3 +157,18 @@ def test_write_aggregate(seeds, tmp_path):
     assert record["eval"]["ra3"]["pass@1"]["values"] == [0.3, 0.4, 0.5]
     assert record["rlvr"]["ntp"]["steps_to_target"]["values"] == [None, 12, 5]
     assert "seed" not in record["config"] and record["config"]["eval"]["ks"] == [1, 8]
+
+
+def test_fairness_tables_read_the_diagnostics():
+    from ra3_lightning.pipeline.fairness import diagnostics_table, skills_table
+
+    results = {
+        "ntp": {"pass@1": 0.5, "truncation_rate": 0.0, "pass@1_skills2": 0.75, "tasks_skills2": 4.0},
+        "ra3_nothink": {"pass@1": 0.25, "pass@1_skills2": 0.5, "pass@1_skills3": 0.0, "tasks_skills3": 2.0},
+        "other": {"pass@1": 1.0},  # not a diagnosed run: not shown
+    }
+    assert skills_table(results)[0] == "| model | 2 skills | 3 skills |"
+    assert skills_table(results)[2:] == ["| ntp | 0.750 | n/a |", "| ra3_nothink | 0.500 | 0.000 |"]
+    rows = diagnostics_table(results)
+    assert [r.split(" | ")[0] for r in rows[2:]] == ["| ntp", "| ra3_nothink"]
+    assert rows[2].startswith("| ntp | 0.500 | 0.000 | n/a")

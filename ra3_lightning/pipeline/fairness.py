@@ -121,7 +121,8 @@ def diagnostics_table(results: dict[str, dict[str, float]]) -> list[str]:
 
 def skills_table(results: dict[str, dict[str, float]]) -> list[str]:
     """pass@1 split by the number of skills of the task, per diagnosed run."""
-    sizes = sorted({int(k.removeprefix("pass@1_skills")) for r in results.values() for k in r if "_skills" in k})
+    prefix = "pass@1_skills"
+    sizes = sorted({int(k.removeprefix(prefix)) for r in results.values() for k in r if k.startswith(prefix)})
     if not sizes:
         return ["(no task carries ground-truth skills)"]
     rows = ["| model | " + " | ".join(f"{n} skills" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
