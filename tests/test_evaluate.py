@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import runpy
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.tasks import load_tasks
-from ra3_lightning.evaluate import evaluate_functional_correctness, main, read_samples, results_path
+from ra3_lightning.evaluate import evaluate_functional_correctness, main, mean_pass_at_k, read_samples, results_path
 
 ASSETS = Path(__file__).parent / "assets" / "tasks"
 HUMANEVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "HumanEval.jsonl.gz"
@@ -164,3 +166,39 @@ def test_module_entry_point_prints_json_last(tmp_path, monkeypatch, capsys):
     bad = _write_samples(tmp_path / "bad.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
     with pytest.raises(SystemExit, match=f"error: {bad}:1: unknown task_id 'HumanEval/0'"):
         _run_module([*tasks, "--samples", str(bad)], monkeypatch)
+
+
+def test_scoring_imports_neither_torch_nor_lightning():
+    """The scorer starts without the training stack: checked in a fresh interpreter, as a user runs it."""
+    code = (
+        "import sys, ra3_lightning.evaluate\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'torchmetrics')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_data_modules_still_load_from_the_package_on_first_use():
+    import ra3_lightning.data as data
+    from ra3_lightning.data.task_data import TaskDataModule
+
+    assert data.TaskDataModule is TaskDataModule and "TraceDataModule" in dir(data)
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        data.Nope  # noqa: B018
+
+
+def test_mean_pass_at_k_by_hand_and_as_the_metric_computes_it():
+    # (n, c) = (5, 2): pass@1 = 2/5; pass@2 = 1 - C(3,2)/C(5,2) = 1 - 3/10 = 0.7; pass@5 = 1.
+    # (5, 0): 0 everywhere. Means: pass@1 = 0.2, pass@2 = 0.35, pass@5 = 0.5; pass@6 is undefined (n = 5).
+    assert mean_pass_at_k([(5, 2), (5, 0)], ks=(1, 2, 5, 6)) == pytest.approx(
+        {"pass@1": 0.2, "pass@2": 0.35, "pass@5": 0.5}
+    )
+    assert mean_pass_at_k([], ks=(1,)) == {}
+    from ra3_lightning.metrics import PassAtK
+
+    rng = random.Random(0)
+    counts = [(n, rng.randint(0, n)) for n in (rng.randint(3, 40) for _ in range(50))]
+    metric = PassAtK(ks=(1, 3, 10))
+    metric.update([n for n, _ in counts], [c for _, c in counts])
+    expected = {name: float(value) for name, value in metric.compute().items()}
+    assert mean_pass_at_k(counts, ks=(1, 3, 10)) == pytest.approx(expected, abs=1e-12)

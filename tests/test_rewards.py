@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 import ra3_lightning.data.tasks
+import ra3_lightning.evaluate
 import ra3_lightning.metrics
 import ra3_lightning.rewards
+import ra3_lightning.sandbox._judge
+import ra3_lightning.sandbox._wire
 from ra3_lightning.data.tasks import load_tasks
 from ra3_lightning.rewards import SandboxReward, binary_reward, format_reward, pass_fraction_reward
 
@@ -91,7 +94,11 @@ def test_format_reward(tasks):
     assert format_reward(["```python\nimport os\nos.system('rm -rf /')\n```", "x = \x00"]) == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("module", [ra3_lightning.rewards, ra3_lightning.metrics, ra3_lightning.data.tasks])
+@pytest.mark.parametrize(
+    "module",
+    [ra3_lightning.rewards, ra3_lightning.metrics, ra3_lightning.data.tasks, ra3_lightning.evaluate,
+     ra3_lightning.sandbox._wire, ra3_lightning.sandbox._judge],
+)  # fmt: skip
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
