@@ -1,18 +1,21 @@
-"""The sandbox: a pool of long-lived, isolated worker processes that run untrusted programs against tests.
+"""The sandbox: a pool of long-lived, isolated workers that run untrusted programs against tests.
 
 Each worker is one ``bubblewrap`` sandbox started once (read-only root, private size-capped tmpfs scratch, no
-network, own PID / IPC / UTS namespaces, ``--die-with-parent``) holding a pre-imported harness
-(``_harness.py``); per program the worker forks a runner, so executing a short program costs a ``fork`` rather than
-an interpreter start. Runners get rlimits (address space, CPU time, processes, file size, open files) and, where
-the worker runs as root inside the sandbox, a fresh unprivileged uid per job — which is what makes the process
-limit bind, keeps the program from signalling or tracing the worker, and hides the host's files that are not
-world-readable. The wall-clock limit is enforced by the worker from outside the runner (kill of the job's whole
-PID namespace) and, as a backstop, by this process (kill of the worker's sandbox).
+network, own PID / IPC / UTS namespaces, ``--die-with-parent``) holding three kinds of process (``_harness.py``):
+a *zygote* that forks one *candidate* per program (so a short program costs a ``fork``, not an interpreter start)
+and never sees a job's tests; a long-lived *judge* that gets each job from this process on its own pipe, runs the
+tests itself and sends the result line back; and the candidate, which runs the program and answers the judge's
+calls with plain data (``_judge.py``, ``_wire.py``). Candidates get rlimits (address space, CPU time, processes,
+file size, open files) and, where the zygote runs as root inside the sandbox, a fresh unprivileged uid per job —
+which is what makes the process limit bind, keeps the program from signalling or tracing the judge and the zygote,
+and hides the host's files that are not world-readable. The wall-clock limit is enforced by the zygote from outside
+the candidate (kill of the job's processes) and, as a backstop, by this process (kill of the worker's sandbox).
 
 The trainer process only sends program text over a pipe and parses JSON back; it never imports or execs untrusted
-code. Without bubblewrap (``isolation="none"``, or ``"auto"`` where it is missing) the same pool runs with rlimits
-and process-group kill only, and a loud warning says that namespace isolation is off. ``docs/sandbox.md`` states
-the threat model, including what an adversarial program inside the harness's interpreter can still forge.
+code. Without bubblewrap (``isolation="none"``, or ``"auto"`` where it is missing) the same processes run with
+rlimits, per-job uids (as root) and process-group kill only, and a loud warning says that namespace isolation is
+off. ``docs/sandbox.md`` states the threat model: what the design defends, against containment escapes and against
+reward hacks, and what it does not.
 """
 
 from __future__ import annotations
@@ -175,11 +178,12 @@ def _warn_no_isolation(reason: str) -> None:
         return
     _warned_no_isolation = True
     if os.geteuid() == 0:
-        who = "as a fresh unprivileged uid each (they can still read world-readable files and use the network"
-        hidden = sorted({h for p in _interpreter_paths() if (h := _hidden_ancestor(p))})
-        who += f"; modules under {', '.join(hidden)} cannot be imported unless preloaded)" if hidden else ")"
+        who = "as a fresh unprivileged uid each (they can still read world-readable files and use the network)"
     else:
-        who = "as YOUR user: they can read and write your files, kill your processes and use the network"
+        who = (
+            "as YOUR user: they can read and write your files, kill your processes (the judge too: scores are not "
+            "tamper-proof) and use the network"
+        )
     msg = (
         f"!!! ra3_lightning.sandbox: NAMESPACE ISOLATION IS OFF ({reason}). Untrusted programs run as plain child "
         f"processes with rlimits and process-group kill only, {who}. Install bubblewrap (apt-get install "

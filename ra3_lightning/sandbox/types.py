@@ -19,9 +19,12 @@ class TestSuite:
     Args:
         style: ``"assert"`` — MBPP-style assert statements, one test each; ``"check"`` — a HumanEval-style
             ``check(candidate)`` function called with the program's ``entry_point``; ``"stdio"`` —
-            LiveCodeBench / CodeContests-style stdin → stdout cases compared whitespace-tolerantly.
+            LiveCodeBench / CodeContests-style stdin → stdout cases compared word by word per line, numbers as
+            ``Decimal``s where words differ (LiveCodeBench's rule).
         asserts: ``"assert"`` style: the statements.
-        setup_code: ``"assert"`` style: code run before the asserts (MBPP ``test_setup_code`` / ``test_imports``).
+        setup_code: ``"assert"`` style: code run before the asserts (MBPP ``test_setup_code`` / ``test_imports``),
+            in the judge and also in the program's process (it may define what the program needs; it is not told
+            the assertions).
         check_code: ``"check"`` style: source that defines ``check(candidate)`` (and any helpers it needs).
         entry_point: ``"check"`` style: name of the function under test.
         stdio_cases: ``"stdio"`` style: ``(stdin, expected_stdout)`` pairs.
