@@ -21,8 +21,8 @@ Standard library only: the sandbox harness loads this file inside the sandbox.
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
-import json
 import os
 import sys
 import traceback
@@ -132,8 +132,10 @@ class Remote:
         self._link, self._id = link, ident
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        encode = self._link.encode
-        return self._link.value({"op": "call", "h": self._id, "a": encode(list(args)), "k": encode(kwargs)})
+        request = {"op": "call", "h": self._id, "a": self._link.encode(list(args))}
+        if kwargs:
+            request["k"] = self._link.encode(kwargs)
+        return self._link.value(request)
 
     def __getattr__(self, name: str) -> Any:
         if name in Remote.__slots__ or (name.startswith("__") and name.endswith("__")):
@@ -307,14 +309,22 @@ def _load(link: Link, job: dict, setup: str, names: set[str], out: Outcome) -> d
         return None
 
 
+@functools.lru_cache(maxsize=256)
+def _compile(source: str, filename: str) -> tuple[types.CodeType, frozenset[str]]:
+    """Test code compiled, with the names it references; cached, since under RLVR the judge sees each task's tests
+    once per sample (code objects are immutable: every job still runs them in a fresh namespace)."""
+    code = compile(source, filename, "exec")
+    return code, frozenset(referenced_names(code))
+
+
 def _judge_check(job: dict, link: Link, out: Outcome) -> None:
     tests = job["tests"]
     entry = tests["entry_point"]
     try:
-        code = compile(tests.get("check_code", ""), "<check>", "exec")
+        code, names = _compile(tests.get("check_code", ""), "<check>")
     except BaseException as exc:  # noqa: B036
         return out.fail_exec(exc)
-    env = _load(link, job, "", referenced_names(code) | {entry}, out)
+    env = _load(link, job, "", names | {entry}, out)
     if env is None:
         return None
     if entry not in env:
@@ -329,11 +339,11 @@ def _judge_check(job: dict, link: Link, out: Outcome) -> None:
     return None
 
 
-def _compile_tests(statements: list[str]) -> list[types.CodeType | BaseException]:
-    compiled: list[types.CodeType | BaseException] = []
+def _compile_tests(statements: list[str]) -> list[tuple[types.CodeType, frozenset[str]] | BaseException]:
+    compiled: list[tuple[types.CodeType, frozenset[str]] | BaseException] = []
     for i, stmt in enumerate(statements):
         try:
-            compiled.append(compile(stmt, f"<test {i}>", "exec"))
+            compiled.append(_compile(stmt, f"<test {i}>"))
         except BaseException as exc:  # noqa: B036 — a test that does not compile fails alone
             compiled.append(exc)
     return compiled
@@ -343,23 +353,23 @@ def _judge_assert(job: dict, link: Link, out: Outcome) -> None:
     tests = job["tests"]
     setup_code = tests.get("setup_code", "")
     try:
-        setup = compile(setup_code, "<setup>", "exec")
+        setup, names = _compile(setup_code, "<setup>")
     except BaseException as exc:  # noqa: B036
         return out.fail_exec(exc)
     compiled = _compile_tests(list(tests.get("asserts", ())))
-    names = referenced_names(setup).union(*(referenced_names(c) for c in compiled if isinstance(c, types.CodeType)))
-    env = _load(link, job, setup_code, names, out)
+    names = names.union(*(c[1] for c in compiled if not isinstance(c, BaseException)))
+    env = _load(link, job, setup_code, set(names), out)
     if env is None:
         return None
     try:
         exec(setup, env)
     except BaseException as exc:  # noqa: B036
         return out.fail_exec(exc)
-    for i, code in enumerate(compiled):
-        if isinstance(code, BaseException):
-            out.record_test(i, code)
+    for i, test in enumerate(compiled):
+        if isinstance(test, BaseException):
+            out.record_test(i, test)
         else:
-            run_test(out, link, i, exec, code, env)
+            run_test(out, link, i, exec, test[0], env)
     return None
 
 
@@ -442,7 +452,7 @@ def serve_jobs(job_fd: int, record_fd: int, control: Any) -> NoReturn:
     jobs = _Lines(job_fd)
     control.send(b"r")
     while (line := jobs.read()) is not None:
-        job = json.loads(line)
+        job = _wire.loads(line)
         _, (send_fd, recv_fd), _, _ = socket.recv_fds(control, 1, 2)
         try:
             out = judge(job, Link(send_fd, recv_fd))
@@ -508,7 +518,8 @@ class Candidate:
                 self.code = code
                 return {"ok": {}}
             exec(code, self.env)
-            exec(compile(m.get("setup", ""), "<setup>", "exec"), self.env)
+            if m.get("setup"):
+                exec(compile(m["setup"], "<setup>", "exec"), self.env)
         except BaseException as exc:  # noqa: B036 — SystemExit / KeyboardInterrupt from the program are failures too
             return {"error": describe(exc), "memory": isinstance(exc, MemoryError)}
         return {"ok": {n: self._global(self.env[n]) for n in m["names"] if n in self.env}}
@@ -520,7 +531,7 @@ class Candidate:
 
     def _call(self, m: dict) -> dict:
         fn = self.objects[m["h"]]
-        args, kwargs = self._decode(m["a"]), self._decode(m["k"])
+        args, kwargs = self._decode(m["a"]), self._decode(m.get("k", {"d": []}))
         return {"v": self._encode(fn(*args, **kwargs))}
 
     def _next(self, m: dict) -> dict:

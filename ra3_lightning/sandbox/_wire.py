@@ -25,6 +25,7 @@ Standard library only: the sandbox harness loads this file inside the sandbox.
 from __future__ import annotations
 
 import json
+import json.encoder
 import json.scanner
 from collections.abc import Callable
 from typing import Any
@@ -51,17 +52,20 @@ def encode(value: Any, other: Callable[[Any], Any]) -> Any:
         >>> encode([1, (2.5, "a"), {3: None}], other=lambda obj: {"h": 0})
         [1, {'t': [2.5, 'a']}, {'d': [[3, None]]}]
     """
-    if _flat(value) or (type(value) is list and all(_flat(x) for x in value)):
-        return value  # the common case (a number, a string, a list of them) without building an encoder
+    if _native(value, 0):
+        return value  # the common case (numbers, strings, lists of them) is its own wire form
     try:
         return _Encoder(other).encode(value)
     except RecursionError:
         raise WireError("the value is nested too deeply to pass between the program and the tests") from None
 
 
-def _flat(v: Any) -> bool:
+def _native(v: Any, depth: int) -> bool:
+    """Whether ``v`` is a JSON-native tree (atoms, small ints, lists of them) and thus its own wire form."""
     t = type(v)
-    return t in _ATOMS or (t is int and -_SMALL < v < _SMALL)
+    if t in _ATOMS or (t is int and -_SMALL < v < _SMALL):
+        return True
+    return t is list and depth < 32 and all(_native(x, depth + 1) for x in v)
 
 
 class _Encoder:
@@ -228,13 +232,20 @@ _TAGS: dict[str, Callable[[Any, Callable[[int], Any]], Any]] = {
 }
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner, without json.loads' detours
+def _unserializable(obj: Any) -> Any:
+    raise TypeError(f"{type(obj).__name__} is not a JSON value")
+
+
+# The C encoder and scanner themselves, built once: json.dumps / json.loads rebuild or wrap them on every call.
+_ENCODE = json.encoder.c_make_encoder(
+    None, _unserializable, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+)
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())
 
 
 def dumps(message: dict) -> bytes:
     """One protocol message as a JSON line."""
-    return (_ENCODE(message) + "\n").encode()
+    return ("".join(_ENCODE(message, 0)) + "\n").encode()
 
 
 def loads(line: bytes) -> dict:

@@ -254,20 +254,21 @@ class _Worker:
             errlog.seek(0)
             raise RuntimeError(f"sandbox worker failed to start: {errlog.read().decode(errors='replace')[-1000:]}")
 
-    def request(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
-        """Run one job; ``None`` if the sandbox died or stopped answering (it is then killed, restarted later)."""
+    def request(self, job_line: bytes, limits: Limits) -> dict[str, Any] | None:
+        """Run one job (a JSON line for the judge); ``None`` if the sandbox died or stopped answering (it is then
+        killed, restarted later)."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None and self.job_w is not None
-        header = {"timeout_s": job["limits"]["timeout_s"], "max_output_bytes": job["limits"]["max_output_bytes"]}
+        header = {"timeout_s": limits.timeout_s, "max_output_bytes": limits.max_output_bytes}
         try:
-            _write_all(self.job_w, (json.dumps(job) + "\n").encode())
+            _write_all(self.job_w, job_line)
             self.proc.stdin.write(f"{json.dumps(header)}\n".encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self.kill()
             return None
-        return self._facts(time.monotonic() + timeout_s + BACKSTOP_SLACK_S)
+        return self._facts(time.monotonic() + limits.timeout_s + BACKSTOP_SLACK_S)
 
     def _facts(self, deadline: float) -> dict[str, Any] | None:
         assert self.answers is not None and self.records is not None
@@ -349,6 +350,12 @@ def _close_workers(workers: list[_Worker]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- the sandbox
+
+
+@functools.lru_cache(maxsize=1024)
+def _as_json(value: TestSuite | Limits) -> str:
+    """A frozen dataclass as JSON, cached: under RLVR a task's suite is sent once per sample."""
+    return json.dumps(dataclasses.asdict(value))
 
 
 def _validate(program: str, tests: TestSuite) -> None:
@@ -459,12 +466,12 @@ class Sandbox:
 
     def _execute(self, program: str, tests: TestSuite, limits: Limits) -> ExecResult:
         nonce = os.urandom(16).hex()  # the judge echoes it: a result line of another job cannot be taken for this one
-        job = {"nonce": nonce, "program": program, "tests": dataclasses.asdict(tests)}
-        job["limits"] = dataclasses.asdict(limits)
+        job = f'{{"nonce":"{nonce}","program":{json.dumps(program)},"tests":{_as_json(tests)},'
+        job += f'"limits":{_as_json(limits)}}}\n'
         worker = self._idle.get()
         start = time.monotonic()
         try:
-            facts = worker.request(job, limits.timeout_s)
+            facts = worker.request(job.encode(), limits)
         finally:
             self._idle.put(worker)
         if facts is None:
