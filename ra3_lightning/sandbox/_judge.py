@@ -1,14 +1,15 @@
 """The two ends of one sandboxed job: the *judge* runs a task's tests, the *candidate* runs the untrusted program.
 
-Both are processes the sandbox worker's runner forks (``_harness.py``): the candidate before the job is even read,
-so its memory never holds the tests, and then under its own uid; the judge keeps the job. The judge runs the
-task's test code itself. Every name the tests use that the program defines (the entry point, a ``Solution``
-class, a helper) is a :class:`Remote` in the judge: calling it, or reading an attribute of it, is a request to the
-candidate, which runs the program's code and answers with the result as plain data (:mod:`._wire`) or as a new
-handle. So the assertions compare values of built-in types, built by the judge, with the judge's own builtins and
-standard library, in a process the program never ran in: an ``__eq__`` that always answers ``True``, a patched
-``math.isclose``, a ``sys.settrace`` hook, an exit from inside a comparison or a forged result never reach it.
-``docs/sandbox.md`` gives the threat model.
+Both are processes of one sandbox worker (``_harness.py``): the candidate is forked per job by the zygote, which
+never holds a job, and runs under the job's own uid; the judge is forked once, before any job, runs under a uid of
+its own, never forks, and gets each job from the trainer on a pipe the zygote does not read (:func:`serve_jobs`).
+The judge runs the task's test code itself. Every name the tests use that the program defines (the entry point, a
+``Solution`` class, a helper) is a :class:`Remote` in the judge: calling it, or reading an attribute of it, is a
+request to the candidate, which runs the program's code and answers with the result as plain data (:mod:`._wire`)
+or as a new handle. So the assertions compare values of built-in types, built by the judge, with the judge's own
+builtins and standard library, in a process the program never ran in: an ``__eq__`` that always answers ``True``, a
+patched ``math.isclose``, a ``sys.settrace`` hook, an exit from inside a comparison or a forged result never reach
+it. ``docs/sandbox.md`` gives the threat model.
 
 Deviations from running program and tests in one interpreter (all documented in ``docs/sandbox.md``): the tests
 see the program's objects only through calls, attributes and iteration (a ``Remote`` has no truth value and
