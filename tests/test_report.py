@@ -172,3 +172,20 @@ def test_fairness_tables_read_the_diagnostics():
     rows = diagnostics_table(results)
     assert [r.split(" | ")[0] for r in rows[2:]] == ["| ntp", "| ra3_nothink"]
     assert rows[2].startswith("| ntp | 0.500 | 0.000 | n/a")
+
+
+def test_aggregate_diagnostics_pairs_nothink_by_seed():
+    from ra3_lightning.pipeline.aggregate import aggregate_diagnostics, nothink_differences
+
+    seeds = [
+        {"fairness": {"eval_runs": {"ntp": {"pass@1": 0.5}, "ra3": {"pass@1": 0.4}, "ra3_nothink": {"pass@1": 0.3}}}},
+        {"fairness": {"eval_runs": {"ntp": {"pass@1": 0.6}, "ra3": {"pass@1": 0.7}, "ra3_nothink": {"pass@1": 0.6}}}},
+        {"eval": {}},  # a results.json written before the diagnostics existed
+    ]
+    agg = aggregate_diagnostics(seeds)
+    assert list(agg) == ["ntp", "ra3", "ra3_nothink"]
+    assert agg["ntp"]["pass@1"]["values"] == [0.5, 0.6, None] and agg["ntp"]["pass@1"]["n"] == 2
+    # per seed: nothink − ntp = -0.2, 0.0; nothink − ra3 = -0.1, -0.1
+    lines = nothink_differences(agg)
+    assert lines[0].startswith("pass@1, RA3 without rationales − NTP, per seed: -0.200, +0.000 (mean -0.100")
+    assert lines[1].startswith("pass@1, RA3 without − with, per seed: -0.100, -0.100 (mean -0.100 ± 0.000")

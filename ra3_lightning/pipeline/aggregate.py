@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ra3_lightning.pipeline.fairness import DIAGNOSED_RUNS, DIAGNOSTICS
 from ra3_lightning.pipeline.report import (
     ARMS,
     RECOVERY_COLUMNS,
@@ -81,6 +82,13 @@ def difference_line(first: Stats, second: Stats, what: str) -> str:
 def aggregate_eval(seed_results: Sequence[dict], models: Sequence[str], metrics: Sequence[str]) -> dict[str, Any]:
     """``model -> metric -> Stats`` over seeds (a model a seed did not evaluate counts as missing)."""
     return {m: {k: seed_stats([r["eval"].get(m, {}).get(k) for r in seed_results]) for k in metrics} for m in models}
+
+
+def aggregate_diagnostics(seed_results: Sequence[dict]) -> dict[str, Any]:
+    """``run -> diagnostic -> Stats`` over seeds, from each seed's ``fairness.eval_runs`` (older results lack it)."""
+    runs = [{"eval": r.get("fairness", {}).get("eval_runs", {})} for r in seed_results]
+    present = [m for m in DIAGNOSED_RUNS if any(m in r["eval"] for r in runs)]
+    return aggregate_eval(runs, present, tuple(DIAGNOSTICS))
 
 
 def aggregate_rlvr(seed_results: Sequence[dict], arms: Sequence[str] = ARMS) -> dict[str, Any]:
@@ -195,6 +203,7 @@ def aggregate(seed_results: Sequence[dict], metrics: Sequence[str]) -> dict[str,
         "seeds": [r["seed"] for r in seed_results],
         "eval": aggregate_eval(seed_results, MODELS, metrics),
         "rlvr": aggregate_rlvr(seed_results),
+        "diagnostics": aggregate_diagnostics(seed_results),
         "recovery": aggregate_recovery(seed_results),
         "stage_times": aggregate_times(seed_results),
     }
@@ -224,10 +233,26 @@ def aggregate_lines(cfg: PipelineConfig, agg: dict[str, Any], command: str, metr
             eval_rows(agg["eval"], MODEL_LABELS, metrics, n),
             [f"- {line}" for line in differences],
         ),
+        *section(
+            "Evaluation diagnostics (held-out tasks)",
+            "`_nothink`: comment-start tokens forbidden at decode time.",
+            eval_rows(agg["diagnostics"], {}, tuple(DIAGNOSTICS), n) if agg["diagnostics"] else "(not recorded)",
+            [f"- {line}" for line in nothink_differences(agg["diagnostics"])],
+        ),
         *section(rlvr_title(cfg), rlvr_description(cfg), rlvr_rows(agg["rlvr"], n)),
         *section(RECOVERY_TITLE, RECOVERY_TEXT, recovery_rows(agg["recovery"], n)),
         *section("Stage times", times_rows(agg["stage_times"], n)),
         *section("Config (every seed; `seed` and `out` differ: `<out>/seed{S}`)", config_yaml(agg_config(cfg))),
+    ]
+
+
+def nothink_differences(diagnostics: dict[str, Any]) -> list[str]:
+    """Paired pass@1 differences that say how much RA3 leans on its rationales, for the runs that were scored."""
+    pairs = (("ntp", "ra3_nothink", "RA3 without rationales − NTP"), ("ra3", "ra3_nothink", "RA3 without − with"))
+    return [
+        difference_line(diagnostics[a]["pass@1"], diagnostics[b]["pass@1"], f"pass@1, {label}")
+        for a, b, label in pairs
+        if a in diagnostics and b in diagnostics
     ]
 
 
