@@ -498,9 +498,9 @@ def check_budget(cfg: PipelineConfig, paths: Paths, tokenizer: Any) -> None:
     from ra3_lightning.eval_diagnostics import required_completion_budget
 
     need = required_completion_budget(load_tasks(paths.split("eval")), tokenizer, cfg.midtrain.max_latent_tokens)
-    if cfg.eval.max_new_tokens < need.total:
+    if cfg.eval.max_new_tokens < need.tokens:
         raise ValueError(
-            f"eval.max_new_tokens={cfg.eval.max_new_tokens} < {need.total} tokens, what task {need.task_id!r} needs "
+            f"eval.max_new_tokens={cfg.eval.max_new_tokens} < {need.tokens} tokens, what task {need.task_id!r} needs "
             "for its reference body plus one rationale per skill: raise eval.max_new_tokens (and rlvr.max_new_tokens)"
         )
 
