@@ -166,3 +166,15 @@ def test_plain_ra3_demo_uses_the_shipped_pipeline_config():
     assert with_default_config(["-c", "x.yaml"]) == ["-c", "x.yaml"]
     shipped = Path(__file__).resolve().parents[1] / "configs" / "demo" / "pipeline.yaml"
     assert parse_config(with_default_config([])) == parse_config(["-c", str(shipped)])
+
+
+def test_budget_check_refuses_a_budget_the_eval_tasks_do_not_fit(tmp_path, tiny_tokenizer):
+    from ra3_lightning.data.synthetic import write_splits
+    from ra3_lightning.pipeline.stages import Paths, check_budget
+
+    write_splits(tmp_path / "data", {"pretrain": 1, "midtrain": 1, "rlvr": 1, "eval": 4}, seed=0)
+    small = parse_config(["-c", str(ROOT / "configs/demo/pipeline.yaml"), "--eval.max_new_tokens", "16"])
+    with pytest.raises(ValueError, match="eval.max_new_tokens=16 < .* tokens, what task"):
+        check_budget(small, Paths(tmp_path), tiny_tokenizer)
+    large = parse_config(["-c", str(ROOT / "configs/demo/pipeline.yaml"), "--eval.max_new_tokens", "100000"])
+    check_budget(large, Paths(tmp_path), tiny_tokenizer)  # fits: no error
