@@ -86,7 +86,13 @@ def aggregate_eval(seed_results: Sequence[dict], models: Sequence[str], metrics:
 
 def aggregate_diagnostics(seed_results: Sequence[dict]) -> dict[str, Any]:
     """``run -> diagnostic -> Stats`` over seeds, from each seed's ``fairness.eval_runs`` (older results lack it)."""
-    runs = [{"eval": r.get("fairness", {}).get("eval_runs", {})} for r in seed_results]
+
+    def finite(values: dict[str, float]) -> dict[str, float]:  # an undefined ratio (NaN) counts as missing
+        return {k: v for k, v in values.items() if isinstance(v, (int, float)) and v == v}
+
+    runs = [
+        {"eval": {m: finite(v) for m, v in r.get("fairness", {}).get("eval_runs", {}).items()}} for r in seed_results
+    ]
     present = [m for m in DIAGNOSED_RUNS if any(m in r["eval"] for r in runs)]
     return aggregate_eval(runs, present, tuple(DIAGNOSTICS))
 
