@@ -2,7 +2,7 @@
 
 ``causal_lm_loss`` shifts inside (position ``t`` predicts token ``t+1``), so batches carry ``labels`` aligned with
 ``input_ids``. Tokens are ignored where ``labels == -100`` (padding) or where an optional ``loss_mask`` is False
-(e.g. rationale tokens when the M-step trains on code tokens only, DESIGN.md §2 "actions only"). The mean is over
+(e.g. rationale tokens when the M-step trains on code tokens only, ``loss_on="code"``). The mean is over
 counted tokens of the whole batch (token-level, as in HF ``ForCausalLMLoss``), not a mean of per-sequence means.
 """
 

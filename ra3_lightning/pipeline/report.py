@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ra3_lightning.pipeline.fairness import (
+    ARMS,
     budget_lines,
     collect_fairness,
     curve_lines,
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from ra3_lightning.pipeline.stages import Paths, PipelineConfig, RLVRSpec
 
 Series = list[tuple[int, float]]
-ARMS: tuple[str, ...] = ("ntp", "ra3")
 # Columns of the abstraction-recovery table: results key -> header.
 RECOVERY_COLUMNS: dict[str, str] = {
     "elbo_per_line": "ELBO / line",

@@ -42,9 +42,9 @@ from typing import Any
 import lightning as L
 
 from ra3_lightning.models import TinyLMConfig
+from ra3_lightning.pipeline.fairness import ARMS
 
 MODELS: tuple[str, ...] = ("base", "ntp", "ra3", "rlvr_ntp", "rlvr_ra3")
-ARMS: tuple[str, ...] = ("ntp", "ra3")
 MODEL_LABELS: dict[str, str] = {
     "base": "base (pre-trained)",
     "ntp": "NTP mid-training",

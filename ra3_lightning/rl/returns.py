@@ -1,4 +1,4 @@
-"""E-step rewards, returns and the policy-gradient loss of the latent policy ``q`` (DESIGN.md §2).
+"""E-step rewards, returns and the policy-gradient loss of the latent policy ``q`` (see ``docs/estep.md``).
 
 Per boundary ``t`` of a trace: ``r_t = log π(a_t | s_t, z_{≤t}) − c·1[z_t = THINK]``; returns
 ``R_t = Σ_{k≥t} γ^{k−t} r_k``. The group baseline over the ``G`` rollouts of a trace is
