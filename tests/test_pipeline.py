@@ -159,6 +159,14 @@ def test_steps_to_reach_uses_the_trailing_mean():
     assert steps_to_reach(series, 0.9, 2) is None
 
 
+def test_steps_to_reach_counts_only_full_windows():
+    # one lucky first batch: its own "mean" is 1.0, but the first full 3-window (1, 0, 0) averages 1/3; the
+    # trailing 3-means are 1/3, 1/3, 2/3 from the 3rd step on, so 0.6 is first reached at the 5th step
+    series = [(0, 1.0), (1, 0.0), (2, 0.0), (3, 1.0), (4, 1.0)]
+    assert steps_to_reach(series, 0.6, 3) == 5
+    assert steps_to_reach(series[:2], 0.1, 3) is None  # never a full window
+
+
 def test_plain_ra3_demo_uses_the_shipped_pipeline_config():
     from ra3_lightning.pipeline.stages import parse_config, with_default_config
 

@@ -75,9 +75,13 @@ def moving_average(values: list[float], window: int) -> list[float]:
 
 
 def steps_to_reach(series: Series, target: float, window: int) -> int | None:
-    """First step (1-based count of logged steps) whose trailing ``window``-mean reaches ``target``, else ``None``."""
+    """First step (1-based count of logged steps) whose trailing ``window``-mean reaches ``target``, else ``None``.
+
+    Only full windows count: the first ``window - 1`` steps average fewer points, so a single lucky batch at the
+    start would otherwise "converge" at step 1."""
     smoothed = moving_average([v for _, v in series], window)
-    return next((step + 1 for (step, _), s in zip(series, smoothed, strict=True) if s >= target), None)
+    full = zip(series[window - 1 :], smoothed[window - 1 :], strict=True)
+    return next((step + 1 for (step, _), s in full if s >= target), None)
 
 
 def em_recovery(paths: Paths, iterations: int) -> list[dict[str, float]]:
