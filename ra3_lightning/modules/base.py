@@ -31,6 +31,7 @@ from ra3_lightning.models import (
 )
 
 TOKENIZER_KEY = "ra3_tokenizer"
+MODEL_CONFIG_KEY = "ra3_model_config"  # the LM's own ``config.to_dict()``: a checkpoint rebuilds without its parents
 
 
 class CausalLMModule(L.LightningModule):
@@ -88,6 +89,7 @@ class CausalLMModule(L.LightningModule):
             model = load_pretrained_lm(self.pretrained, self.dtype_name, self.attn_implementation)
         else:
             model = load_lm_source(self.init_from, dtype=self.dtype_name)[0]
+        model.train()  # from_pretrained returns eval mode, which Lightning keeps: dropout would silently stay off
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -103,6 +105,7 @@ class CausalLMModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[TOKENIZER_KEY] = tokenizer_files(self.tokenizer)
+        checkpoint[MODEL_CONFIG_KEY] = self.model.config.to_dict()
 
     def export_hf(self, out_dir: str | Path) -> Path | None:
         """Write ``self.model`` and the tokenizer with ``save_pretrained`` (loadable by ``transformers`` and vLLM).
@@ -153,8 +156,10 @@ def load_lm_source(
 ) -> tuple[PreTrainedModel | None, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` from a ra3_lightning ``.ckpt`` file or a Hugging Face directory / hub id.
 
-    A checkpoint rebuilds the architecture from its saved hyper-parameters (``tiny``, ``pretrained`` or its own
-    ``init_from``), takes the tokenizer stored inside it and loads the ``model.*`` weights.
+    A checkpoint rebuilds the architecture from the model config stored inside it — so it loads from any working
+    directory, after the checkpoints it started from were moved or deleted, and without the hub — takes the
+    tokenizer stored inside it and loads the ``model.*`` weights. Checkpoints written before the config was stored
+    fall back to their hyper-parameters (``tiny``, ``pretrained`` or, recursively, ``init_from``).
     """
     if not str(source).endswith(".ckpt"):
         tokenizer = load_tokenizer(source)
@@ -165,10 +170,30 @@ def load_lm_source(
     tokenizer = tokenizer_from_files(ckpt[TOKENIZER_KEY])
     if tokenizer_only:
         return None, tokenizer
-    model = _architecture_from_hparams(ckpt["hyper_parameters"], tokenizer, dtype, source)
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if MODEL_CONFIG_KEY in ckpt:
+        model = model_from_config(ckpt[MODEL_CONFIG_KEY], dtype or _weights_dtype(weights))
+    else:
+        model = _architecture_from_hparams(ckpt["hyper_parameters"], tokenizer, dtype, source)
     model.load_state_dict(weights, strict=True)
     return model, tokenizer
+
+
+def model_from_config(config: dict[str, Any], dtype: DType | None = None) -> PreTrainedModel:
+    """A randomly initialised causal LM of the architecture ``config`` (a ``PretrainedConfig.to_dict()``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ra3_lightning.models import torch_dtype
+
+    values = dict(config)
+    hf_config = AutoConfig.for_model(values.pop("model_type"), **values)
+    return AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype(dtype)).train()
+
+
+def _weights_dtype(weights: dict[str, torch.Tensor]) -> DType | None:
+    """The dtype name of the first floating-point tensor of ``weights`` (the model is built in it)."""
+    floating = next((v.dtype for v in weights.values() if v.is_floating_point()), None)
+    return None if floating is None else str(floating).removeprefix("torch.")  # type: ignore[return-value]
 
 
 def _architecture_from_hparams(
