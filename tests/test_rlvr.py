@@ -138,6 +138,25 @@ def test_micro_batches_give_the_full_batch_gradient(tmp_path, tok_dir):
     assert grads[0].abs().sum() > 0
 
 
+def test_chunked_log_probs_give_the_dense_loss_and_gradient(tmp_path, tok_dir):
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
+    data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", shuffle=False)
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_new_tokens=5)
+    module.configure_model()
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    rollout = module.rollout(next(iter(data.train_dataloader())), module.generation, 3, step=0)
+    rows, out = slice(0, rollout.num_samples), {}
+    for chunk in (None, 4):  # 4 positions per chunk: several chunks per sequence
+        module.logprob_chunk_size = chunk
+        module.model.zero_grad()
+        logp, entropy = module.completion_logps(module.model, rollout, rows, with_entropy=True)
+        (logp * rollout.completion_mask).sum().backward()
+        out[chunk] = logp.detach(), entropy, torch.cat([p.grad.flatten() for p in module.model.parameters()])
+    for dense, chunked in zip(out[None], out[4], strict=True):
+        torch.testing.assert_close(chunked, dense, atol=1e-5, rtol=1e-4)
+
+
 def test_rollouts_are_seeded_by_step(tmp_path, tok_dir):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain")

@@ -68,6 +68,7 @@ from ra3_lightning.eval_diagnostics import (
     think_logit_bias,
 )
 from ra3_lightning.generation import GenerationBackend, KVSample, Rollout, SamplingBackend, unsharded_for_generation
+from ra3_lightning.logprobs import selective_logprobs
 from ra3_lightning.metrics import PassAtK
 from ra3_lightning.modules.base import CausalLMModule, shard_lm
 from ra3_lightning.optim import adamw_warmup_cosine
@@ -100,6 +101,10 @@ class RLVRModule(CausalLMModule):
         drop_zero_variance_groups: DAPO dynamic sampling: no loss on groups whose rewards are all equal.
         mask_truncated_completions: No loss on completions that hit ``max_new_tokens`` without EOS.
         micro_batch_size: Sequences per forward/backward (default: the whole generation batch).
+        logprob_chunk_size: Completion positions per chunk of the LM head in the log-prob / entropy pass
+            (:func:`~ra3_lightning.logprobs.selective_logprobs`): the full ``[b, T, V]`` fp32 logits are never built,
+            each chunk is recomputed in the backward pass. ``None`` = the dense pass (models that post-process their
+            logits, e.g. soft-capping, need it).
         lr: Peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up in optimizer steps.
@@ -142,6 +147,7 @@ class RLVRModule(CausalLMModule):
         drop_zero_variance_groups: bool = False,
         mask_truncated_completions: bool = False,
         micro_batch_size: int | None = None,
+        logprob_chunk_size: int | None = 1024,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -172,7 +178,7 @@ class RLVRModule(CausalLMModule):
         self.advantage_scale, self.loss_aggregation, self.kl_estimator = advantage_scale, loss_aggregation, kl_estimator
         self.epsilon, self.epsilon_high = epsilon, epsilon_high
         self.drop_zero_var, self.mask_truncated = drop_zero_variance_groups, mask_truncated_completions
-        self.micro_batch_size = micro_batch_size
+        self.micro_batch_size, self.logprob_chunk_size = micro_batch_size, logprob_chunk_size
         self.val_num_samples = val_num_samples
         self.pass_at_k = PassAtK(ks=pass_at_k)
         self.eval_diagnostics = EvalDiagnostics()
@@ -315,6 +321,10 @@ class RLVRModule(CausalLMModule):
     ) -> tuple[Tensor, Tensor | None]:  # [b, T], [b, T]
         """Log-probs of the completion tokens (and the policy entropy at each position) under ``model``."""
         T = rollout.completion_ids.shape[1]
+        if self.logprob_chunk_size is not None:
+            targets = rollout.completion_ids[rows]  # [b, T]
+            inputs = self.sequence_inputs(rollout, rows)
+            return selective_logprobs(model, inputs, targets, self.logprob_chunk_size, with_entropy)
         # The LM head runs only where completion tokens are predicted (not over the prompt).
         out = model(**self.sequence_inputs(rollout, rows), logits_to_keep=T + 1)
         logits = out.logits[:, :-1].float()  # [b, T, V]
