@@ -10,6 +10,11 @@
   does not rebuild it every step), and a stop as soon as every row has ended.
 * :class:`HFGenerate`: ``model.generate`` with the KV cache, for models whose ``forward`` our loop does not fit.
 
+Both stop a row at any of several EOS ids (a chat model ends a turn with ``<|im_end|>``, a base model with
+``<|endoftext|>``: ``RLVRModule`` passes every id its tokenizer and ``generation_config`` name) and, optionally, once
+its text contains a stop string (:class:`StopStrings`, the evalplus / bigcode convention for base-model
+completions: ``"\ndef "``, ``"\nclass "``, ...). ``temperature = 0`` decodes greedily.
+
 Both take an optional additive ``[V]`` logit bias (:meth:`SamplingBackend.with_logit_bias`), applied before
 temperature, top-k and top-p — in :func:`sample_from_logits` for :class:`KVSample`, as a :class:`LogitBias` logits
 processor for :class:`HFGenerate` (``generate`` runs a caller's processors before its own warpers). Evaluation uses
@@ -35,9 +40,10 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -53,8 +59,8 @@ class Rollout:
     prompt_ids: Tensor  # [B*G, P] left-padded
     prompt_mask: Tensor  # [B*G, P] 1 on real prompt tokens
     completion_ids: Tensor  # [B*G, T] right-padded
-    completion_mask: Tensor  # [B*G, T] 1 on generated tokens up to and including the first EOS
-    truncated: Tensor  # [B*G] bool: no EOS within max_new_tokens
+    completion_mask: Tensor  # [B*G, T] 1 on generated tokens up to and including the first EOS (or stop string)
+    truncated: Tensor  # [B*G] bool: neither an EOS nor a stop string within max_new_tokens
 
     @property
     def num_samples(self) -> int:
@@ -72,10 +78,11 @@ class GenerationBackend(ABC):
         prompt_mask: Tensor,  # [B, P]
         num_samples: int,
         max_new_tokens: int,
-        eos_token_id: int,
+        eos_token_id: EosIds,
         pad_token_id: int,
     ) -> Rollout:
-        """Sample ``num_samples`` completions per prompt, grouped contiguously (see :class:`Rollout`)."""
+        """Sample ``num_samples`` completions per prompt, grouped contiguously (see :class:`Rollout`); a row ends at
+        the first of the ``eos_token_id`` ids (one id or several)."""
 
 
 class SamplingBackend(GenerationBackend):
@@ -83,14 +90,20 @@ class SamplingBackend(GenerationBackend):
     once per call, and lets :meth:`complete` produce the tokens.
 
     Args:
-        temperature: Sampling temperature (1.0 = the policy's own distribution, as the policy gradient assumes).
+        temperature: Sampling temperature (1.0 = the policy's own distribution, as the policy gradient assumes;
+            ``0`` = greedy decoding, e.g. for a deterministic pass@1 — never for RL training, whose groups would
+            then be ``G`` copies of one completion).
         top_p: Nucleus sampling threshold (1.0 = off; anything else biases the samples away from the policy).
         top_k: Top-k truncation (``0`` = off).
+        stop: A :class:`StopStrings` that also ends a row once its text contains one of its strings (``None``: EOS
+            and the budget only). The tokens up to the one completing the stop string stay in the completion.
     """
 
-    def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> None:
+    def __init__(
+        self, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop: StopStrings | None = None
+    ) -> None:
         _check_sampling(temperature, top_p, top_k)
-        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.temperature, self.top_p, self.top_k, self.stop = temperature, top_p, top_k, stop
         self.logit_bias: Tensor | None = None  # [V] added to the logits before sampling; see with_logit_bias
 
     def with_logit_bias(self, bias: Tensor | None) -> SamplingBackend:
@@ -108,39 +121,41 @@ class SamplingBackend(GenerationBackend):
         prompt_mask: Tensor,
         num_samples: int,
         max_new_tokens: int,
-        eos_token_id: int,
+        eos_token_id: EosIds,
         pad_token_id: int,
     ) -> Rollout:
+        eos = eos_list(eos_token_id)
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)  # [B*G, P]
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [B*G, P]
         with unsharded_for_generation(model):
-            completion_ids = self.complete(model, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id)
-        completion_mask, truncated = completion_mask_from_eos(completion_ids, eos_token_id)
+            completion_ids = self.complete(model, prompt_ids, prompt_mask, max_new_tokens, eos, pad_token_id)
+        completion_mask, truncated = completion_mask_from_eos(completion_ids, eos)
+        if self.stop is not None:
+            completion_mask, truncated = self.stop.trim(completion_ids, completion_mask, truncated)
+            completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_token_id)
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
 
     @abstractmethod
     def complete(
-        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: int, pad: int
+        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: list[int], pad: int
     ) -> Tensor:
         """Completion tokens ``[N, T <= max_new_tokens]`` of the ``N`` (already repeated) prompts, ``pad`` after
-        each row's EOS."""
+        each row's EOS. Rows may run past a stop string (:meth:`generate` trims them); stopping early is a speed-up."""
 
 
 class HFGenerate(SamplingBackend):
     """``model.generate`` with the KV cache (see :class:`SamplingBackend` for the arguments)."""
 
     def complete(
-        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: int, pad: int
+        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: list[int], pad: int
     ) -> Tensor:
         processors = None if self.logit_bias is None else LogitsProcessorList([LogitBias(self.logit_bias)])
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         out = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             logits_processor=processors,
-            do_sample=True,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
+            **(sampling if self.temperature > 0 else {"do_sample": False}),
             max_new_tokens=max_new_tokens,
             eos_token_id=eos,
             pad_token_id=pad,
@@ -154,9 +169,9 @@ class KVSample(SamplingBackend):
     """Our decoding loop (see the module docstring and :class:`SamplingBackend` for the arguments)."""
 
     def complete(
-        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: int, pad: int
+        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: list[int], pad: int
     ) -> Tensor:
-        return decode(model, prompt_ids, prompt_mask, max_new_tokens, eos, pad, self)
+        return decode(model, prompt_ids, prompt_mask, max_new_tokens, eos, pad, self, self.stop)
 
     def __call__(self, logits: Tensor) -> Tensor:  # [N, V] -> [N]
         """Draw the next token of each row from ``logits``."""
@@ -171,6 +186,71 @@ class LogitBias(LogitsProcessor):
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:  # [N, L], [N, V] -> [N, V]
         return add_logit_bias(scores, self.bias)
+
+
+class StopStrings:
+    """Stop strings for base-model completions: a row ends once its decoded text contains one of ``strings``.
+
+    The completion keeps the tokens up to the one that completes the stop string (they were sampled, so RL trains
+    on them); :meth:`cut` removes the stop string and everything after it from a decoded text — what a grader should
+    see (evalplus / bigcode truncate the same way). During decoding only the last ``window`` tokens of a row are
+    decoded each step, so the check costs the same at any length.
+
+    Args:
+        tokenizer: The policy's tokenizer (``decode`` of a list of ids).
+        strings: The stop strings; default :data:`BASE_MODEL_STOP`.
+        window: Tokens decoded per check (default: enough for the longest string at one character per token, + 2).
+    """
+
+    def __init__(self, tokenizer: Any, strings: Sequence[str] | None = None, window: int | None = None) -> None:
+        self.tokenizer, self.strings = tokenizer, tuple(BASE_MODEL_STOP if strings is None else strings)
+        if not self.strings or any(not s for s in self.strings):
+            raise ValueError(f"stop strings must be non-empty (got {self.strings!r})")
+        self.window = window or max(len(s) for s in self.strings) + 2
+
+    def cut(self, text: str) -> str:
+        """``text`` up to (not including) the first stop string."""
+        hits = [i for i in (text.find(s) for s in self.strings) if i >= 0]
+        return text[: min(hits)] if hits else text
+
+    def _text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def hit(self, tokens: Tensor, active: Tensor) -> Tensor:  # [N, t], [N] bool -> [N] bool
+        """Rows among ``active`` whose last ``window`` tokens contain a stop string."""
+        out = torch.zeros_like(active)
+        for row in active.nonzero().flatten().tolist():
+            tail = self._text(tokens[row, -self.window :].tolist())
+            out[row] = any(s in tail for s in self.strings)
+        return out
+
+    def trim(self, ids: Tensor, mask: Tensor, truncated: Tensor) -> tuple[Tensor, Tensor]:  # [N, T], [N, T], [N]
+        """``mask`` ending at the token that completes each row's first stop string; such rows are not truncated."""
+        mask, truncated = mask.clone(), truncated.clone()
+        for row in range(ids.shape[0]):
+            n = int(mask[row].sum())
+            end = self._first_stop_end(ids[row, :n].tolist())
+            if end is not None:
+                mask[row, end:] = 0
+                truncated[row] = False
+        return mask, truncated
+
+    def _first_stop_end(self, ids: list[int]) -> int | None:
+        """The smallest ``k`` such that the text of ``ids[:k]`` contains a stop string, else ``None``."""
+        if self.cut(self._text(ids)) == self._text(ids):
+            return None
+        low, high = 1, len(ids)  # containing a stop string is monotone in the prefix length: bisect
+        while low < high:
+            mid = (low + high) // 2
+            if self.cut(self._text(ids[:mid])) != self._text(ids[:mid]):
+                high = mid
+            else:
+                low = mid + 1
+        return low
+
+
+# The evalplus / bigcode-evaluation-harness stop strings for a HumanEval-style completion of a base model.
+BASE_MODEL_STOP: tuple[str, ...] = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(")
 
 
 def add_logit_bias(logits: Tensor, bias: Tensor) -> Tensor:  # [N, V], [V'] with V' <= V -> [N, V]
@@ -189,11 +269,13 @@ def decode(
     prompt_ids: Tensor,  # [N, P] left-padded
     prompt_mask: Tensor,  # [N, P]
     max_new_tokens: int,
-    eos_token_id: int,
+    eos_token_id: EosIds,
     pad_token_id: int,
     pick: Callable[[Tensor], Tensor],  # logits [N, V] -> next tokens [N]
+    stop: StopStrings | None = None,
 ) -> Tensor:  # [N, T <= max_new_tokens], pad_token_id after each row's EOS
-    """Autoregressive decoding with a KV cache; stops when every row has emitted EOS or at ``max_new_tokens``.
+    """Autoregressive decoding with a KV cache; stops when every row has emitted an EOS (or, with ``stop``, written
+    a stop string) or at ``max_new_tokens``.
 
     Positions count real tokens only (left padding gets none), as ``generate`` and the training forward number
     them. The loop never synchronises across ranks: under FSDP2 the caller has unsharded the model.
@@ -211,10 +293,13 @@ def decode(
     next_position = positions[:, -1:] + 1  # [N, 1]
     tokens = prompt_ids.new_full((n, max_new_tokens), pad_token_id)  # [N, T]
     done = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)  # [N]
+    eos = torch.tensor(eos_list(eos_token_id), device=prompt_ids.device)
     for t in range(max_new_tokens):
         token = pick(out.logits[:, -1]).masked_fill(done, pad_token_id)  # [N]
         tokens[:, t] = token
-        done |= token == eos_token_id
+        done |= torch.isin(token, eos)
+        if stop is not None:
+            done |= stop.hit(tokens[:, : t + 1], ~done)
         if t + 1 == max_new_tokens or bool(done.all()):
             return tokens[:, : t + 1]
         step = {"attention_mask": mask[..., : p + t + 1], "position_ids": next_position + t}
@@ -236,6 +321,8 @@ def sample_from_logits(
     logits = logits.float()
     if logit_bias is not None:
         logits = add_logit_bias(logits, logit_bias)
+    if temperature == 0:  # greedy
+        return logits.argmax(-1)
     logits = logits / temperature  # [N, V]
     if top_k and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # [N, 1]
@@ -258,20 +345,34 @@ def outside_nucleus(logits: Tensor, top_p: float) -> Tensor:  # [N, V] -> [N, V]
 
 
 def _check_sampling(temperature: float, top_p: float, top_k: int) -> None:
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling (got {temperature})")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy; got {temperature})")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1] (got {top_p})")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (got {top_k})")
 
 
+EosIds = int | Sequence[int]
+
+
+def eos_list(eos_token_id: EosIds | None) -> list[int]:
+    """One EOS id or several (``generation_config.eos_token_id`` may be either) as a de-duplicated list."""
+    if eos_token_id is None:
+        raise ValueError("no EOS token id: give the tokenizer an eos_token or the model a generation_config")
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if not ids:
+        raise ValueError("empty list of EOS token ids")
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
 def completion_mask_from_eos(
     completion_ids: Tensor,  # [N, T]
-    eos_token_id: int,
+    eos_token_id: EosIds,
 ) -> tuple[Tensor, Tensor]:  # mask [N, T] long, truncated [N] bool
-    """Mask of the tokens up to and including the first EOS; rows without an EOS are ``truncated``."""
-    is_eos = completion_ids == eos_token_id  # [N, T]
+    """Mask of the tokens up to and including the first EOS (any of the ids); rows without one are ``truncated``."""
+    eos = torch.tensor(eos_list(eos_token_id), device=completion_ids.device)
+    is_eos = torch.isin(completion_ids, eos)  # [N, T]
     has_eos = is_eos.any(dim=1)  # [N]
     first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), completion_ids.shape[1] - 1)  # [N]
     positions = torch.arange(completion_ids.shape[1], device=completion_ids.device)  # [T]

@@ -10,8 +10,10 @@ import torch
 
 from ra3_lightning.eval_diagnostics import comment_start_mask, think_logit_bias
 from ra3_lightning.generation import (
+    BASE_MODEL_STOP,
     HFGenerate,
     KVSample,
+    StopStrings,
     add_logit_bias,
     completion_mask_from_eos,
     decode,
@@ -28,6 +30,15 @@ def test_completion_mask_from_eos_by_hand():
     # row 0: EOS at 1 -> tokens 0..1; row 1: no EOS -> all 4, truncated; row 2: EOS first -> only that token
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert truncated.tolist() == [False, True, False]
+
+
+def test_any_of_several_eos_ids_ends_a_completion():
+    ids = torch.tensor([[5, 8, 9, 9], [5, 6, 9, 8], [5, 6, 7, 4]])
+    mask, truncated = completion_mask_from_eos(ids, [EOS, 8])  # e.g. <|endoftext|> and <|im_end|>
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert truncated.tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="EOS"):
+        completion_mask_from_eos(ids, [])
 
 
 def _prompts(tokenizer):
@@ -66,6 +77,8 @@ def test_matches_a_kv_cache_free_reference(tiny_lm, tiny_tokenizer, backend, att
     ids, mask = _prompts(tiny_tokenizer)
     assert not mask.all()  # the shorter prompt is left-padded
     rollout = backend(temperature=1e-4).generate(tiny_lm, ids, mask, 1, 5, -1, tiny_tokenizer.pad_token_id)
+    greedy = backend(temperature=0).generate(tiny_lm, ids, mask, 1, 5, -1, tiny_tokenizer.pad_token_id)
+    assert torch.equal(greedy.completion_ids, rollout.completion_ids)  # temperature 0 is exactly the argmax
     for row in range(2):
         seq = ids[row, mask[row].bool()].tolist()
         with torch.no_grad():
@@ -87,6 +100,8 @@ def test_decode_stops_when_every_row_ended_and_pads_after_eos(tiny_lm, tiny_toke
     tokens = decode(tiny_lm, ids, mask, 10, EOS, 0, pick)
     assert tokens.tolist() == [[5, EOS, 0, 0], [6, 7, 8, EOS]]  # pad after EOS; no step after the last EOS
     assert len(calls) == 4 and calls[0] == (2, tiny_lm.config.vocab_size)
+    script = iter([[5, 6], [EOS, 7], [8, 8], [8, EOS], [8, 8]])
+    assert decode(tiny_lm, ids, mask, 10, [EOS, 7], 0, pick).tolist() == [[5, EOS], [6, 7]]  # either id ends a row
     assert decode(tiny_lm, ids, mask, 2, EOS, 0, lambda logits: torch.tensor([5, 6])).tolist() == [[5, 5], [6, 6]]
 
 
@@ -128,7 +143,8 @@ def test_model_state_is_restored(tiny_lm):
 @BACKENDS
 def test_bad_sampling_settings(backend):
     with pytest.raises(ValueError, match="temperature"):
-        backend(temperature=0.0)
+        backend(temperature=-0.5)
+    assert backend(temperature=0.0).temperature == 0.0  # greedy
     with pytest.raises(ValueError, match="top_p"):
         backend(top_p=0.0)
     with pytest.raises(ValueError, match="top_k"):
@@ -197,3 +213,47 @@ def test_zero_bias_changes_nothing(tiny_lm, tiny_tokenizer, backend, temperature
         sampler = backend(temperature=temperature).with_logit_bias(bias)
         runs.append(sampler.generate(tiny_lm, ids, mask, 3, 10, eos, pad).completion_ids)
     assert torch.equal(runs[0], runs[1])
+
+
+# --------------------------------------------------------------------------------------------- stop strings
+def test_stop_strings_cut_by_hand(tiny_tokenizer):
+    stop = StopStrings(tiny_tokenizer)
+    assert stop.strings == BASE_MODEL_STOP
+    assert stop.cut("    return a + b\n\ndef main():\n    pass\n") == "    return a + b\n"
+    assert stop.cut("    x = 1\nprint(x)\nclass A:\n") == "    x = 1"  # the earliest stop string wins
+    assert stop.cut("    return 1\n") == "    return 1\n"
+    assert stop.cut("    define = 1\n    # def inside a body\n") == "    define = 1\n    # def inside a body\n"
+    with pytest.raises(ValueError, match="non-empty"):
+        StopStrings(tiny_tokenizer, [""])
+
+
+def test_trim_ends_the_mask_at_the_token_completing_the_stop_string(tiny_tokenizer):
+    stop = StopStrings(tiny_tokenizer, ["\ndef "])
+    body = tiny_tokenizer.encode("    return 1\n", add_special_tokens=False)
+    after = tiny_tokenizer.encode("\ndef g():\n    pass", add_special_tokens=False)
+    ids = torch.tensor([body + after, body + [0] * len(after)])
+    mask = torch.tensor([[1] * ids.shape[1], [1] * len(body) + [0] * len(after)])
+    trimmed, truncated = stop.trim(ids, mask, torch.tensor([True, False]))
+    end = int(trimmed[0].sum())
+    kept = tiny_tokenizer.decode(ids[0, :end].tolist())
+    assert "\ndef " in kept and "\ndef " not in tiny_tokenizer.decode(
+        ids[0, : end - 1].tolist()
+    )  # the first such token
+    assert stop.cut(kept) == "    return 1\n"
+    assert trimmed[1].tolist() == mask[1].tolist()  # no stop string: unchanged
+    assert truncated.tolist() == [False, False]  # a stopped row is not truncated
+
+
+@BACKENDS
+def test_generation_stops_at_a_stop_string(tiny_lm, tiny_tokenizer, backend):
+    ids, mask = _prompts(tiny_tokenizer)
+    free = backend(temperature=0).generate(tiny_lm, ids, mask, 1, 24, -1, tiny_tokenizer.pad_token_id)
+    texts = [tiny_tokenizer.decode(row.tolist()) for row in free.completion_ids]
+    piece = texts[0][3:5]  # two characters the greedy completion of prompt 0 writes: a stop string it will hit
+    stop = StopStrings(tiny_tokenizer, [piece])
+    stopped = backend(temperature=0, stop=stop).generate(tiny_lm, ids, mask, 1, 24, -1, tiny_tokenizer.pad_token_id)
+    n = int(stopped.completion_mask[0].sum())
+    assert piece in tiny_tokenizer.decode(stopped.completion_ids[0, :n].tolist())
+    assert n < 24 and not bool(stopped.truncated[0])
+    assert stopped.completion_ids[0, :n].tolist() == free.completion_ids[0, :n].tolist()  # same tokens until then
+    assert bool((stopped.completion_ids[0, n:] == tiny_tokenizer.pad_token_id).all())

@@ -157,6 +157,28 @@ def test_chunked_log_probs_give_the_dense_loss_and_gradient(tmp_path, tok_dir):
         torch.testing.assert_close(chunked, dense, atol=1e-5, rtol=1e-4)
 
 
+def test_eos_list_stop_strings_and_a_configurable_validation_backend(tok_dir):
+    from ra3_lightning.generation import HFGenerate
+
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, stop_strings=["\ndef "], val_generation=HFGenerate(temperature=0))
+    module.configure_model()
+    eos = module.tokenizer.eos_token_id
+    module.model.generation_config.eos_token_id = [eos, 7]  # e.g. <|endoftext|> and <|im_end|>
+    assert module.eos_token_ids() == [eos, 7]
+    assert isinstance(module.val_generation, HFGenerate) and module.val_generation.stop is module.stop
+    assert module.generation.stop is module.stop
+    ids = module.tokenizer(["    return 1\n\ndef other():\n"], return_tensors="pt")["input_ids"]
+    rollout = module.generation.generate(module.model, ids[:, :1], torch.ones_like(ids[:, :1]), 1, 1, eos, 0)
+    rollout.completion_ids, rollout.completion_mask = ids, torch.ones_like(ids)
+    assert module.decode(rollout) == ["    return 1\n"]  # the sandbox sees the text before the stop string
+    with pytest.raises(TypeError, match="SamplingBackend"):
+        RLVRModule(tiny=TINY, tokenizer=tok_dir, stop_strings=["x"], generation=_NotSampling())
+
+
+class _NotSampling:
+    pass
+
+
 def test_rollouts_are_seeded_by_step(tmp_path, tok_dir):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain")

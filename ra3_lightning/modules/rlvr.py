@@ -67,7 +67,15 @@ from ra3_lightning.eval_diagnostics import (
     skill_phrases,
     think_logit_bias,
 )
-from ra3_lightning.generation import GenerationBackend, KVSample, Rollout, SamplingBackend, unsharded_for_generation
+from ra3_lightning.generation import (
+    GenerationBackend,
+    KVSample,
+    Rollout,
+    SamplingBackend,
+    StopStrings,
+    eos_list,
+    unsharded_for_generation,
+)
 from ra3_lightning.logprobs import selective_logprobs
 from ra3_lightning.metrics import PassAtK
 from ra3_lightning.modules.base import CausalLMModule, shard_lm
@@ -112,7 +120,14 @@ class RLVRModule(CausalLMModule):
         total_steps: Length of the cosine in optimizer steps (default ``trainer.max_steps``).
         max_grad_norm: Gradient-norm clip (``None`` = off).
         val_num_samples: Samples per validation task for pass@k.
-        val_temperature: Sampling temperature in validation.
+        val_temperature: Sampling temperature in validation (``0`` = greedy) of the default validation backend.
+        val_generation: Validation / test backend (default :class:`~ra3_lightning.generation.KVSample` at
+            ``val_temperature``); e.g. ``HFGenerate`` or a vLLM backend, by ``class_path`` in YAML.
+        stop_strings: Also end a completion once its text contains one of these (base-model completions:
+            ``["\ndef ", "\nclass ", "\nif __name__", "\nprint("]``, :data:`~ra3_lightning.generation.BASE_MODEL_STOP`);
+            the text the sandbox scores is cut before the stop string. ``None`` = EOS and the budget only. Both
+            backends get it (they must be ``SamplingBackend`` s). Every EOS id of the tokenizer and of the model's
+            ``generation_config`` (e.g. ``<|endoftext|>`` and ``<|im_end|>``) ends a completion.
         pass_at_k: The k values of the validation pass@k.
         val_think_bias: Added to the logits of comment-start tokens (text starting with ``#`` after spaces/tabs)
             when sampling for validation / test: ``-inf`` (``-.inf`` in YAML and on the command line) or a large
@@ -156,6 +171,8 @@ class RLVRModule(CausalLMModule):
         max_grad_norm: float | None = 1.0,
         val_num_samples: int = 4,
         val_temperature: float = 1.0,
+        val_generation: GenerationBackend | None = None,
+        stop_strings: list[str] | None = None,
         pass_at_k: tuple[int, ...] = (1,),
         val_think_bias: float | None = None,
         samples_path: str | None = None,
@@ -168,11 +185,12 @@ class RLVRModule(CausalLMModule):
         _validate(num_generations, mu, loss_aggregation, beta, val_num_samples, pass_at_k)
         if val_think_bias is not None and math.isnan(val_think_bias):
             raise ValueError("val_think_bias is NaN; give a number, -.inf to forbid comments, or null for off")
-        self.save_hyperparameters(ignore=["generation", "reward_fn"])
+        self.save_hyperparameters(ignore=["generation", "val_generation", "reward_fn"])
         self.automatic_optimization = False
         self.G, self.max_new_tokens, self.mu, self.beta = num_generations, max_new_tokens, mu, beta
-        self.generation = generation or KVSample()
-        self.val_generation = KVSample(temperature=val_temperature)
+        self.stop = StopStrings(self.tokenizer, stop_strings) if stop_strings else None
+        self.generation = with_stop(generation or KVSample(), self.stop)
+        self.val_generation = with_stop(val_generation or KVSample(temperature=val_temperature), self.stop)
         self.reward_fn = reward_fn
         self.format_reward = format_reward
         self.advantage_scale, self.loss_aggregation, self.kl_estimator = advantage_scale, loss_aggregation, kl_estimator
@@ -282,13 +300,20 @@ class RLVRModule(CausalLMModule):
                 batch.prompt_mask,
                 num_samples,
                 self.max_new_tokens,
-                self.tokenizer.eos_token_id,
+                self.eos_token_ids(),
                 self.tokenizer.pad_token_id,
             )
 
+    def eos_token_ids(self) -> list[int]:
+        """The tokenizer's EOS and every EOS id of the model's ``generation_config`` (one id or a list)."""
+        config_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = [self.tokenizer.eos_token_id, *([] if config_eos is None else eos_list(config_eos))]
+        return eos_list([i for i in ids if i is not None])
+
     def decode(self, rollout: Rollout) -> list[str]:
         ids = rollout.completion_ids.masked_fill(rollout.completion_mask == 0, self.tokenizer.pad_token_id)
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return texts if self.stop is None else [self.stop.cut(t) for t in texts]
 
     def await_rewards(
         self, pending: Future[list[float]], texts: list[str], tasks: list[CodingTask], t_start: float
@@ -612,6 +637,17 @@ class RLVRModule(CausalLMModule):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+def with_stop(backend: GenerationBackend, stop: StopStrings | None) -> GenerationBackend:
+    """``backend`` with the module's stop strings (a copy; unchanged when there are none)."""
+    if stop is None:
+        return backend
+    if not isinstance(backend, SamplingBackend):
+        raise TypeError(f"stop_strings need a SamplingBackend, got {type(backend).__name__}")
+    backend = copy.copy(backend)
+    backend.stop = stop
+    return backend
 
 
 def _validate(G: int, mu: int, aggregation: str, beta: float, val_n: int, ks: tuple[int, ...]) -> None:
