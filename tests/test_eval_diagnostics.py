@@ -248,7 +248,8 @@ def test_sample_record():
     task = _task("t", "def f():\n", "    return 1\n", [1])
     record = sample_record(task, "    return 1\n", True, False, CompletionStats(5, 5, 0, 0))
     assert record == {
-        "task_id": "t", "completion": "    return 1\n", "passed": True, "truncated": False, "num_tokens": 5,
+        "task_id": "t", "completion": "    return 1\n", "solution": "def f():\n    return 1\n", "passed": True,
+        "truncated": False, "num_tokens": 5,
         "num_code_tokens": 5, "num_rationales": 0, "skills": ["s0"],
     }  # fmt: skip
     plain = CodingTask("he/0", "def f():\n", SUITE)

@@ -15,7 +15,14 @@ import pytest
 
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.tasks import load_tasks
-from ra3_lightning.evaluate import evaluate_functional_correctness, main, mean_pass_at_k, read_samples, results_path
+from ra3_lightning.evaluate import (
+    evaluate_functional_correctness,
+    evaluate_samples,
+    main,
+    mean_pass_at_k,
+    read_samples,
+    results_path,
+)
 
 ASSETS = Path(__file__).parent / "assets" / "tasks"
 HUMANEVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "HumanEval.jsonl.gz"
@@ -118,6 +125,16 @@ def test_every_schema_scores_reference_one_and_wrong_zero(tmp_path, kind_file):
     assert evaluate_functional_correctness(wrong, source, k=(1,), workers=1, progress=False) == {"pass@1": 0.0}
 
 
+def test_evalplus_solution_field_is_scored_as_the_whole_program(tmp_path):
+    task = load_tasks(str(ASSETS / "humaneval.jsonl"))[0]
+    right, wrong = task.prompt + task.canonical_solution, task.prompt + "    return None\n"
+    path = _write_samples(tmp_path / "s.jsonl", [{"task_id": task.task_id, "solution": s} for s in (right, wrong)])
+    samples = read_samples(path)
+    assert [s.completion for s in samples] == [right, wrong]
+    report = evaluate_samples([task], samples, ks=(1,), workers=1, progress=False)
+    assert [r.passed for r in report.results] == [True, False]
+
+
 def test_unknown_task_id_names_the_line(tmp_path):
     path = _write_samples(
         tmp_path / "s.jsonl", [{"task_id": "Toy/0", "completion": "x"}, {"task_id": "Nope/9", "completion": "x"}]
@@ -129,7 +146,8 @@ def test_unknown_task_id_names_the_line(tmp_path):
 @pytest.mark.parametrize(
     ("line", "message"),
     [("{oops", r":2: invalid JSON"), ('{"completion": "x"}', r":2: field 'task_id' is missing"),
-     ('{"task_id": "Toy/0", "completion": 3}', r":2: field 'completion' must be a string, got int")],
+     ('{"task_id": "Toy/0", "completion": 3}', r":2: field 'completion' \(or evalplus's 'solution'\) .* got int"),
+     ('{"task_id": "Toy/0"}', r":2: field 'completion' \(or evalplus's 'solution'\) must be a string, missing")],
 )  # fmt: skip
 def test_bad_sample_lines(tmp_path, line, message):
     path = tmp_path / "s.jsonl"
