@@ -61,6 +61,11 @@ class Rollout:
     completion_ids: Tensor  # [B*G, T] right-padded
     completion_mask: Tensor  # [B*G, T] 1 on generated tokens up to and including the first EOS (or stop string)
     truncated: Tensor  # [B*G] bool: neither an EOS nor a stop string within max_new_tokens
+    # [B*G, T] log-prob of each completion token under the distribution it was drawn from (after temperature,
+    # top-k/p and any logit bias; 0 under greedy decoding and on padding), or None when the backend does not report
+    # it. A backend whose numerics differ from the trainer's (vLLM, SGLang) is corrected by
+    # ra3_lightning.rl.losses.truncated_is_weights.
+    sampler_logp: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -125,30 +130,51 @@ class SamplingBackend(GenerationBackend):
         pad_token_id: int,
     ) -> Rollout:
         eos = eos_list(eos_token_id)
-        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)  # [B*G, P]
-        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [B*G, P]
         with unsharded_for_generation(model):
-            completion_ids = self.complete(model, prompt_ids, prompt_mask, max_new_tokens, eos, pad_token_id)
+            completion_ids, logp = self.complete(
+                model, prompt_ids, prompt_mask, num_samples, max_new_tokens, eos, pad_token_id
+            )
         completion_mask, truncated = completion_mask_from_eos(completion_ids, eos)
         if self.stop is not None:
             completion_mask, truncated = self.stop.trim(completion_ids, completion_mask, truncated)
             completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_token_id)
-        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
+        if logp is not None:
+            logp = logp.masked_fill(completion_mask == 0, 0.0)
+        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)  # [B*G, P]
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [B*G, P]
+        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, logp)
 
     @abstractmethod
     def complete(
-        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: list[int], pad: int
-    ) -> Tensor:
-        """Completion tokens ``[N, T <= max_new_tokens]`` of the ``N`` (already repeated) prompts, ``pad`` after
-        each row's EOS. Rows may run past a stop string (:meth:`generate` trims them); stopping early is a speed-up."""
+        self,
+        model: nn.Module,
+        prompt_ids: Tensor,  # [B, P]
+        prompt_mask: Tensor,  # [B, P]
+        num_samples: int,
+        max_new_tokens: int,
+        eos: list[int],
+        pad: int,
+    ) -> tuple[Tensor, Tensor | None]:  # [B*G, T], [B*G, T] or None
+        """``num_samples`` completions of each of the ``B`` prompts (row ``b * G + g``), ``[B*G, T <=
+        max_new_tokens]``, ``pad`` after each row's EOS, and the sampler's log-prob of each token (or ``None``).
+        Rows may run past a stop string (:meth:`generate` trims them); stopping early is a speed-up."""
 
 
 class HFGenerate(SamplingBackend):
     """``model.generate`` with the KV cache (see :class:`SamplingBackend` for the arguments)."""
 
     def complete(
-        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: list[int], pad: int
-    ) -> Tensor:
+        self,
+        model: nn.Module,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        num_samples: int,
+        max_new_tokens: int,
+        eos: list[int],
+        pad: int,
+    ) -> tuple[Tensor, None]:
+        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)  # [B*G, P]
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [B*G, P]
         processors = None if self.logit_bias is None else LogitsProcessorList([LogitBias(self.logit_bias)])
         sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         out = model.generate(
@@ -162,20 +188,28 @@ class HFGenerate(SamplingBackend):
             use_cache=True,
             synced_gpus=False,
         )
-        return out[:, prompt_ids.shape[1] :]  # [N, T]
+        return out[:, prompt_ids.shape[1] :], None  # [B*G, T]
 
 
 class KVSample(SamplingBackend):
-    """Our decoding loop (see the module docstring and :class:`SamplingBackend` for the arguments)."""
+    """Our decoding loop (see the module docstring and :class:`SamplingBackend` for the arguments): each prompt is
+    prefilled once and its KV cache shared by its ``G`` samples; the sampler's token log-probs are reported."""
 
     def complete(
-        self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos: list[int], pad: int
-    ) -> Tensor:
-        return decode(model, prompt_ids, prompt_mask, max_new_tokens, eos, pad, self, self.stop)
+        self,
+        model: nn.Module,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        num_samples: int,
+        max_new_tokens: int,
+        eos: list[int],
+        pad: int,
+    ) -> tuple[Tensor, Tensor]:
+        return decode(model, prompt_ids, prompt_mask, max_new_tokens, eos, pad, self, self.stop, num_samples)
 
-    def __call__(self, logits: Tensor) -> Tensor:  # [N, V] -> [N]
-        """Draw the next token of each row from ``logits``."""
-        return sample_from_logits(logits, self.temperature, self.top_k, self.top_p, self.logit_bias)
+    def __call__(self, logits: Tensor) -> tuple[Tensor, Tensor]:  # [N, V] -> [N], [N]
+        """Draw the next token of each row from ``logits``, with its log-prob under the sampling distribution."""
+        return sample_with_logp(logits, self.temperature, self.top_k, self.top_p, self.logit_bias)
 
 
 class LogitBias(LogitsProcessor):
@@ -271,40 +305,55 @@ def decode(
     max_new_tokens: int,
     eos_token_id: EosIds,
     pad_token_id: int,
-    pick: Callable[[Tensor], Tensor],  # logits [N, V] -> next tokens [N]
+    pick: Callable[[Tensor], Tensor | tuple[Tensor, Tensor]],  # logits [N, V] -> next tokens [N] (, their logp [N])
     stop: StopStrings | None = None,
-) -> Tensor:  # [N, T <= max_new_tokens], pad_token_id after each row's EOS
+    num_samples: int = 1,
+) -> tuple[Tensor, Tensor | None]:  # [B*G, T <= max_new_tokens] (pad after each row's EOS), logp [B*G, T] or None
     """Autoregressive decoding with a KV cache; stops when every row has emitted an EOS (or, with ``stop``, written
     a stop string) or at ``max_new_tokens``.
 
-    Positions count real tokens only (left padding gets none), as ``generate`` and the training forward number
-    them. The loop never synchronises across ranks: under FSDP2 the caller has unsharded the model.
+    The ``B`` prompts are prefilled once; the cache and the last logits are then repeated ``num_samples`` times
+    (row ``b * G + g``), so a group shares its prompt's prefill. When ``pick`` also returns the log-prob of each
+    drawn token, those come back too. Positions count real tokens only (left padding gets none), as ``generate``
+    and the training forward number them. The loop never synchronises across ranks: under FSDP2 the caller has
+    unsharded the model.
     """
-    n, p = prompt_ids.shape
+    b, p = prompt_ids.shape
     cache = {cache_argument(model): DynamicCache(config=getattr(model, "config", None))}
+    positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)  # [B, P]
+    prefill = {"attention_mask": prompt_mask, "position_ids": positions, "logits_to_keep": 1}
+    out = model(input_ids=prompt_ids, use_cache=True, **prefill, **cache)
+    logits = out.logits[:, -1].repeat_interleave(num_samples, dim=0)  # [N, V], N = B*G
+    if num_samples > 1:
+        next(iter(cache.values())).batch_repeat_interleave(num_samples)
+        prompt_mask, positions = (x.repeat_interleave(num_samples, dim=0) for x in (prompt_mask, positions))
+    n = b * num_samples
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(n, max_new_tokens)], dim=1)  # [N, P+T], sliced per step
     if getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa":
         # What one new token may attend to, as SDPA takes it: transformers then skips building a mask every step
         # (~8% of a decoding step on CPU). Other attention kernels take the 2-D mask.
         mask = mask.bool()[:, None, None, :]  # [N, 1, 1, P+T]
-    positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)  # [N, P]
-    prefill = {"attention_mask": prompt_mask, "position_ids": positions, "logits_to_keep": 1}
-    out = model(input_ids=prompt_ids, use_cache=True, **prefill, **cache)
     next_position = positions[:, -1:] + 1  # [N, 1]
     tokens = prompt_ids.new_full((n, max_new_tokens), pad_token_id)  # [N, T]
+    logps: Tensor | None = None  # [N, T], allocated when pick reports log-probs
     done = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)  # [N]
     eos = torch.tensor(eos_list(eos_token_id), device=prompt_ids.device)
     for t in range(max_new_tokens):
-        token = pick(out.logits[:, -1]).masked_fill(done, pad_token_id)  # [N]
+        picked = pick(logits)
+        token, logp = picked if isinstance(picked, tuple) else (picked, None)
+        token = token.masked_fill(done, pad_token_id)  # [N]
         tokens[:, t] = token
+        if logp is not None:
+            logps = tokens.new_zeros(tokens.shape, dtype=torch.float32) if logps is None else logps
+            logps[:, t] = logp.float().masked_fill(done, 0.0)
         done |= torch.isin(token, eos)
         if stop is not None:
             done |= stop.hit(tokens[:, : t + 1], ~done)
         if t + 1 == max_new_tokens or bool(done.all()):
-            return tokens[:, : t + 1]
+            return tokens[:, : t + 1], None if logps is None else logps[:, : t + 1]
         step = {"attention_mask": mask[..., : p + t + 1], "position_ids": next_position + t}
-        out = model(input_ids=token[:, None], use_cache=True, **step, **cache)
-    return tokens[:, :0]  # max_new_tokens == 0
+        logits = model(input_ids=token[:, None], use_cache=True, **step, **cache).logits[:, -1]
+    return tokens[:, :0], None  # max_new_tokens == 0
 
 
 def sample_from_logits(
@@ -314,15 +363,27 @@ def sample_from_logits(
     top_p: float = 1.0,
     logit_bias: Tensor | None = None,  # [V'], V' <= V
 ) -> Tensor:  # [N]
+    """:func:`sample_with_logp` without the log-probs."""
+    return sample_with_logp(logits, temperature, top_k, top_p, logit_bias)[0]
+
+
+def sample_with_logp(
+    logits: Tensor,  # [N, V]
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    logit_bias: Tensor | None = None,  # [V'], V' <= V
+) -> tuple[Tensor, Tensor]:  # [N], [N]
     """One draw per row of ``softmax((logits + logit_bias) / temperature)``, optionally restricted to the top-k
     tokens and to the smallest set of most likely tokens whose probability reaches ``top_p`` (the definitions of
     ``transformers``' ``TopKLogitsWarper`` / ``TopPLogitsWarper``). The bias comes first, as a ``generate``
-    logits processor does."""
+    logits processor does. Also returns the log-prob of each draw under that distribution (0 when greedy)."""
     logits = logits.float()
     if logit_bias is not None:
         logits = add_logit_bias(logits, logit_bias)
     if temperature == 0:  # greedy
-        return logits.argmax(-1)
+        token = logits.argmax(-1)
+        return token, torch.zeros_like(token, dtype=torch.float32)
     logits = logits / temperature  # [N, V]
     if top_k and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # [N, 1]
@@ -332,7 +393,8 @@ def sample_from_logits(
     probs = logits.softmax(-1)  # [N, V]
     # Exponential race: P(argmax_i p_i / E_i = j) = p_j for i.i.d. E_i ~ Exp(1), drawn as E = -log U (4x faster
     # than Tensor.exponential_ or torch.multinomial on CPU; U's float32 resolution caps E at ~16.6, a 6e-8 effect).
-    return (probs / torch.rand_like(probs).log_().neg_()).argmax(-1)
+    token = (probs / torch.rand_like(probs).log_().neg_()).argmax(-1)
+    return token, probs.gather(-1, token[:, None]).squeeze(-1).log()
 
 
 def outside_nucleus(logits: Tensor, top_p: float) -> Tensor:  # [N, V] -> [N, V] bool

@@ -97,12 +97,13 @@ def test_decode_stops_when_every_row_ended_and_pads_after_eos(tiny_lm, tiny_toke
         calls.append(logits.shape)
         return torch.tensor(next(script))
 
-    tokens = decode(tiny_lm, ids, mask, 10, EOS, 0, pick)
+    tokens, logp = decode(tiny_lm, ids, mask, 10, EOS, 0, pick)
+    assert logp is None  # this picker reports no log-probs
     assert tokens.tolist() == [[5, EOS, 0, 0], [6, 7, 8, EOS]]  # pad after EOS; no step after the last EOS
     assert len(calls) == 4 and calls[0] == (2, tiny_lm.config.vocab_size)
     script = iter([[5, 6], [EOS, 7], [8, 8], [8, EOS], [8, 8]])
-    assert decode(tiny_lm, ids, mask, 10, [EOS, 7], 0, pick).tolist() == [[5, EOS], [6, 7]]  # either id ends a row
-    assert decode(tiny_lm, ids, mask, 2, EOS, 0, lambda logits: torch.tensor([5, 6])).tolist() == [[5, 5], [6, 6]]
+    assert decode(tiny_lm, ids, mask, 10, [EOS, 7], 0, pick)[0].tolist() == [[5, EOS], [6, 7]]  # either id ends a row
+    assert decode(tiny_lm, ids, mask, 2, EOS, 0, lambda logits: torch.tensor([5, 6]))[0].tolist() == [[5, 5], [6, 6]]
 
 
 def test_sampler_draws_from_the_softmax():
@@ -257,3 +258,34 @@ def test_generation_stops_at_a_stop_string(tiny_lm, tiny_tokenizer, backend):
     assert n < 24 and not bool(stopped.truncated[0])
     assert stopped.completion_ids[0, :n].tolist() == free.completion_ids[0, :n].tolist()  # same tokens until then
     assert bool((stopped.completion_ids[0, n:] == tiny_tokenizer.pad_token_id).all())
+
+
+# --------------------------------------------------------------------------------------------- shared prefill
+def test_shared_prefill_gives_the_samples_of_repeated_prompts(tiny_lm, tiny_tokenizer):
+    """Prefilling each prompt once and repeating its cache draws exactly what prefilling it G times drew (same RNG,
+    same logits), and the reported log-probs are those of the tempered softmax at the drawn tokens."""
+    ids, mask = _prompts(tiny_tokenizer)
+    backend, G = KVSample(temperature=0.7), 3
+    torch.manual_seed(0)
+    shared, logp = decode(tiny_lm, ids, mask, 6, -1, 0, backend, num_samples=G)
+    torch.manual_seed(0)
+    repeated, _ = decode(tiny_lm, ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0), 6, -1, 0, backend)
+    assert torch.equal(shared, repeated)
+    for row in range(2 * G):  # the sampler's log-prob = the tempered log-softmax of a cache-free forward pass
+        seq = ids[row // G, mask[row // G].bool()].tolist() + shared[row].tolist()
+        with torch.no_grad():
+            logits = tiny_lm(torch.tensor([seq])).logits[0, -7:-1].float() / 0.7
+        want = torch.log_softmax(logits, -1).gather(-1, shared[row][:, None]).squeeze(-1)
+        torch.testing.assert_close(logp[row], want, atol=1e-4, rtol=0)
+
+
+@BACKENDS
+def test_rollout_carries_the_sampler_log_probs(tiny_lm, tiny_tokenizer, backend):
+    ids, mask = _prompts(tiny_tokenizer)
+    rollout = backend().generate(tiny_lm, ids, mask, 2, 5, tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id)
+    if backend is HFGenerate:
+        assert rollout.sampler_logp is None  # generate() does not report them here
+        return
+    assert rollout.sampler_logp.shape == rollout.completion_ids.shape
+    assert bool((rollout.sampler_logp[rollout.completion_mask == 0] == 0).all())
+    assert bool((rollout.sampler_logp[rollout.completion_mask == 1] <= 0).all())

@@ -76,15 +76,8 @@ def test_generation_stops_at_the_end_of_a_chat_turn(qwen_lm, qwen_tok, tmp_path)
     )
     ids = torch.tensor([qwen_tok.encode(chat, add_special_tokens=False)])
     script = iter([[10], [im_end], [11]])
-    tokens = decode(
-        module.model,
-        ids,
-        torch.ones_like(ids),
-        5,
-        module.eos_token_ids(),
-        endoftext,
-        lambda _: torch.tensor(next(script)),
-    )
+    pick = lambda _: torch.tensor(next(script))  # noqa: E731
+    tokens, _ = decode(module.model, ids, torch.ones_like(ids), 5, module.eos_token_ids(), endoftext, pick)
     assert tokens.tolist() == [[10, im_end]]
 
 

@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from ra3_lightning.rl.losses import AGGREGATIONS, LossNormaliser, mask_truncated, policy_loss
+from ra3_lightning.rl.losses import AGGREGATIONS, LossNormaliser, mask_truncated, policy_loss, truncated_is_weights
 
 OLD = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -0.3, -2.0]])
 RATIOS = torch.tensor([[1.0, 1.5, 0.5], [1.1, 0.7, 1.0]])
@@ -93,3 +93,23 @@ def test_mask_truncated_and_errors():
         _loss("sum")
     with pytest.raises(ValueError, match="ref_logp"):
         _loss("grpo", beta=0.1)
+
+
+def test_truncated_importance_weights_by_hand():
+    # trainer log-probs (-1, -2), sampler (-1.5, -1): ratios e^0.5 = 1.65 and e^-1 = 0.37; cap 1.5 truncates the first
+    trainer, sampler = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    weights = truncated_is_weights(trainer, sampler, cap=1.5)
+    torch.testing.assert_close(weights, torch.tensor([[1.5, math.exp(-1.0)]]))
+    assert torch.equal(truncated_is_weights(trainer, trainer, cap=2.0), torch.ones(1, 2))  # same numerics: weight 1
+    with pytest.raises(ValueError, match="cap"):
+        truncated_is_weights(trainer, sampler, cap=0.0)
+
+
+def test_importance_weights_scale_each_tokens_surrogate():
+    # on-policy grpo gradient (see above) times per-token weights w: row 0 tokens get w = (2, 1, 0.5)
+    w = torch.tensor([[2.0, 1.0, 0.5], [1.0, 1.0, 1.0]])
+    logp = OLD.clone().requires_grad_(True)
+    loss, _ = policy_loss(logp, OLD, ADV, MASK, LossNormaliser.from_mask(MASK, 4), aggregation="grpo", is_weights=w)
+    loss.backward()
+    expected = torch.tensor([[-2 / 6, -1 / 6, -0.5 / 6], [0.25, 0.25, 0.0]])
+    torch.testing.assert_close(logp.grad, expected)

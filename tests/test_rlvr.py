@@ -179,6 +179,25 @@ class _NotSampling:
     pass
 
 
+def test_importance_correction_is_one_when_sampler_and_trainer_agree(tmp_path, tok_dir):
+    """KVSample at temperature 1 samples from the trainer's own distribution: the truncated IS weights are 1 and
+    the gradient is the uncorrected one; a backend without log-probs is refused."""
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
+    data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", shuffle=False)
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_new_tokens=5, tis_cap=2.0)
+    module.configure_model()
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    rollout = module.rollout(next(iter(data.train_dataloader())), module.generation, 3, step=0)
+    trainer_logp, _ = module.completion_logps(module.model, rollout, slice(0, rollout.num_samples))
+    weights = module.is_weights(rollout, trainer_logp.detach(), slice(0, rollout.num_samples))
+    real = rollout.completion_mask.bool()
+    torch.testing.assert_close(weights[real], torch.ones_like(weights[real]), atol=1e-4, rtol=0)
+    rollout.sampler_logp = None
+    with pytest.raises(ValueError, match="sampler_logp"):
+        module.is_weights(rollout, trainer_logp, slice(0, 2))
+
+
 def test_rollouts_are_seeded_by_step(tmp_path, tok_dir):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain")

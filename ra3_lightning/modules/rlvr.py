@@ -82,7 +82,14 @@ from ra3_lightning.modules.base import CausalLMModule, shard_lm
 from ra3_lightning.optim import adamw_warmup_cosine
 from ra3_lightning.rl.advantages import AdvantageScale, group_advantages, zero_variance_groups
 from ra3_lightning.rl.kl import KLKind
-from ra3_lightning.rl.losses import AGGREGATIONS, Aggregation, LossNormaliser, mask_truncated, policy_loss
+from ra3_lightning.rl.losses import (
+    AGGREGATIONS,
+    Aggregation,
+    LossNormaliser,
+    mask_truncated,
+    policy_loss,
+    truncated_is_weights,
+)
 
 RewardFn = Callable[[list[str], list[CodingTask]], list[float]]
 
@@ -109,6 +116,11 @@ class RLVRModule(CausalLMModule):
         drop_zero_variance_groups: DAPO dynamic sampling: no loss on groups whose rewards are all equal.
         mask_truncated_completions: No loss on completions that hit ``max_new_tokens`` without EOS.
         micro_batch_size: Sequences per forward/backward (default: the whole generation batch).
+        tis_cap: Truncated importance sampling against the sampler's own token log-probs
+            (:attr:`~ra3_lightning.generation.Rollout.sampler_logp`): each token's surrogate is weighted by
+            ``min(pi_old / pi_sampler, tis_cap)`` (:func:`~ra3_lightning.rl.losses.truncated_is_weights`) — for a
+            generation backend whose numerics differ from the trainer's. ``None`` = off (and a backend that reports
+            no log-probs needs it off).
         logprob_chunk_size: Completion positions per chunk of the LM head in the log-prob / entropy pass
             (:func:`~ra3_lightning.logprobs.selective_logprobs`): the full ``[b, T, V]`` fp32 logits are never built,
             each chunk is recomputed in the backward pass. ``None`` = the dense pass (models that post-process their
@@ -162,6 +174,7 @@ class RLVRModule(CausalLMModule):
         drop_zero_variance_groups: bool = False,
         mask_truncated_completions: bool = False,
         micro_batch_size: int | None = None,
+        tis_cap: float | None = None,
         logprob_chunk_size: int | None = 1024,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
@@ -196,7 +209,7 @@ class RLVRModule(CausalLMModule):
         self.advantage_scale, self.loss_aggregation, self.kl_estimator = advantage_scale, loss_aggregation, kl_estimator
         self.epsilon, self.epsilon_high = epsilon, epsilon_high
         self.drop_zero_var, self.mask_truncated = drop_zero_variance_groups, mask_truncated_completions
-        self.micro_batch_size, self.logprob_chunk_size = micro_batch_size, logprob_chunk_size
+        self.micro_batch_size, self.logprob_chunk_size, self.tis_cap = micro_batch_size, logprob_chunk_size, tis_cap
         self.val_num_samples = val_num_samples
         self.pass_at_k = PassAtK(ks=pass_at_k)
         self.eval_diagnostics = EvalDiagnostics()
@@ -445,9 +458,10 @@ class RLVRModule(CausalLMModule):
                 logp, entropy = self.completion_logps(self.model, rollout, rows, with_entropy)  # [b, T]
             old = logp.detach() if old_logp is None else old_logp[rows]
             ref = None if ref_logp is None else ref_logp[rows]
+            weights = self.is_weights(rollout, old, rows)
             loss, diag = policy_loss(
                 logp, old, advantages[rows], mask[rows], norm, self.loss_aggregation, self.epsilon,
-                self.epsilon_high, ref, self.beta, self.kl_estimator,
+                self.epsilon_high, ref, self.beta, self.kl_estimator, weights,
             )  # fmt: skip
             self.manual_backward(loss)
             share = float(mask[rows].sum()) / max(norm.num_tokens, 1.0)  # this micro-batch's share of the tokens
@@ -458,6 +472,16 @@ class RLVRModule(CausalLMModule):
             for k, v in diag.items():
                 totals[k] = totals.get(k, 0.0) + v * (share if k != "entropy" else rows_share(rows, rollout))
         return totals
+
+    def is_weights(self, rollout: Rollout, old_logp: Tensor, rows: slice) -> Tensor | None:  # [b, T] or None
+        """The truncated importance weights of these rows when ``tis_cap`` is set."""
+        if self.tis_cap is None:
+            return None
+        if rollout.sampler_logp is None:
+            raise ValueError(
+                "tis_cap needs a generation backend that reports its token log-probs (Rollout.sampler_logp)"
+            )
+        return truncated_is_weights(old_logp, rollout.sampler_logp[rows], self.tis_cap)
 
     # ----------------------------------------------------------------------------------------- logging
     def log_step(self, rollout: Rollout, rewards: Tensor, stats: dict[str, Tensor], timing: dict[str, float]) -> None:

@@ -18,6 +18,10 @@ Normalisers are fixed once per *generation batch* (:class:`LossNormaliser`) and 
 the sum of the micro-batch losses equals the loss of the whole batch however it is split — the bug of
 normalising each micro-batch by its own token count (TRL's "bnpo" under gradient accumulation) cannot occur.
 
+A rollout sampled by a backend whose numerics differ from the trainer's (vLLM, SGLang, a different kernel or dtype)
+is slightly off-policy even at ``mu = 1``; :func:`truncated_is_weights` gives the truncated importance-sampling
+weights ``min(pi_old(t) / pi_sampler(t), C)`` that :func:`policy_loss` multiplies the surrogate by (``is_weights``).
+
 Deviation from the papers: none in the math; the KL term is added per token inside the aggregation (as in GRPO)
 rather than folded into the reward (as in PPO-RLHF).
 """
@@ -42,6 +46,7 @@ __all__ = [
     "LossNormaliser",
     "mask_truncated",
     "policy_loss",
+    "truncated_is_weights",
     "zero_variance_groups",
 ]
 
@@ -132,6 +137,7 @@ def policy_loss(
     ref_logp: Tensor | None = None,  # [B, T] log ref(token); required when beta > 0
     beta: float = 0.0,
     kl_kind: KLKind = "k3",
+    is_weights: Tensor | None = None,  # [B, T] detached weights of the surrogate (truncated_is_weights)
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped policy-gradient loss of one micro-batch, normalised by ``norm`` (see the module docstring).
 
@@ -146,6 +152,8 @@ def policy_loss(
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # [B, 1] or [B, T]
     ratio = torch.exp(logp - old_logp)  # [B, T]
     per_token, is_clipped = clipped_surrogate(ratio, adv, epsilon, epsilon if epsilon_high is None else epsilon_high)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
     kl = None
     if ref_logp is not None:
         kl = kl_penalty(logp, ref_logp, kl_kind)  # [B, T]
@@ -153,6 +161,22 @@ def policy_loss(
             per_token = per_token + beta * kl
     loss = AGGREGATIONS[aggregation](per_token, mask, norm)
     return loss, _diagnostics(ratio, is_clipped, kl, mask)
+
+
+def truncated_is_weights(
+    trainer_logp: Tensor,  # [B, T] log pi_old(token) as the trainer computes it
+    sampler_logp: Tensor,  # [B, T] log-prob of the token under the distribution the backend sampled it from
+    cap: float,
+) -> Tensor:  # [B, T]
+    """Truncated importance-sampling weights ``min(exp(trainer_logp - sampler_logp), cap)``, detached.
+
+    The policy gradient assumes the tokens came from ``pi_old``; a sampler whose numerics differ draws from a
+    slightly different distribution. Re-weighting each token's surrogate by the ratio makes the gradient unbiased
+    again; capping it at ``cap`` (e.g. 2) bounds the variance at the cost of a little bias.
+    """
+    if cap <= 0:
+        raise ValueError(f"the importance-weight cap must be > 0 (got {cap})")
+    return torch.exp(trainer_logp.detach() - sampler_logp.detach()).clamp(max=cap)
 
 
 def _diagnostics(ratio: Tensor, is_clipped: Tensor, kl: Tensor | None, mask: Tensor) -> dict[str, Tensor]:
