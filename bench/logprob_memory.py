@@ -7,7 +7,7 @@ does, then back-propagates ``sum(logp)``. Each variant runs in its own process, 
 (``ru_maxrss``) is its own; the model's own weights are in both figures.
 
     python bench/logprob_memory.py
-    python bench/logprob_memory.py --batch 8 --tokens 768 --chunk 1024
+    python bench/logprob_memory.py --batch 8 --tokens 768 --chunk 256
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=512)
-    parser.add_argument("--chunk", type=int, default=1024)
+    parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--variant", choices=["dense", "chunked"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:

@@ -38,8 +38,9 @@ def _chunk_stats(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: T
 @torch.no_grad()
 def _chunk_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # -> [n]
     logits = _at_least_fp32(torch.nn.functional.linear(hidden, weight, bias))  # [n, V]
-    logp = torch.log_softmax(logits, -1)
-    return -(logp.exp() * logp).sum(-1)
+    log_norm = logits.logsumexp(-1)  # [n]
+    weighted = torch.softmax(logits, -1).mul_(logits).sum(-1)  # E_p[logit], one more [n, V] buffer, in place
+    return log_norm - weighted  # H = log Z - E_p[logit]
 
 
 def chunked_logprobs(
@@ -47,7 +48,7 @@ def chunked_logprobs(
     weight: Tensor,  # [V, H]
     targets: Tensor,  # [...]
     bias: Tensor | None = None,  # [V]
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     with_entropy: bool = False,
 ) -> tuple[Tensor, Tensor | None]:  # [...], [...]
     """``log softmax(hidden @ weight.T + bias)[target]`` per position, ``chunk_size`` positions at a time.
@@ -94,7 +95,7 @@ def selective_logprobs(
     model: torch.nn.Module,
     inputs: dict[str, Any],
     targets: Tensor,  # [b, K]: the tokens predicted by the last K positions' successors
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     with_entropy: bool = False,
 ) -> tuple[Tensor, Tensor | None]:  # [b, K], [b, K]
     """Log-probs of ``targets`` (and the entropy) at the ``K`` positions before the last, without full logits.

@@ -175,7 +175,7 @@ class RLVRModule(CausalLMModule):
         mask_truncated_completions: bool = False,
         micro_batch_size: int | None = None,
         tis_cap: float | None = None,
-        logprob_chunk_size: int | None = 1024,
+        logprob_chunk_size: int | None = 256,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
