@@ -306,7 +306,8 @@ def test_test_logs_diagnostics_that_agree_with_the_samples_file(tmp_path, tok_di
     results, samples = _test_with_diagnostics(tmp_path, tok_dir, think_bias=None)
     assert len(samples) == 4 * 3
     assert set(samples[0]) == {
-        "task_id", "completion", "passed", "truncated", "num_tokens", "num_code_tokens", "num_rationales", "skills"
+        "task_id", "completion", "solution", "passed", "truncated", "num_tokens", "num_code_tokens", "num_rationales",
+        "skills",
     }  # fmt: skip
     for s in samples:
         assert s["passed"] == (len(s["completion"]) % 2 == 0)
