@@ -247,6 +247,9 @@ class StopStrings:
         hits = [i for i in (text.find(s) for s in self.strings) if i >= 0]
         return text[: min(hits)] if hits else text
 
+    def _contains(self, text: str) -> bool:
+        return any(s in text for s in self.strings)
+
     def _text(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
@@ -254,8 +257,7 @@ class StopStrings:
         """Rows among ``active`` whose last ``window`` tokens contain a stop string."""
         out = torch.zeros_like(active)
         for row in active.nonzero().flatten().tolist():
-            tail = self._text(tokens[row, -self.window :].tolist())
-            out[row] = any(s in tail for s in self.strings)
+            out[row] = self._contains(self._text(tokens[row, -self.window :].tolist()))
         return out
 
     def trim(self, ids: Tensor, mask: Tensor, truncated: Tensor) -> tuple[Tensor, Tensor]:  # [N, T], [N, T], [N]
@@ -271,12 +273,12 @@ class StopStrings:
 
     def _first_stop_end(self, ids: list[int]) -> int | None:
         """The smallest ``k`` such that the text of ``ids[:k]`` contains a stop string, else ``None``."""
-        if self.cut(self._text(ids)) == self._text(ids):
+        if not self._contains(self._text(ids)):
             return None
         low, high = 1, len(ids)  # containing a stop string is monotone in the prefix length: bisect
         while low < high:
             mid = (low + high) // 2
-            if self.cut(self._text(ids[:mid])) != self._text(ids[:mid]):
+            if self._contains(self._text(ids[:mid])):
                 high = mid
             else:
                 low = mid + 1

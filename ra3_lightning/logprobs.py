@@ -27,20 +27,17 @@ def _at_least_fp32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _chunk_stats(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:  # -> [n, 2]
-    """``(log p(target), log-normaliser)`` of ``n`` positions: ``hidden [n, H]`` through the head ``[V, H]``."""
+def _chunk_stats(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, with_entropy: bool) -> Tensor:
+    """``(log p(target), entropy)`` of ``n`` positions, ``[n, 2]``: ``hidden [n, H]`` through the head ``[V, H]``,
+    one ``[n, V]`` logits buffer for both (the entropy is 0 unless asked for, and carries no gradient)."""
     logits = _at_least_fp32(torch.nn.functional.linear(hidden, weight, bias))  # [n, V]
     log_norm = logits.logsumexp(-1)  # [n]
-    picked = logits.gather(-1, targets[:, None]).squeeze(-1)  # [n]
-    return torch.stack([picked - log_norm, log_norm], dim=-1)
-
-
-@torch.no_grad()
-def _chunk_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # -> [n]
-    logits = _at_least_fp32(torch.nn.functional.linear(hidden, weight, bias))  # [n, V]
-    log_norm = logits.logsumexp(-1)  # [n]
-    weighted = torch.softmax(logits, -1).mul_(logits).sum(-1)  # E_p[logit], one more [n, V] buffer, in place
-    return log_norm - weighted  # H = log Z - E_p[logit]
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - log_norm  # [n]
+    entropy = torch.zeros_like(logp)
+    if with_entropy:
+        with torch.no_grad():  # H = log Z - E_p[logit], one more [n, V] buffer, in place
+            entropy = log_norm.detach() - torch.softmax(logits.detach(), -1).mul_(logits.detach()).sum(-1)
+    return torch.stack([logp, entropy], dim=-1)
 
 
 def chunked_logprobs(
@@ -60,20 +57,14 @@ def chunked_logprobs(
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
     shape = targets.shape
     flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    logps, entropies = [], []
     grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    chunks = []
     for start in range(0, flat_t.numel(), chunk_size):
-        h, t = flat_h[start : start + chunk_size], flat_t[start : start + chunk_size]
-        if grad:
-            stats = checkpoint(_chunk_stats, h, weight, bias, t, use_reentrant=False)
-        else:
-            stats = _chunk_stats(h, weight, bias, t)
-        logps.append(stats[:, 0])
-        if with_entropy:
-            entropies.append(_chunk_entropy(h.detach(), weight.detach(), None if bias is None else bias.detach()))
-    logp = torch.cat(logps).reshape(shape)
-    entropy = torch.cat(entropies).reshape(shape) if with_entropy else None
-    return logp, entropy
+        args = (flat_h[start : start + chunk_size], weight, bias, flat_t[start : start + chunk_size], with_entropy)
+        chunks.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args))
+    stats = torch.cat(chunks)  # [N, 2]
+    logp = stats[:, 0].reshape(shape)
+    return logp, (stats[:, 1].detach().reshape(shape) if with_entropy else None)
 
 
 @contextlib.contextmanager
