@@ -1,0 +1,168 @@
+"""RA3 ablations paired with finished ``ra3 demo`` seeds: rerun only the RA3 arm with changed knobs, then compare.
+
+An ablation reuses everything of a finished seed directory that it does not change — the synthetic splits, the
+pre-trained base model, the NTP arm and its evaluation — and reruns the ``ra3`` stage and the evaluation of the RA3
+model (with and without its rationales) under the same seed, config and code, with the overrides given::
+
+    python scripts/ablations.py run --base reports/full --out reports/ablations --name hindsight2 --seeds 0 1 2 \\
+        -c configs/demo/pipeline_full.yaml -- --midtrain.hindsight_lines 2
+    python scripts/ablations.py table --base reports/full --out reports/ablations
+
+``run`` writes ``<out>/<name>/seed<S>/ablation.json`` (resumable: a finished stage or evaluation is skipped).
+``table`` prints, for every ablation found under ``<out>``, the pass@1 of the ablated RA3 model paired by seed with
+the NTP arm and the default RA3 arm of ``<base>/seed<S>`` (mean ± sample std over seeds, and the sign count), and
+the E-step's THINK rate per EM iteration. Seeds run one after the other: each one uses the whole machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RUNS = (("ra3", None), ("ra3_nothink", float("-inf")))  # result name, decode-time THINK bias
+
+
+def prepare(base: Path, out: Path) -> None:
+    """Give ``out`` the base seed's splits and pre-trained checkpoint (a copy: stages write caches next to data)."""
+    if not (out / "data" / "DONE").exists():
+        shutil.copytree(base / "data", out / "data", dirs_exist_ok=True)
+    ckpt = out / "checkpoints" / "pretrain.ckpt"
+    if not ckpt.exists():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(base / "checkpoints" / "pretrain.ckpt", ckpt)
+
+
+def commit() -> str:
+    """The commit of the library that ran (``git describe`` of the ``ra3_lightning`` package's checkout)."""
+    import ra3_lightning
+
+    where = Path(ra3_lightning.__file__).resolve().parent
+    cmd = ["git", "-C", str(where), "rev-parse", "--short", "HEAD"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip() or "unknown"
+
+
+def run_seed(config: str, base: Path, out: Path, seed: int, overrides: list[str]) -> dict[str, Any]:
+    """The ``ra3`` stage and the RA3 evaluations of one seed under ``overrides``; returns what ``ablation.json``
+    holds."""
+    import lightning as L
+
+    from ra3_lightning.pipeline.report import recovery_rows
+    from ra3_lightning.pipeline.stages import EvalRun, Paths, evaluate_checkpoint, parse_config, stage_ra3
+
+    argv = ["-c", config, "--seed", str(seed), "--out", str(out), "--progress_bar", "false", *overrides]
+    cfg, paths = parse_config(argv), Paths(out)
+    prepare(base, out)
+    times_file = out / "stage_times.json"
+    times = json.loads(times_file.read_text()) if times_file.exists() else {}
+    if not paths.ckpt("ra3").exists():
+        L.seed_everything(seed, verbose=False)
+        start = time.perf_counter()
+        stage_ra3(cfg, paths)
+        times["ra3"] = round(time.perf_counter() - start, 1)
+        times_file.write_text(json.dumps(times, indent=1))
+    results = {}
+    for name, bias in RUNS:
+        path = paths.eval_result(name)
+        if not path.exists():
+            L.seed_everything(seed, verbose=False)
+            start = time.perf_counter()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(evaluate_checkpoint(cfg, paths, EvalRun(name, "ra3", bias))))
+            times[f"eval_{name}"] = round(time.perf_counter() - start, 1)
+            times_file.write_text(json.dumps(times, indent=1))
+        results[name] = json.loads(path.read_text())
+    record = {
+        "seed": seed, "overrides": overrides, "config": config, "commit": commit(), "eval": results,
+        "recovery": recovery_rows(paths, cfg.midtrain.iterations), "stage_times": times,
+    }  # fmt: skip
+    (out / "ablation.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    for seed in args.seeds:
+        base, out = Path(args.base) / f"seed{seed}", Path(args.out) / args.name / f"seed{seed}"
+        print(f"=== {args.name} seed {seed}: {' '.join(args.overrides)} -> {out}", file=sys.stderr, flush=True)
+        record = run_seed(args.config, base, out, seed, args.overrides)
+        print(json.dumps({"seed": seed, "pass@1": record["eval"]["ra3"]["pass@1"], "times": record["stage_times"]}))
+
+
+# --------------------------------------------------------------------------------------------- tables
+def paired(values: list[float]) -> str:
+    """``v1, v2, ... (mean m ± s; > 0 in a of n)`` of paired differences."""
+    mean = statistics.mean(values)
+    spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    above = sum(v > 0 for v in values)
+    return f"{', '.join(f'{v:+.3f}' for v in values)} (mean {mean:+.3f}{spread}; > 0 in {above} of {len(values)})"
+
+
+def pass1(seed_dir: Path, model: str) -> float:
+    return json.loads((seed_dir / "eval" / f"{model}.json").read_text())["pass@1"]
+
+
+def ablation_rows(base: Path, folder: Path) -> list[str]:
+    """The table lines of one ablation folder (``<out>/<name>``), one seed per ``seed<S>/ablation.json``."""
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*/ablation.json"))]
+    if not records:
+        return []
+    seeds = [r["seed"] for r in records]
+    own = [r["eval"]["ra3"]["pass@1"] for r in records]
+    nothink = [r["eval"]["ra3_nothink"]["pass@1"] for r in records]
+    ntp = [pass1(base / f"seed{s}", "ntp") for s in seeds]
+    ra3 = [pass1(base / f"seed{s}", "ra3") for s in seeds]
+    think = [" → ".join(f"{row['think_rate']:.3f}" for row in r["recovery"]) for r in records]
+    rate = [r["eval"]["ra3"].get("rationale_rate", float("nan")) for r in records]
+    return [
+        f"### {folder.name}: `{' '.join(records[0]['overrides'])}` (seeds {', '.join(map(str, seeds))}; "
+        f"commit {', '.join(sorted({r['commit'] for r in records}))})",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| pass@1 ablated RA3 | {', '.join(f'{v:.3f}' for v in own)} |",
+        f"| ablated − NTP | {paired([a - b for a, b in zip(own, ntp)])} |",
+        f"| ablated − default RA3 | {paired([a - b for a, b in zip(own, ra3)])} |",
+        f"| ablated, comments forbidden − ablated | {paired([a - b for a, b in zip(nothink, own)])} |",
+        f"| E-step THINK rate by EM iteration | {'; '.join(think)} |",
+        f"| eval rationale rate | {', '.join(f'{v:.3f}' for v in rate)} |",
+        "",
+    ]
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    base = Path(args.base)
+    for folder in sorted(p for p in Path(args.out).iterdir() if p.is_dir()):
+        print("\n".join(ablation_rows(base, folder)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="rerun the RA3 arm of finished seeds with overrides")
+    run.add_argument("--base", required=True, help="the finished `ra3 demo --seeds` directory (seed<S>/ inside)")
+    run.add_argument("--out", required=True, help="where ablations go (<out>/<name>/seed<S>)")
+    run.add_argument("--name", required=True, help="the ablation's folder name")
+    run.add_argument("--seeds", type=int, nargs="+", required=True)
+    run.add_argument("-c", "--config", required=True, help="the pipeline YAML the base seeds ran with")
+    run.add_argument("overrides", nargs="*", help="pipeline overrides after `--`, e.g. --midtrain.hindsight_lines 2")
+    table = sub.add_parser("table", help="paired tables of every ablation under --out")
+    table.add_argument("--base", required=True)
+    table.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cmd_run(args) if args.command == "run" else cmd_table(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
