@@ -6,6 +6,7 @@ iteration, annotation shards of 3 records).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -88,6 +89,14 @@ def test_two_em_iterations_through_the_cli(tmp_path, monkeypatch):
     assert set(annotated(tmp_path, 0)["id"]) != set(annotated(tmp_path, 1)["id"])
 
 
+FSDP2 = (
+    *("--trainer.devices", "2", "--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy"),
+    *("--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1"),
+    *("--trainer.strategy.save_distributed_checkpoint", "false"),
+)
+LORA = ("--model.init_args.lora.r", "4", "--model.init_args.lora.alpha", "8")
+
+
 def run_fit(tmp_path: Path, config: Path, *extra: str, kill: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
     env.pop("RA3_TEST_KILL", None)
@@ -103,23 +112,25 @@ def final_state(tmp_path: Path) -> tuple[int, dict[str, torch.Tensor]]:
     return ckpt["global_step"], {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
-def test_killed_runs_resume_exactly(tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_killed_runs_resume_exactly(tmp_path, lora):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir(), killed.mkdir()
-    proc = run_fit(straight, tiny_em_config(straight))
+    extra = LORA if lora else ()
+    proc = run_fit(straight, tiny_em_config(straight), *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     config = tiny_em_config(killed)
     # 1) SIGKILL in iteration 1's annotation pass, after its first shard is on disk
-    proc = run_fit(killed, config, kill="annotate:1:1")
+    proc = run_fit(killed, config, *extra, kill="annotate:1:1")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     shards = sorted((killed / "em" / "iter_1" / "rank_0" / "_shards").glob("shard-*"))
     assert len(shards) == 1 and not (killed / "em" / "iter_1" / "rank_0" / "data").exists()
     # 2) resume; SIGKILL again at iteration 1's second M-step
-    proc = run_fit(killed, config, "--ckpt_path", "last", kill="m:1:1")
+    proc = run_fit(killed, config, *extra, "--ckpt_path", "last", kill="m:1:1")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     # 3) resume to the end
-    proc = run_fit(killed, config, "--ckpt_path", "last")
+    proc = run_fit(killed, config, *extra, "--ckpt_path", "last")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     for k in (0, 1):  # every record exactly once, and the very annotations an uninterrupted run wrote
@@ -132,16 +143,26 @@ def test_killed_runs_resume_exactly(tmp_path):
         torch.testing.assert_close(weights[name], value, msg=name)
 
 
+def param_bytes(tmp_path: Path) -> list[dict[str, int]]:
+    """Per rank, the parameter bytes of ``q`` and ``π`` at fit start (written by ``KillingRA3Module``)."""
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "em").glob("param_bytes_rank*.json"))]
+
+
 @pytest.mark.timeout(600)
-def test_em_on_two_cpu_processes_with_fsdp2(tmp_path):
-    proc = run_fit(
-        tmp_path, tiny_em_config(tmp_path),
-        *("--trainer.devices", "2", "--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy"),
-        *("--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1"),
-        *("--trainer.strategy.save_distributed_checkpoint", "false"),
-    )  # fmt: skip
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_em_on_two_cpu_processes_with_fsdp2(tmp_path, lora):
+    proc = run_fit(tmp_path, tiny_em_config(tmp_path), *FSDP2, *(LORA if lora else ()))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "distributed_backend=gloo" in proc.stdout + proc.stderr
+    ranks = param_bytes(tmp_path)
+    assert len(ranks) == 2
+    total = {key: ranks[0][key] + ranks[1][key] for key in ("q", "pi")}
+    for r in ranks:  # q and π are both sharded: each rank holds about half of each (LoRA: π has no bytes of its own)
+        assert 0.4 < r["q"] / total["q"] < 0.6
+        if lora:
+            assert r["pi"] == 0
+        else:
+            assert 0.4 < r["pi"] / total["pi"] < 0.6
     for k in (0, 1):  # both ranks annotated their stride; together every record of the iteration once
         ids = [
             i
@@ -149,5 +170,7 @@ def test_em_on_two_cpu_processes_with_fsdp2(tmp_path):
             for i in datasets.load_from_disk(str(tmp_path / "em" / f"iter_{k}" / f"rank_{r}" / "data"))["id"]
         ]
         assert len(ids) == len(set(ids)) == 8
-    step, _ = final_state(tmp_path)
+    step, weights = final_state(tmp_path)
     assert step == STEPS
+    adapters = [v for k, v in weights.items() if "lora_B" in k]
+    assert bool(adapters) == lora and all(v.abs().max() == 0 for v in adapters)  # the last M-phase was merged

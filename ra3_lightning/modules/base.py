@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ra3_lightning.lora import LoRASpec, apply_lora, base_lm, is_lora_state_dict, merged_state_dict
 from ra3_lightning.models import (
     DType,
     TinyLMConfig,
@@ -32,6 +33,7 @@ from ra3_lightning.models import (
 
 TOKENIZER_KEY = "ra3_tokenizer"
 MODEL_CONFIG_KEY = "ra3_model_config"  # the LM's own ``config.to_dict()``: a checkpoint rebuilds without its parents
+LORA_KEY = "ra3_lora"  # the LoRASpec of a LoRA run: what loading needs to merge the adapter into the weights
 
 
 class CausalLMModule(L.LightningModule):
@@ -46,6 +48,8 @@ class CausalLMModule(L.LightningModule):
         dtype: Parameter dtype when loading ``pretrained`` weights (``None`` keeps the checkpoint's).
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         attn_implementation: Passed to ``from_pretrained`` (``"sdpa"``, ``"flash_attention_2"``, ...).
+        lora: Train a LoRA adapter instead of every weight (see :mod:`ra3_lightning.lora`); the frozen models a stage
+            compares against are then the base weights with the adapter off. ``None``: full fine-tuning.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class CausalLMModule(L.LightningModule):
         dtype: DType | None = None,
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
+        lora: LoRASpec | None = None,
     ) -> None:
         super().__init__()
         given = [name for name, v in (("pretrained", pretrained), ("init_from", init_from), ("tiny", tiny)) if v]
@@ -67,7 +72,7 @@ class CausalLMModule(L.LightningModule):
             )
         self.pretrained, self.init_from, self.tiny = pretrained, init_from, tiny
         self.dtype_name, self.gradient_checkpointing = dtype, gradient_checkpointing
-        self.attn_implementation = attn_implementation
+        self.attn_implementation, self.lora = attn_implementation, lora
         self.tokenizer: PreTrainedTokenizerBase = self._load_tokenizer(tokenizer)
         self.model: PreTrainedModel | None = None
 
@@ -93,7 +98,7 @@ class CausalLMModule(L.LightningModule):
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        return model
+        return apply_lora(model, self.lora) if self.lora is not None else model
 
     def configure_model(self) -> None:
         """Build the LM, then shard it with FSDP2 when the strategy is ``ModelParallelStrategy``."""
@@ -105,19 +110,24 @@ class CausalLMModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[TOKENIZER_KEY] = tokenizer_files(self.tokenizer)
-        checkpoint[MODEL_CONFIG_KEY] = self.model.config.to_dict()
+        checkpoint[MODEL_CONFIG_KEY] = base_lm(self.model).config.to_dict()
+        if self.lora is not None:
+            checkpoint[LORA_KEY] = {"scaling": self.lora.scaling}
 
     def export_hf(self, out_dir: str | Path) -> Path | None:
         """Write ``self.model`` and the tokenizer with ``save_pretrained`` (loadable by ``transformers`` and vLLM).
 
-        Under FSDP2 every rank must call this (the full state dict is gathered collectively); rank 0 writes.
-        Returns the directory on the writing rank, ``None`` elsewhere.
+        A LoRA adapter is merged into the weights: the directory is a plain model of the base architecture. Under
+        FSDP2 every rank must call this (the full state dict is gathered collectively); rank 0 writes. Returns the
+        directory on the writing rank, ``None`` elsewhere.
         """
         state_dict = full_state_dict(self.model)
         if self._trainer is not None and not self.trainer.is_global_zero:
             return None
         out = Path(out_dir)
-        self.model.save_pretrained(out, state_dict=state_dict)
+        if self.lora is not None:
+            state_dict = merged_state_dict(state_dict, self.lora.scaling)
+        base_lm(self.model).save_pretrained(out, state_dict=state_dict)
         self.tokenizer.save_pretrained(out)
         return out
 
@@ -171,6 +181,10 @@ def load_lm_source(
     if tokenizer_only:
         return None, tokenizer
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if is_lora_state_dict(weights):
+        if LORA_KEY not in ckpt:
+            raise ValueError(f"{source}: LoRA weights but no {LORA_KEY!r} entry to merge them with")
+        weights = merged_state_dict(weights, ckpt[LORA_KEY]["scaling"])
     if MODEL_CONFIG_KEY in ckpt:
         model = model_from_config(ckpt[MODEL_CONFIG_KEY], dtype or _weights_dtype(weights))
     else:

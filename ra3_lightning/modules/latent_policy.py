@@ -30,12 +30,14 @@ import copy
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from ra3_lightning.annotate import AnnotationConfig, annotate_batch
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.latent import LatentFormat
-from ra3_lightning.modules.base import CausalLMModule
+from ra3_lightning.lora import AdapterOff
+from ra3_lightning.modules.base import CausalLMModule, shard_lm
 from ra3_lightning.optim import adamw_warmup_cosine, schedule_length
 from ra3_lightning.rl.advantages import AdvantageScale, group_advantages, masked_mean
 from ra3_lightning.rl.kl import KLKind, kl_penalty
@@ -143,12 +145,19 @@ class LatentPolicyModule(CausalLMModule):
         return self._vocab
 
     def configure_model(self) -> None:
-        """Build ``q`` and the frozen ``π`` (a copy made before any sharding), then shard ``q`` under FSDP2."""
+        """Build ``q`` and the frozen ``π``, then shard both under FSDP2.
+
+        ``π`` is a frozen copy made before any sharding — or, with ``lora``, no copy at all: ``q``'s base weights
+        with the adapter off (:class:`~ra3_lightning.lora.AdapterOff`).
+        """
         if self.model is None:
             self.model = self.build_model()
         if self.pi is None:
-            self.pi = frozen_copy(self.model)
+            self.pi = AdapterOff(self.model) if self.lora is not None else frozen_copy(self.model)
         super().configure_model()
+        if isinstance(self.pi, torch.nn.Module) and self._trainer is not None:
+            if isinstance(self.trainer.strategy, ModelParallelStrategy):
+                shard_lm(self.pi, self.device_mesh)  # per rank 1/world of π's bytes; unsharded while annotating
 
     def sync_pi(self) -> None:
         """Make ``π`` a frozen copy of the current ``q`` (for an EM loop: the M-step model is the next ``π``)."""

@@ -18,6 +18,7 @@ E-phase). Both are in the checkpoint, so a resumed run continues either phase ex
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ra3_lightning.annotate import AnnotationConfig, Choose, annotate
 from ra3_lightning.callbacks.em_scheduler import EMPosition, EMScheduler
 from ra3_lightning.data.em_data import EMDataModule
 from ra3_lightning.generation import unsharded_for_generation
+from ra3_lightning.lora import merge_into_base, reset_adapter
 from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity
 from ra3_lightning.modules.base import copy_weights
 from ra3_lightning.modules.latent_policy import LatentPolicyModule
@@ -78,10 +80,17 @@ class RA3Module(LatentPolicyModule):
 
     # ----------------------------------------------------------------------------------------- EM transitions
     def begin_e_phase(self, iteration: int, fresh: bool) -> None:
-        """``π ← model`` and reset ``q``'s optimizer, unless resuming inside the phase (``q`` was restored)."""
+        """``π ← model`` and reset ``q``'s optimizer, unless resuming inside the phase (``q`` was restored).
+
+        With LoRA, ``π`` is the base weights (the previous M-phase was merged into them) and ``q`` starts from it by
+        zeroing the adapter.
+        """
         if not fresh:
             return
-        copy_weights(self.model, self.pi)
+        if self.lora is not None:
+            reset_adapter(self.model)
+        else:
+            copy_weights(self.model, self.pi)
         self.optimizers()[1].optimizer.state.clear()
 
     def annotate_iteration(self, iteration: int) -> str:
@@ -95,7 +104,9 @@ class RA3Module(LatentPolicyModule):
             hindsight_lines=hp.hindsight_lines,
         )  # fmt: skip
         records = self.em_data.annotation_records(iteration, rank, world)
-        with unsharded_for_generation(self.model):
+        # Ranks annotate different numbers of batches: unshard q and π once instead of per-forward gathers.
+        pi = unsharded_for_generation(self.pi) if isinstance(self.pi, torch.nn.Module) else nullcontext()
+        with unsharded_for_generation(self.model), pi:
             annotated = annotate(
                 self, _as_dataset(records), out / f"rank_{rank}", id_field="id", shard_size=hp.annotate_shard_size,
                 batch_size=hp.annotate_batch_size, config=cfg, seed=hp.seed + 7919 * iteration + rank,
@@ -108,12 +119,24 @@ class RA3Module(LatentPolicyModule):
     def begin_m_phase(self, iteration: int, annotated: str) -> None:
         """``model ← π`` (the previous M-step model) and load this iteration's packed annotated traces."""
         if self.em_position is not None and self.em_position.step_in_phase == 0:
-            copy_weights(self.pi, self.model)
+            self.restore_pi()
         ranks = sorted(Path(annotated).glob("rank_*/data"))
         self.em_data.load_annotated(iteration, ranks)
 
+    def restore_pi(self) -> None:
+        """``model ← π`` (``M_{k-1}``) at the start of an M-phase. With LoRA: zero the adapter, which restarts, and
+        with it the M-step optimizer's moments (its learning-rate schedule continues)."""
+        if self.lora is None:
+            copy_weights(self.pi, self.model)
+            return
+        reset_adapter(self.model)
+        self.optimizers()[0].optimizer.state.clear()
+
     def end_m_phase(self, iteration: int) -> None:
-        """Log the M-step model's loss on raw (un-annotated) validation traces — comparable with NTP's."""
+        """Merge a LoRA M-step into the base weights (they become ``M_k`` = the next ``π``), then log the M-step
+        model's loss on raw (un-annotated) validation traces — comparable with NTP's."""
+        if self.lora is not None:
+            merge_into_base(self.model)
         loss = self.raw_val_loss()
         if loss is not None:
             self.log("mstep/raw_val_loss", loss, sync_dist=True)

@@ -77,6 +77,7 @@ from ra3_lightning.generation import (
     unsharded_for_generation,
 )
 from ra3_lightning.logprobs import selective_logprobs
+from ra3_lightning.lora import AdapterOff
 from ra3_lightning.metrics import PassAtK
 from ra3_lightning.modules.base import CausalLMModule, shard_lm
 from ra3_lightning.optim import adamw_warmup_cosine
@@ -224,14 +225,18 @@ class RLVRModule(CausalLMModule):
 
     # ----------------------------------------------------------------------------------------- building
     def configure_model(self) -> None:
-        """Build the policy (and, only when ``beta > 0``, a frozen reference copy), sharded under FSDP2."""
+        """Build the policy (and, only when ``beta > 0``, a frozen reference copy), sharded under FSDP2. With
+        ``lora`` the reference is no copy: the policy's base weights with the adapter off."""
         if self.model is None:
             self.model = self.build_model()
         if self.beta > 0 and self.ref_model is None:
-            ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+            if self.lora is not None:
+                ref = AdapterOff(self.model)
+            else:
+                ref = copy.deepcopy(self.model).eval().requires_grad_(False)
             object.__setattr__(self, "ref_model", ref)  # not a submodule: stays out of checkpoints and optimizer
         super().configure_model()
-        if self.ref_model is not None and self._trainer is not None:
+        if isinstance(self.ref_model, torch.nn.Module) and self._trainer is not None:
             if isinstance(self.trainer.strategy, ModelParallelStrategy):
                 shard_lm(self.ref_model, self.device_mesh)
 

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import ra3_lightning.annotate as annotate_module
@@ -47,3 +49,14 @@ class KillingRA3Module(RA3Module):
         if point == ("m", position.iteration, position.step_in_phase):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().m_step(batch)
+
+    def on_fit_start(self) -> None:
+        """Record this rank's parameter bytes of ``q`` and of ``π`` (``π`` with LoRA: none of its own)."""
+        super().on_fit_start()
+        from ra3_lightning.lora import AdapterOff, _local
+
+        nbytes = lambda m: sum(_local(p).numel() * p.element_size() for p in m.parameters())  # noqa: E731
+        pi = 0 if isinstance(self.pi, AdapterOff) else nbytes(self.pi)
+        out = Path(self.hparams.work_dir) / f"param_bytes_rank{self.trainer.global_rank}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"q": nbytes(self.model), "pi": pi}))
