@@ -23,10 +23,22 @@ def test_there_are_configs():
     assert CONFIGS, f"no YAML under {CONFIG_DIR}"
 
 
+def config_stack(path: Path) -> list[Path]:
+    """The ``-c`` files of the config's first launch command if it names this file among several (an overlay
+    such as ``configs/lora.yaml`` parses on top of the config it overlays), else the file alone."""
+    for line in path.read_text().splitlines()[:15]:
+        words = line.lstrip("# ").split()
+        if words[:1] == ["ra3"]:
+            stack = [CONFIG_DIR.parent / words[i + 1] for i, w in enumerate(words[:-1]) if w == "-c"]
+            return stack if len(stack) > 1 and path in stack else [path]
+    return [path]
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
 def test_config_parses(path, capsys):
+    stack = [arg for config in config_stack(path) for arg in ("-c", str(config))]
     with pytest.raises(SystemExit) as exit_info:
-        main([subcommand_for(path), "-c", str(path), "--print_config"])
+        main([subcommand_for(path), *stack, "--print_config"])
     assert exit_info.value.code in (None, 0)
     printed = capsys.readouterr().out
     if subcommand_for(path) == "demo":  # a pipeline config (ra3_lightning.pipeline), not a LightningCLI one
