@@ -14,7 +14,6 @@ Parameter bytes only: gradients and AdamW state come on top for whatever trains 
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 
