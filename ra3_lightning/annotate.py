@@ -36,7 +36,7 @@ from ra3_lightning.rollout import (
     Rollout,
     encode_trace,
     expert_line_logp,
-    forward_logits,
+    layout_stats,
     plain_layout,
     rollout,
 )
@@ -72,6 +72,8 @@ class AnnotationConfig:
             :func:`ra3_lightning.rollout.expert_line_logp`); use the E-step's.
         hindsight_lines: Next expert lines ``q`` sees before each decision (use the E-step's); they never reach
             the annotated text or ``π``'s scores.
+        logprob_chunk_size: Positions per chunk of ``π``'s LM head when scoring (``None``: dense ``[N, L, V]``
+            logits; see :func:`ra3_lightning.rollout.layout_stats`).
     """
 
     num_samples: int = 4
@@ -82,6 +84,7 @@ class AnnotationConfig:
     engine: str = "kv"
     act_likelihood: ActLikelihood = "conditional"
     hindsight_lines: int = 0
+    logprob_chunk_size: int | None = None
 
 
 def _choose_sample(returns: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B]
@@ -119,9 +122,10 @@ def annotate_batch(
     )  # fmt: skip
     device = next(pi.parameters()).device
     score = functools.partial(expert_line_logp, vocab=vocab, act_likelihood=cfg.act_likelihood)
-    with_r = score(forward_logits(pi, roll.layout), roll.layout, traces, cfg.num_samples).cpu() * roll.line_mask
+    stats = functools.partial(layout_stats, pi, vocab=vocab, chunk_size=cfg.logprob_chunk_size)
+    with_r = score(stats(roll.layout)[0], roll.layout, traces, cfg.num_samples).cpu() * roll.line_mask
     plain = plain_layout(traces, vocab, device)
-    without = score(forward_logits(pi, plain), plain, traces, 1).cpu()  # [B, T]
+    without = score(stats(plain)[0], plain, traces, 1).cpu()  # [B, T]
     returns = elbo_rewards(with_r, roll.think, cfg.think_cost).sum(-1).view(len(texts), cfg.num_samples)  # [B, G]
     picks = CHOOSERS[cfg.choose](returns)
     return [

@@ -27,10 +27,9 @@ def _at_least_fp32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _chunk_stats(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, with_entropy: bool) -> Tensor:
-    """``(log p(target), entropy)`` of ``n`` positions, ``[n, 2]``: ``hidden [n, H]`` through the head ``[V, H]``,
-    one ``[n, V]`` logits buffer for both (the entropy is 0 unless asked for, and carries no gradient)."""
-    logits = _at_least_fp32(torch.nn.functional.linear(hidden, weight, bias))  # [n, V]
+def _logp_entropy(logits: Tensor, targets: Tensor, with_entropy: bool) -> Tensor:
+    """``(log p(target), entropy)`` of ``n`` positions, ``[n, 2]``, from their fp32 ``logits [n, V]`` (the entropy is
+    0 unless asked for, and carries no gradient)."""
     log_norm = logits.logsumexp(-1)  # [n]
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - log_norm  # [n]
     entropy = torch.zeros_like(logp)
@@ -38,6 +37,30 @@ def _chunk_stats(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: T
         with torch.no_grad():  # H = log Z - E_p[logit], one more [n, V] buffer, in place
             entropy = log_norm.detach() - torch.softmax(logits.detach(), -1).mul_(logits.detach()).sum(-1)
     return torch.stack([logp, entropy], dim=-1)
+
+
+def _through_head(
+    hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None, stats: Any, *args: Any
+) -> Tensor:
+    """``stats(fp32 logits [n, V], targets [n], *args)`` of ``hidden [n, H]`` through the head ``[V, H]``."""
+    return stats(_at_least_fp32(torch.nn.functional.linear(hidden, weight, bias)), targets, *args)
+
+
+def chunked_rows(fn: Any, rows: Tensor, targets: Tensor, chunk_size: int, *args: Any) -> Tensor:
+    """``fn(rows[i:j], targets[i:j], *args)`` (each ``[j - i, S]``) over chunks of ``chunk_size`` rows, concatenated.
+
+    With gradients enabled each chunk is checkpointed: what ``fn`` builds from its rows (a chunk's logits and
+    their softmax) is freed after the forward pass and rebuilt in the backward pass, so the peak is one chunk's.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
+    tensors = [rows, *(a for a in args if isinstance(a, Tensor))]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    chunks = []
+    for start in range(0, rows.shape[0], chunk_size):
+        part = (rows[start : start + chunk_size], targets[start : start + chunk_size], *args)
+        chunks.append(checkpoint(fn, *part, use_reentrant=False) if grad else fn(*part))
+    return torch.cat(chunks)
 
 
 def chunked_logprobs(
@@ -53,16 +76,9 @@ def chunked_logprobs(
     Equal to the dense computation (fp32 softmax over the head's logits); the entropy is a diagnostic and carries no
     gradient. With gradients enabled each chunk is recomputed in the backward pass instead of being stored.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
     shape = targets.shape
     flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    chunks = []
-    for start in range(0, flat_t.numel(), chunk_size):
-        args = (flat_h[start : start + chunk_size], weight, bias, flat_t[start : start + chunk_size], with_entropy)
-        chunks.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args))
-    stats = torch.cat(chunks)  # [N, 2]
+    stats = chunked_rows(_through_head, flat_h, flat_t, chunk_size, weight, bias, _logp_entropy, with_entropy)
     logp = stats[:, 0].reshape(shape)
     return logp, (stats[:, 1].detach().reshape(shape) if with_entropy else None)
 
@@ -96,9 +112,6 @@ def selective_logprobs(
     must compute its logits as ``lm_head(hidden)`` (Qwen2, Llama, Mistral, ...); models that post-process them
     (e.g. Gemma's final soft-capping) are rejected.
     """
-    config = getattr(model, "config", None)
-    if getattr(config, "final_logit_softcapping", None):
-        raise ValueError("selective_logprobs: this model soft-caps its logits after the LM head; use dense logits")
     head = model.get_output_embeddings()
     K = targets.shape[1]
     padded = torch.nn.functional.pad(targets, (0, 1))  # [b, K+1]: the last kept position predicts nothing we score
@@ -107,7 +120,18 @@ def selective_logprobs(
         logp, entropy = chunked_logprobs(hidden, head.weight, padded, head.bias, chunk_size, with_entropy)
         return torch.stack([logp, entropy if entropy is not None else torch.zeros_like(logp)], dim=-1)
 
-    with _head_forward(head, forward):
-        out = model(**inputs, logits_to_keep=K + 1)
-    stats = out.logits[:, :-1]  # [b, K, 2]
+    stats = run_with_head(model, forward, **inputs, logits_to_keep=K + 1)[:, :-1]  # [b, K, 2]
     return stats[..., 0], (stats[..., 1] if with_entropy else None)
+
+
+def run_with_head(model: torch.nn.Module, forward: Any, **inputs: Any) -> Tensor:
+    """``model(**inputs).logits`` with the LM head's ``forward`` replaced by ``forward(hidden [b, L, H])`` — which
+    runs inside the model's own forward, where FSDP2's root hooks have gathered the head's weight.
+
+    The model must compute its logits as ``lm_head(hidden)`` (Qwen2, Llama, Mistral, ...); models that post-process
+    them (e.g. Gemma's final soft-capping) are rejected.
+    """
+    if getattr(getattr(model, "config", None), "final_logit_softcapping", None):
+        raise ValueError("this model soft-caps its logits after the LM head; use dense logits (chunk size None)")
+    with _head_forward(model.get_output_embeddings(), forward):
+        return model(**inputs).logits

@@ -55,6 +55,7 @@ from ra3_lightning.latent import (
     split_lines,
     think_token_mask,
 )
+from ra3_lightning.logit_stats import LogitStats, latent_stats
 from ra3_lightning.models import cache_argument
 
 # kinds of tokens in an annotated sequence, for the policy's log-probability
@@ -647,15 +648,39 @@ def rollout(
 
 
 # --------------------------------------------------------------------------------------------- scoring
-def forward_logits(model: torch.nn.Module, layout: TokenLayout) -> Tensor:
-    """Logits ``[N, L, V]`` of one teacher-forced pass over the annotated sequences (hindsight groups hidden)."""
+def layout_inputs(model: torch.nn.Module, layout: TokenLayout) -> dict[str, Tensor]:
+    """The model inputs of one teacher-forced pass over the annotated sequences (hindsight groups hidden)."""
     ids = layout.input_ids  # [N, L]
     positions = layout.position_ids
     if positions is None:
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
     mask = layout.attention_mask if layout.hindsight_group is None else _model_mask(model, layout)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-    return out.logits.float()
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+
+
+def forward_logits(model: torch.nn.Module, layout: TokenLayout) -> Tensor:
+    """Logits ``[N, L, V]`` of one teacher-forced pass over the annotated sequences (hindsight groups hidden)."""
+    return model(**layout_inputs(model, layout), use_cache=False).logits.float()
+
+
+def layout_stats(
+    model: torch.nn.Module,
+    layout: TokenLayout,
+    vocab: LatentVocab,
+    temperatures: tuple[float, ...] = (1.0,),
+    chunk_size: int | None = None,
+) -> list[LogitStats]:
+    """:class:`LogitStats` of one teacher-forced pass over ``layout``, one per temperature; ``chunk_size`` positions
+    at a time through the LM head (no ``[N, L, V]`` logits), or from dense logits with ``None``."""
+    return latent_stats(model, layout_inputs(model, layout), vocab.think, vocab.comment, temperatures, chunk_size)
+
+
+def _as_stats(logits: Tensor | LogitStats, layout: TokenLayout, vocab: LatentVocab, temperature: float) -> LogitStats:
+    if not isinstance(logits, LogitStats):
+        return LogitStats.from_logits(logits, layout.input_ids, vocab.think, vocab.comment, temperature)
+    if logits.temperature != temperature:
+        raise ValueError(f"LogitStats at temperature {logits.temperature}, but {temperature} is needed here")
+    return logits
 
 
 def _model_mask(model: torch.nn.Module, layout: TokenLayout) -> Tensor:  # [N, 1, L, L]
@@ -676,20 +701,24 @@ def _model_mask(model: torch.nn.Module, layout: TokenLayout) -> Tensor:  # [N, 1
 
 
 def score_lines(
-    model: torch.nn.Module | None, layout: TokenLayout, num_lines: int, logits: Tensor | None = None
+    model: torch.nn.Module | None, layout: TokenLayout, num_lines: int, logits: Tensor | LogitStats | None = None
 ) -> Tensor:
-    """``log π(a_t | prefix with rationales)`` for every expert line, ``[N, T]``, in one forward pass.
+    """``log π(a_t | prefix with rationales)`` for every expert line, ``[N, T]``, in one forward pass (or from its
+    ``logits [N, L, V]`` or :class:`LogitStats`).
 
     ``layout`` is ``π``'s (:attr:`Rollout.layout`): in a layout with hindsight groups the token after a group is not
     predicted by the token before it, so it is rejected.
     """
     if layout.hindsight_group is not None:
         raise ValueError("score_lines takes π's layout (Rollout.layout), not q's layout with hindsight groups")
-    logits = forward_logits(model, layout) if logits is None else logits  # [N, L, V]
-    targets = layout.input_ids[:, 1:]  # [N, L-1]
-    token_lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, targets[..., None]).squeeze(-1)  # [N, L-1]
+    logits = forward_logits(model, layout) if logits is None else logits
+    if isinstance(logits, LogitStats):
+        token_lp = logits.token_logp()[:, :-1]  # [N, L-1]
+    else:  # [N, L, V]
+        targets = layout.input_ids[:, 1:, None]
+        token_lp = logits[:, :-1].gather(-1, targets).squeeze(-1) - logits[:, :-1].logsumexp(-1)  # [N, L-1]
     owner = layout.line_of[:, 1:]
-    out = torch.zeros(logits.shape[0], num_lines + 1, device=logits.device)
+    out = torch.zeros(token_lp.shape[0], num_lines + 1, device=token_lp.device)
     out.scatter_add_(1, torch.where(owner >= 0, owner, num_lines), token_lp * (owner >= 0))
     return out[:, :num_lines]
 
@@ -721,7 +750,7 @@ def body_start_positions(line_of: Tensor, indent_len: Tensor) -> Tensor:
     return (first + indent_len.to(first.device)).clamp(max=length - 1)
 
 
-def act_log_normaliser(logits: Tensor, layout: TokenLayout, indent_len: Tensor, think: Tensor) -> Tensor:
+def act_log_normaliser(log_act_at: Tensor, layout: TokenLayout, indent_len: Tensor, think: Tensor) -> Tensor:
     """``log(1 − P_π(THINK))`` where each expert line's first body token is predicted, ``[N, T]``.
 
     Subtracting it from a line's log-likelihood renormalises that first token over the tokens that do not start a
@@ -729,21 +758,21 @@ def act_log_normaliser(logits: Tensor, layout: TokenLayout, indent_len: Tensor, 
     token starts a comment (an original comment of the trace) keeps its marginal likelihood (normaliser 0).
 
     Args:
-        logits: ``[N, L, V]`` logits of ``π`` over the annotated sequences (position ``j`` predicts token ``j + 1``).
-        layout: The sequences the logits are for.
+        log_act_at: ``[N, L]`` ``log P_π(ACT)`` at every position of the annotated sequences (position ``j``
+            predicts token ``j + 1``): :meth:`LogitStats.log_act`, or :func:`log_act` of dense logits.
+        layout: The sequences they are for.
         indent_len: ``[N, T]`` from :func:`indent_lengths`.
         think: ``[V]`` comment-start token mask.
     """
-    think = think.to(logits.device)
-    body = body_start_positions(layout.line_of, indent_len).to(logits.device)  # [N, T]
-    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-    normaliser = log_act(logits[rows, (body - 1).clamp(min=0)], think)  # [N, T]
-    own_comment = think[layout.input_ids.to(logits.device).gather(1, body)]  # [N, T]
+    dev = log_act_at.device
+    body = body_start_positions(layout.line_of, indent_len).to(dev)  # [N, T]
+    normaliser = log_act_at.gather(1, (body - 1).clamp(min=0))  # [N, T]
+    own_comment = think.to(dev)[layout.input_ids.to(dev).gather(1, body)]  # [N, T]
     return torch.where(own_comment, 0.0, normaliser)
 
 
 def expert_line_logp(
-    logits: Tensor,  # [N, L, V] of π over layout
+    logits: Tensor | LogitStats,  # [N, L, V] of π over layout, or their LogitStats at temperature 1
     layout: TokenLayout,
     traces: Sequence[EncodedTrace],
     num_samples: int,
@@ -755,12 +784,13 @@ def expert_line_logp(
     ``log(1 − P_π(#))``), ``"conditional"`` is ``log π(a_t | s_t, z_t)`` (:func:`act_log_normaliser` removed)."""
     if act_likelihood not in ACT_LIKELIHOODS:
         raise ValueError(f"act_likelihood={act_likelihood!r}; choose one of {list(ACT_LIKELIHOODS)}")
+    stats = _as_stats(logits, layout, vocab, 1.0)
     num_lines = max(tr.num_lines for tr in traces)
-    line_logp = score_lines(None, layout, num_lines, logits)
+    line_logp = score_lines(None, layout, num_lines, stats)
     if act_likelihood == "marginal":
         return line_logp
     indent = indent_lengths(traces, num_samples, num_lines)
-    return line_logp - act_log_normaliser(logits, layout, indent, vocab.think)
+    return line_logp - act_log_normaliser(stats.log_act(), layout, indent, vocab.think)
 
 
 @dataclass
@@ -778,32 +808,32 @@ def policy_logq(
     line_mask: Tensor,  # [N, T] bool
     vocab: LatentVocab,
     temperature: float = 1.0,
-    logits: Tensor | None = None,
+    logits: Tensor | LogitStats | None = None,
+    chunk_size: int | None = None,
 ) -> PolicyTerms:
     """Re-compute ``log q(z_t)`` for the sampled decisions and rationales in one teacher-forced pass (with grad).
 
     For ``q`` pass :attr:`Rollout.q_layout` (the same as ``Rollout.layout`` without hindsight); ``π``'s own terms (the
-    KL reference, the prior ``p(z_t | s_t)``) come from ``Rollout.layout``.
+    KL reference, the prior ``p(z_t | s_t)``) come from ``Rollout.layout``. ``logits`` (``[N, L, V]``, untempered)
+    or their :class:`LogitStats` at ``temperature`` skip the forward pass; ``chunk_size`` runs it through the LM
+    head that many positions at a time (see :func:`layout_stats`).
     """
-    logits = forward_logits(model, layout) if logits is None else logits  # [N, L, V]
-    logits = logits / temperature
-    dev = logits.device
+    if logits is None:
+        stats = layout_stats(model, layout, vocab, (temperature,), chunk_size)[0]
+    else:
+        stats = _as_stats(logits, layout, vocab, temperature)
+    dev = stats.lse.device
     think, line_mask = think.to(dev), line_mask.to(dev)
-    think_mask, comment_mask = vocab.think.to(dev), vocab.comment.to(dev)
-    n_idx = torch.arange(logits.shape[0], device=dev)[:, None]
-    decision = logits[n_idx, layout.decision_pos]  # [N, T, V]
-    logq = torch.where(think, 0.0, log_act(decision, think_mask))  # [N, T]
+    n_idx = torch.arange(stats.lse.shape[0], device=dev)[:, None]
+    decision = layout.decision_pos.to(dev)  # [N, T]
+    logq = torch.where(think, 0.0, stats.log_act()[n_idx, decision])  # [N, T]
     sampled = layout.kind[:, 1:] != TEACHER  # [N, L-1] token j+1 is a sampled rationale token
     if sampled.any():
         rows, cols = sampled.nonzero(as_tuple=True)
-        lp = comment_logp(
-            logits[rows, cols],
-            layout.input_ids[rows, cols + 1],
-            layout.kind[rows, cols + 1] == FIRST_COMMENT,
-            comment_mask,
-        )
+        first = torch.nn.functional.pad(layout.kind[:, 1:] == FIRST_COMMENT, (0, 1))  # [N, L]
+        lp = stats.rationale_logp(first.to(dev))[rows, cols]
         logq = logq.index_put((rows, layout.owner[rows, cols + 1]), lp, accumulate=True)
-    return PolicyTerms(logq * line_mask, p_think(decision, think_mask) * line_mask)
+    return PolicyTerms(logq * line_mask, stats.p_think()[n_idx, decision] * line_mask)
 
 
 class ThinkBias(torch.nn.Module):

@@ -16,6 +16,7 @@ from ra3_lightning.rollout import (
     encode_trace,
     expert_line_logp,
     forward_logits,
+    log_act,
     rollout,
 )
 
@@ -44,10 +45,10 @@ def test_normaliser_is_log_of_non_comment_mass_where_the_body_is_predicted():
     logits[0, 1] = torch.tensor([0.2, 0.5, 0.3]).log()  # position 1 predicts line 0's first body token (at 2)
     logits[0, 6] = torch.tensor([0.5, 0.25, 0.25]).log()  # position 6 predicts line 1's first body token (at 7)
     think = torch.tensor([True, False, False])
-    out = act_log_normaliser(logits, _layout([9, 1, 1, 2, 0, 1, 1, 2]), INDENT, think)
+    out = act_log_normaliser(log_act(logits, think), _layout([9, 1, 1, 2, 0, 1, 1, 2]), INDENT, think)
     torch.testing.assert_close(out, torch.tensor([[math.log(0.8), math.log(0.5)]]))
     # a line whose own first token starts a comment (an original comment of the trace) is not renormalised
-    out = act_log_normaliser(logits, _layout([9, 1, 0, 2, 0, 1, 1, 2]), INDENT, think)
+    out = act_log_normaliser(log_act(logits, think), _layout([9, 1, 0, 2, 0, 1, 1, 2]), INDENT, think)
     torch.testing.assert_close(out, torch.tensor([[0.0, math.log(0.5)]]))
 
 

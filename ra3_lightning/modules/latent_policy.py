@@ -50,7 +50,7 @@ from ra3_lightning.rollout import (
     Rollout,
     encode_trace,
     expert_line_logp,
-    forward_logits,
+    layout_stats,
     plain_layout,
     policy_logq,
     rollout,
@@ -97,6 +97,9 @@ class LatentPolicyModule(CausalLMModule):
         min_lr_ratio: Final LR of the cosine, as a fraction of ``lr``.
         total_steps: Length of the cosine; defaults to ``trainer.estimated_stepping_batches``.
         engine: ``"kv"`` (one KV cache across the trace) or ``"reencode"`` (naive; for benchmarks).
+        logprob_chunk_size: Positions per chunk of the LM head in the scoring pass of ``π`` and the ``log q`` pass
+            of ``q``: only five numbers per position are kept (:class:`ra3_lightning.logit_stats.LogitStats`), never
+            the fp32 ``[N, L, V]`` logits; ``None``: dense logits (models whose logits are not ``lm_head(hidden)``).
         log_samples_every_n_steps: Log an annotated trace as TensorBoard text every this many steps (0 = never).
         seed: Seed of the rollout sampler.
         **kwargs: Model source and loading options of :class:`CausalLMModule` (``pretrained`` / ``init_from`` /
@@ -122,6 +125,7 @@ class LatentPolicyModule(CausalLMModule):
         min_lr_ratio: float = 1.0,
         total_steps: int | None = None,
         engine: Literal["kv", "reencode"] = "kv",
+        logprob_chunk_size: int | None = 256,
         log_samples_every_n_steps: int = 50,
         seed: int = 0,
         **kwargs: Any,
@@ -187,13 +191,13 @@ class LatentPolicyModule(CausalLMModule):
     @torch.no_grad()
     def score(self, roll: Rollout) -> tuple[Tensor, PolicyTerms]:
         """``log π(a_t | prefix with rationales)`` ``[N, T]`` and ``π``'s own ``log q``-terms (the KL reference)."""
-        logits = forward_logits(self.pi, roll.layout)  # [N, L, V]
+        hp = self.hparams
+        temperatures = (1.0,) if hp.temperature == 1.0 else (1.0, hp.temperature)
+        stats = layout_stats(self.pi, roll.layout, self.vocab, temperatures, hp.logprob_chunk_size)  # one pass
         line_logp = expert_line_logp(
-            logits, roll.layout, roll.traces, roll.num_samples, self.vocab, self.hparams.act_likelihood
+            stats[0], roll.layout, roll.traces, roll.num_samples, self.vocab, hp.act_likelihood
         )
-        ref = policy_logq(
-            self.pi, roll.layout, roll.think, roll.line_mask, self.vocab, self.hparams.temperature, logits
-        )
+        ref = policy_logq(self.pi, roll.layout, roll.think, roll.line_mask, self.vocab, hp.temperature, stats[-1])
         return line_logp, ref
 
     def advantages(self, roll: Rollout, line_logp: Tensor) -> tuple[Tensor, Tensor]:
@@ -212,7 +216,10 @@ class LatentPolicyModule(CausalLMModule):
         roll = self.sample_latents(batch["text"])
         line_logp, ref = self.score(roll)
         rewards, adv = self.advantages(roll, line_logp)
-        terms = policy_logq(self.model, roll.q_layout, roll.think, roll.line_mask, self.vocab, hp.temperature)
+        terms = policy_logq(
+            self.model, roll.q_layout, roll.think, roll.line_mask, self.vocab, hp.temperature,
+            chunk_size=hp.logprob_chunk_size,
+        )  # fmt: skip
         kl = kl_penalty(terms.logq, ref.logq, hp.kl_estimator)  # [N, T]
         loss, stats = latent_pg_loss(terms.logq, adv, roll.line_mask.to(adv.device), kl, hp.kl_coef)
         self.log_estep(roll, line_logp, rewards, terms, stats)
@@ -225,7 +232,7 @@ class LatentPolicyModule(CausalLMModule):
         cfg = AnnotationConfig(
             num_samples=1, choose="sample", max_latent_tokens=hp.max_latent_tokens, temperature=hp.temperature,
             think_cost=hp.think_cost, engine=hp.engine, act_likelihood=hp.act_likelihood,
-            hindsight_lines=hp.hindsight_lines,
+            hindsight_lines=hp.hindsight_lines, logprob_chunk_size=hp.logprob_chunk_size,
         )  # fmt: skip
         return annotate_batch(self.model, self.pi, self.vocab, batch["text"], batch["id"], cfg, self.generator)
 
@@ -263,8 +270,8 @@ class LatentPolicyModule(CausalLMModule):
     def plain_logp(self, roll: Rollout) -> Tensor:
         """``log π(a_t | s_t)`` without rationales, ``[B, T]``."""
         layout = plain_layout(roll.traces, self.vocab, roll.layout.input_ids.device)
-        logits = forward_logits(self.pi, layout)
-        return expert_line_logp(logits, layout, roll.traces, 1, self.vocab, self.hparams.act_likelihood)
+        stats = layout_stats(self.pi, layout, self.vocab, chunk_size=self.hparams.logprob_chunk_size)[0]
+        return expert_line_logp(stats, layout, roll.traces, 1, self.vocab, self.hparams.act_likelihood)
 
     def _log_samples(self, roll: Rollout) -> None:
         every = self.hparams.log_samples_every_n_steps

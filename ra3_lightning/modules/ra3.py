@@ -101,7 +101,7 @@ class RA3Module(LatentPolicyModule):
         cfg = AnnotationConfig(
             num_samples=hp.annotate_samples, choose=hp.annotate_choose, max_latent_tokens=hp.max_latent_tokens,
             temperature=hp.temperature, think_cost=hp.think_cost, engine=hp.engine, act_likelihood=hp.act_likelihood,
-            hindsight_lines=hp.hindsight_lines,
+            hindsight_lines=hp.hindsight_lines, logprob_chunk_size=hp.logprob_chunk_size,
         )  # fmt: skip
         records = self.em_data.annotation_records(iteration, rank, world)
         # Ranks annotate different numbers of batches: unshard q and π once instead of per-forward gathers.
