@@ -129,13 +129,23 @@ def test_micro_batches_give_the_full_batch_gradient(tmp_path, tok_dir):
     norm = LossNormaliser.from_mask(mask, 5)
     module.manual_backward = lambda loss: loss.backward()
     grads = []
-    for size in (None, 4):
-        module.micro_batch_size = size
+    budget = 2 * (rollout.prompt_ids.shape[1] + 2)  # a token budget: about two short completions per micro-batch
+    assert len(list(module.micro_batches(rollout))) == 1
+    for size, tokens in ((None, None), (4, None), (None, budget)):
+        module.micro_batch_size, module.micro_batch_tokens = size, tokens
+        if tokens:
+            assert len(list(module.micro_batches(rollout))) > 1
         module.model.zero_grad()
         module.accumulate(rollout, None, None, advantages, mask, norm, with_entropy=False)
         grads.append(torch.cat([p.grad.flatten() for p in module.model.parameters()]))
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    for other in grads[1:]:
+        torch.testing.assert_close(other, grads[0], atol=1e-6, rtol=1e-4)
     assert grads[0].abs().sum() > 0
+    # another rank needs two more passes: this one splits its micro-batches up to that count (FSDP2 needs equal counts)
+    count = len(list(module.micro_batches(rollout)))
+    module.most_across_ranks = lambda n: n + 2
+    slices = list(module.micro_batches(rollout))
+    assert len(slices) == count + 2 and [i for s in slices for i in range(s.start, s.stop)] == list(range(6))
 
 
 def test_chunked_log_probs_give_the_dense_loss_and_gradient(tmp_path, tok_dir):

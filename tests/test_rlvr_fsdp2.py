@@ -40,7 +40,16 @@ class RankSkewedHFGenerate(RankSkewed, HFGenerate):
     pass
 
 
-@pytest.mark.parametrize("backend", ["RankSkewedKVSample", "RankSkewedHFGenerate"])
+# Rows per rank: 2 prompts x G = 16; prompts are 11 tokens. A budget of 48 tokens fits 2 rows of rank 0's 8-token
+# completions but 3 of rank 1's 5-token ones: 8 vs 6 micro-batches, which rank 1 must split up to 8 (FSDP2's
+# collectives need the same number of forward/backward passes on every rank, or the run hangs).
+MICRO_BATCHES = {
+    "RankSkewedKVSample": ("--model.micro_batch_size", "4"),
+    "RankSkewedHFGenerate": ("--model.micro_batch_tokens", "48"),
+}
+
+
+@pytest.mark.parametrize("backend", list(MICRO_BATCHES))
 def test_rlvr_fit_and_validate_on_two_fsdp2_cpu_processes(tmp_path, tiny_tokenizer, backend):
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=8)
@@ -57,7 +66,7 @@ def test_rlvr_fit_and_validate_on_two_fsdp2_cpu_processes(tmp_path, tiny_tokeniz
             str(tmp_path / "tok"),
         ),
         *("--model.tiny.hidden_size", "32", "--model.tiny.intermediate_size", "64", "--model.max_new_tokens", "8"),
-        *("--model.generation", f"test_rlvr_fsdp2.{backend}", "--model.micro_batch_size", "4"),
+        *("--model.generation", f"test_rlvr_fsdp2.{backend}", *MICRO_BATCHES[backend]),
         *("--model.loss_aggregation", "dapo", "--model.reward_fn.init_args.workers", "1"),
         *("--data.path", tasks, "--data.val_path", val, "--data.batch_size", "2", "--data.val_batch_size", "1"),
         *("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.devices", "2"),

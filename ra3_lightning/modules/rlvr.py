@@ -82,6 +82,13 @@ from ra3_lightning.metrics import PassAtK
 from ra3_lightning.modules.base import CausalLMModule, shard_lm
 from ra3_lightning.optim import adamw_warmup_cosine
 from ra3_lightning.rl.advantages import AdvantageScale, group_advantages, zero_variance_groups
+from ra3_lightning.rl.batching import (
+    completion_extent,
+    completion_lengths,
+    pad_columns,
+    split_to_count,
+    token_budget_slices,
+)
 from ra3_lightning.rl.kl import KLKind
 from ra3_lightning.rl.losses import (
     AGGREGATIONS,
@@ -117,6 +124,9 @@ class RLVRModule(CausalLMModule):
         drop_zero_variance_groups: DAPO dynamic sampling: no loss on groups whose rewards are all equal.
         mask_truncated_completions: No loss on completions that hit ``max_new_tokens`` without EOS.
         micro_batch_size: Sequences per forward/backward (default: the whole generation batch).
+        micro_batch_tokens: A token budget per forward/backward instead: consecutive sequences while their count
+            times (prompt length + their longest completion) fits (at least one sequence). Overrides
+            ``micro_batch_size``; memory then follows the tokens, not the number of sequences.
         tis_cap: Truncated importance sampling against the sampler's own token log-probs
             (:attr:`~ra3_lightning.generation.Rollout.sampler_logp`): each token's surrogate is weighted by
             ``min(pi_old / pi_sampler, tis_cap)`` (:func:`~ra3_lightning.rl.losses.truncated_is_weights`) — for a
@@ -175,6 +185,7 @@ class RLVRModule(CausalLMModule):
         drop_zero_variance_groups: bool = False,
         mask_truncated_completions: bool = False,
         micro_batch_size: int | None = None,
+        micro_batch_tokens: int | None = None,
         tis_cap: float | None = None,
         logprob_chunk_size: int | None = 256,
         lr: float = 1e-6,
@@ -211,6 +222,9 @@ class RLVRModule(CausalLMModule):
         self.epsilon, self.epsilon_high = epsilon, epsilon_high
         self.drop_zero_var, self.mask_truncated = drop_zero_variance_groups, mask_truncated_completions
         self.micro_batch_size, self.logprob_chunk_size, self.tis_cap = micro_batch_size, logprob_chunk_size, tis_cap
+        if micro_batch_tokens is not None and micro_batch_tokens < 1:
+            raise ValueError(f"micro_batch_tokens={micro_batch_tokens} must be >= 1 (or None)")
+        self.micro_batch_tokens = micro_batch_tokens
         self.val_num_samples = val_num_samples
         self.pass_at_k = PassAtK(ks=pass_at_k)
         self.eval_diagnostics = EvalDiagnostics()
@@ -280,7 +294,7 @@ class RLVRModule(CausalLMModule):
         # While the sandbox scores: the fixed log-probs, and the forward pass (with graph) of the first micro-batch.
         with self.sharing_cpu_with_sandbox():
             old_logp, ref_logp = self.fixed_logps(rollout)
-            head = self.completion_logps(self.model, rollout, next(self.micro_batches(rollout.num_samples)), True)
+            head = self.completion_logps(self.model, rollout, next(self.micro_batches(rollout)), True)
         rewards, t_reward = self.await_rewards(pending, texts, tasks, t_gen)
         advantages, sample_mask = self.advantages(rewards)  # [B*G], [B*G]
         stats = self.update(rollout, old_logp, ref_logp, advantages, sample_mask, head)
@@ -353,50 +367,70 @@ class RLVRModule(CausalLMModule):
         return adv.reshape(-1), keep.reshape(-1)
 
     # ----------------------------------------------------------------------------------------- log-probs
-    def sequence_inputs(self, rollout: Rollout, rows: slice) -> dict[str, Tensor]:
-        ids = torch.cat([rollout.prompt_ids[rows], rollout.completion_ids[rows]], dim=1)  # [b, P+T]
-        mask = torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows]], dim=1)  # [b, P+T]
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # [b, P+T], as generate() numbers them
+    def sequence_inputs(self, rollout: Rollout, rows: slice, length: int | None = None) -> dict[str, Tensor]:
+        """Prompt + the first ``length`` completion tokens (all by default) of ``rows``, as the model takes them."""
+        completion = slice(0, length)
+        ids = torch.cat([rollout.prompt_ids[rows], rollout.completion_ids[rows, completion]], dim=1)  # [b, P+t]
+        mask = torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows, completion]], dim=1)  # [b, P+t]
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # [b, P+t], as generate() numbers them
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
 
     def completion_logps(
         self, model: torch.nn.Module, rollout: Rollout, rows: slice, with_entropy: bool = False
     ) -> tuple[Tensor, Tensor | None]:  # [b, T], [b, T]
-        """Log-probs of the completion tokens (and the policy entropy at each position) under ``model``."""
+        """Log-probs of the completion tokens (and the policy entropy at each position) under ``model``.
+
+        The forward pass stops at the rows' longest completion (what follows is padding in every row: it changes
+        no earlier position and scores 0), so a micro-batch of short completions costs what they are.
+        """
         T = rollout.completion_ids.shape[1]
+        t = completion_extent(rollout.completion_mask[rows])
+        inputs, targets = self.sequence_inputs(rollout, rows, t), rollout.completion_ids[rows, :t]  # [b, t]
         if self.logprob_chunk_size is not None:
-            targets = rollout.completion_ids[rows]  # [b, T]
-            inputs = self.sequence_inputs(rollout, rows)
-            return selective_logprobs(model, inputs, targets, self.logprob_chunk_size, with_entropy)
+            logp, entropy = selective_logprobs(model, inputs, targets, self.logprob_chunk_size, with_entropy)
+            return pad_columns(logp, T), pad_columns(entropy, T)
         # The LM head runs only where completion tokens are predicted (not over the prompt).
-        out = model(**self.sequence_inputs(rollout, rows), logits_to_keep=T + 1)
-        logits = out.logits[:, :-1].float()  # [b, T, V]
-        log_norm = logits.logsumexp(-1)  # [b, T]
-        logp = logits.gather(-1, rollout.completion_ids[rows].unsqueeze(-1)).squeeze(-1) - log_norm  # [b, T]
+        logits = model(**inputs, logits_to_keep=t + 1).logits[:, :-1].float()  # [b, t, V]
+        log_norm = logits.logsumexp(-1)  # [b, t]
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm  # [b, t]
         entropy = None
         if with_entropy:
             with torch.no_grad():
-                probs = (logits - log_norm.unsqueeze(-1)).exp()  # [b, T, V]
-                entropy = log_norm - (probs * logits).sum(-1)  # [b, T]
-        return logp, entropy
+                probs = (logits - log_norm.unsqueeze(-1)).exp()  # [b, t, V]
+                entropy = log_norm - (probs * logits).sum(-1)  # [b, t]
+        return pad_columns(logp, T), pad_columns(entropy, T)
 
-    def micro_batches(self, n: int) -> Iterator[slice]:
+    def micro_batches(self, rollout: Rollout) -> Iterator[slice]:
+        """Consecutive rows per forward/backward: ``micro_batch_tokens`` (a token budget) if set, else
+        ``micro_batch_size`` rows, else all of them."""
+        n = rollout.num_samples
+        if self.micro_batch_tokens is not None:
+            lengths = completion_lengths(rollout.completion_mask).tolist()
+            slices = token_budget_slices(lengths, rollout.prompt_ids.shape[1], self.micro_batch_tokens)
+            yield from split_to_count(slices, self.most_across_ranks(len(slices)))
+            return
         size = self.micro_batch_size or n
         for start in range(0, n, size):
             yield slice(start, min(start + size, n))
+
+    def most_across_ranks(self, count: int) -> int:
+        """The largest ``count`` of all ranks (``count`` itself outside a distributed run)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return count
+        return int(self.trainer.strategy.reduce(torch.tensor(count, device=self.device), reduce_op="max"))
 
     @torch.no_grad()
     def fixed_logps(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
         """``old_logp`` (only for ``mu > 1``; on-policy it equals the detached current log-prob) and ``ref_logp``
         (only for ``beta > 0``), each ``[B*G, T]``."""
-        n = rollout.num_samples
         old = None
         if self.mu > 1:
-            old = torch.cat([self.completion_logps(self.model, rollout, r)[0] for r in self.micro_batches(n)])
+            old = torch.cat([self.completion_logps(self.model, rollout, r)[0] for r in self.micro_batches(rollout)])
         ref = None
         if self.ref_model is not None:
             self.ref_model.to(self.device)
-            ref = torch.cat([self.completion_logps(self.ref_model, rollout, r)[0] for r in self.micro_batches(n)])
+            rows = self.micro_batches(rollout)
+            ref = torch.cat([self.completion_logps(self.ref_model, rollout, r)[0] for r in rows])
         return old, ref
 
     # ----------------------------------------------------------------------------------------- update
@@ -456,7 +490,7 @@ class RLVRModule(CausalLMModule):
         ``training_step``: it overlaps the sandbox's scoring).
         """
         totals: dict[str, Tensor] = {}
-        for index, rows in enumerate(self.micro_batches(rollout.num_samples)):
+        for index, rows in enumerate(self.micro_batches(rollout)):
             if index == 0 and first is not None:
                 logp, entropy = first  # [b, T]
             else:
