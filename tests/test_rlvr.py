@@ -146,7 +146,8 @@ def test_micro_batches_give_the_full_batch_gradient(tmp_path, tok_dir):
     count = len(list(module.micro_batches(rollout)))
     module.most_across_ranks = lambda n: n + 2
     slices = list(module.micro_batches(rollout))
-    assert count < 4 and len(slices) == count + 2 and [i for s in slices for i in range(s.start, s.stop)] == list(range(6))
+    assert count < 4 and len(slices) == count + 2
+    assert [i for s in slices for i in range(s.start, s.stop)] == list(range(6))
 
 
 def test_chunked_log_probs_give_the_dense_loss_and_gradient(tmp_path, tok_dir):
