@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
+
+from _variants import run_variant_process
 
 
 def run_variant(args: argparse.Namespace) -> dict[str, float]:
@@ -81,10 +81,7 @@ def main() -> None:
         return
     results = {}
     for variant in ("dense", "chunked"):
-        out = subprocess.run([sys.executable, *sys.argv, "--variant", variant], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(f"{variant} failed:\n{out.stderr[-2000:]}")
-        results[variant] = r = json.loads(out.stdout.strip().splitlines()[-1])
+        results[variant] = r = run_variant_process(variant)
         if variant == "dense":
             gib = r["positions"] * 151_646 * 4 / 2**30
             print(f"V=151,646, N·L={r['positions']} positions (one fp32 [N, L, V] tensor = {gib:.2f} GiB), "

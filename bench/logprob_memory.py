@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
+
+from _variants import run_variant_process
 
 
 def run_variant(args: argparse.Namespace) -> dict[str, float]:
@@ -71,11 +71,7 @@ def main() -> None:
           f"chunk={args.chunk}")  # fmt: skip
     results = {}
     for variant in ("dense", "chunked"):
-        out = subprocess.run([sys.executable, *sys.argv, "--variant", variant], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(f"{variant} failed:\n{out.stderr[-2000:]}")
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = results[variant]
+        results[variant] = r = run_variant_process(variant)
         print(
             f"{variant:8s} peak RSS {r['peak_rss_gb']:6.2f} GiB  (pass +{r['pass_gb']:5.2f} GiB)  "
             f"{r['seconds']:6.2f} s  sum logp {r['logp_sum']:.4f}  mean entropy {r['entropy_mean']:.4f}"
