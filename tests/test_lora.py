@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from ra3_lightning.cli import export_main
 from ra3_lightning.lora import (
     AdapterOff,
     LoRASpec,
@@ -140,6 +141,9 @@ def test_ntp_with_lora_trains_only_adapters_and_its_checkpoint_loads_merged(tiny
     out = module.export_hf(tmp_path / "hf")
     exported = AutoModelForCausalLM.from_pretrained(out).eval()
     torch.testing.assert_close(logits(exported), logits(module.model), atol=1e-5, rtol=1e-5)
+    export_main([str(ckpt), str(tmp_path / "cli_export")])  # `ra3 export CKPT DIR`: merged too, no PEFT to load it
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "cli_export").eval()
+    torch.testing.assert_close(logits(exported), logits(module.model), atol=1e-5, rtol=1e-5)
 
     chained = NTPModule(init_from=str(ckpt), lora=LoRASpec(r=2))  # the next stage: a fresh adapter on merged weights
     chained.configure_model()
@@ -170,3 +174,30 @@ def test_rlvr_reference_with_lora_is_the_adapter_off_policy(tiny_cfg):
     with module.model.disable_adapter():
         torch.testing.assert_close(reference, logits(module.model))
     assert not torch.allclose(reference, logits(module.model))
+
+
+def test_rlvr_fit_with_lora_and_a_kl_reference(tmp_path, tiny_tokenizer):
+    """Generation, the chunked log-prob pass, the adapter-off reference and the update, end to end with LoRA."""
+    from test_rlvr import TINY, fixed_reward, write_solvable_tasks
+
+    from ra3_lightning.data.task_data import TaskDataModule
+    from ra3_lightning.modules.rlvr import RLVRModule
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
+    module = RLVRModule(
+        tiny=TINY, tokenizer=str(tmp_path / "tok"), num_generations=4, max_new_tokens=6, reward_fn=fixed_reward,
+        beta=0.1, lr=1e-2, log_samples_every_n_steps=0, lora=LoRASpec(r=4, alpha=8.0),
+    )  # fmt: skip
+    data = TaskDataModule(tasks, batch_size=2, prompt_template="plain")
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    module.configure_model()
+    base = {k: v.clone() for k, v in module.model.state_dict().items() if "lora_" not in k}
+    trainer.fit(module, data)
+    assert trainer.global_step == 2 and isinstance(module.ref_model, AdapterOff)
+    after = module.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in base.items())  # only the adapters moved
+    assert any(layer.lora_B["default"].weight.abs().max() > 0 for layer in lora_layers(module.model))
