@@ -57,7 +57,7 @@ class LogitStats:
         N, L, V = logits.shape
         targets = next_tokens(input_ids).reshape(-1)
         args = (think.to(logits.device), comment.to(logits.device), (temperature,))
-        columns = chunked_rows(_columns_of_logits, logits.reshape(-1, V), targets, chunk_size, *args)
+        columns = chunked_rows(_columns_at, logits.reshape(-1, V), targets, chunk_size, *args)
         return cls.from_columns(columns.view(N, L, COLUMNS), temperature)
 
     def token_logp(self) -> Tensor:
@@ -94,12 +94,9 @@ def stat_columns(logits: Tensor, targets: Tensor, think: Tensor, comment: Tensor
 
 
 def _columns_at(logits: Tensor, targets: Tensor, think: Tensor, comment: Tensor, temperatures: tuple) -> Tensor:
-    """:func:`stat_columns` at each temperature, side by side: ``[n, 5 · len(temperatures)]``."""
+    """:func:`stat_columns` at each temperature, side by side (in fp32 at least): ``[n, 5 · len(temperatures)]``."""
+    logits = _at_least_fp32(logits)
     return torch.cat([stat_columns(logits / t, targets, think, comment) for t in temperatures], dim=-1)
-
-
-def _columns_of_logits(logits: Tensor, targets: Tensor, think: Tensor, comment: Tensor, temps: tuple) -> Tensor:
-    return _columns_at(_at_least_fp32(logits), targets, think, comment, temps)
 
 
 def latent_stats(
