@@ -9,6 +9,12 @@ model (with and without its rationales) under the same seed, config and code, wi
     python scripts/ablations.py table --base reports/full --out reports/ablations
 
 ``run`` writes ``<out>/<name>/seed<S>/ablation.json`` (resumable: a finished stage or evaluation is skipped).
+``rlvr`` reruns instead both RLVR stages from the seed's own NTP and RA3 checkpoints under the overrides, with the
+held-out evaluation of the RLVR models and the seed's report; ``scripts/fair_tables.py`` reads the new seed folders::
+
+    python scripts/ablations.py rlvr --base reports/full --out reports/ablations --name rlvr_tasks64 --seeds 0 1 2 \\
+        -c configs/demo/pipeline_full.yaml -- --rlvr.train_tasks 64
+
 ``table`` prints, for every ablation found under ``<out>``, the pass@1 of the ablated RA3 model paired by seed with
 the NTP arm and the default RA3 arm of ``<base>/seed<S>`` (mean ± sample std over seeds, and the sign count), and
 the E-step's THINK rate per EM iteration. Seeds run one after the other: each one uses the whole machine.
@@ -38,6 +44,30 @@ def prepare(base: Path, out: Path) -> None:
     if not ckpt.exists():
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(base / "checkpoints" / "pretrain.ckpt", ckpt)
+
+
+MIDTRAINED = ("pretrain", "ntp", "ra3")  # checkpoints an RLVR rerun starts from (and the eval results it keeps)
+
+
+def prepare_rlvr(base: Path, out: Path) -> None:
+    """Give ``out`` everything of the base seed up to mid-training: splits, checkpoints, their logs and evaluations."""
+    prepare(base, out)
+    for name in MIDTRAINED[1:]:
+        if not (out / "checkpoints" / f"{name}.ckpt").exists():
+            os.symlink((base / "checkpoints" / f"{name}.ckpt").resolve(), out / "checkpoints" / f"{name}.ckpt")
+    for name in MIDTRAINED:
+        if (base / "tb" / name).exists() and not (out / "tb" / name).exists():
+            shutil.copytree(base / "tb" / name, out / "tb" / name)
+    (out / "eval").mkdir(exist_ok=True)
+    for result in (base / "eval").glob("*.json"):
+        if result.stem.split("_")[0] in ("base", "ntp", "ra3"):  # base, ntp, ra3, ra3_nothink; not rlvr_*
+            shutil.copy2(result, out / "eval" / result.name)
+    times = json.loads((base / "stage_times.json").read_text())
+    kept = {k: v for k, v in times.items() if k in ("data", *MIDTRAINED)}
+    own = out / "stage_times.json"  # a resumed rerun keeps the times of the stages it already ran
+    (out / "stage_times.json").write_text(
+        json.dumps(kept | (json.loads(own.read_text()) if own.exists() else {}), indent=1)
+    )
 
 
 def commit() -> str:
@@ -95,6 +125,18 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(json.dumps({"seed": seed, "pass@1": record["eval"]["ra3"]["pass@1"], "times": record["stage_times"]}))
 
 
+def cmd_rlvr(args: argparse.Namespace) -> None:
+    from ra3_lightning.pipeline.stages import parse_config, run_pipeline
+
+    for seed in args.seeds:
+        base, out = Path(args.base) / f"seed{seed}", Path(args.out) / args.name / f"seed{seed}"
+        print(f"=== {args.name} seed {seed}: {' '.join(args.overrides)} -> {out}", file=sys.stderr, flush=True)
+        prepare_rlvr(base, out)
+        argv = ["-c", args.config, "--seed", str(seed), "--out", str(out), "--progress_bar", "false", *args.overrides]
+        command = f"python scripts/ablations.py rlvr ... (commit {commit()}) -- {' '.join(args.overrides)}"
+        run_pipeline(parse_config(argv), command=command)
+
+
 # --------------------------------------------------------------------------------------------- tables
 def paired(values: list[float]) -> str:
     """``v1, v2, ... (mean m ± s; > 0 in a of n)`` of paired differences."""
@@ -145,13 +187,14 @@ def cmd_table(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="rerun the RA3 arm of finished seeds with overrides")
-    run.add_argument("--base", required=True, help="the finished `ra3 demo --seeds` directory (seed<S>/ inside)")
-    run.add_argument("--out", required=True, help="where ablations go (<out>/<name>/seed<S>)")
-    run.add_argument("--name", required=True, help="the ablation's folder name")
-    run.add_argument("--seeds", type=int, nargs="+", required=True)
-    run.add_argument("-c", "--config", required=True, help="the pipeline YAML the base seeds ran with")
-    run.add_argument("overrides", nargs="*", help="pipeline overrides after `--`, e.g. --midtrain.hindsight_lines 2")
+    for name, what in (("run", "the RA3 arm"), ("rlvr", "both RLVR stages")):
+        rerun = sub.add_parser(name, help=f"rerun {what} of finished seeds with overrides")
+        rerun.add_argument("--base", required=True, help="the finished `ra3 demo --seeds` directory (seed<S>/ inside)")
+        rerun.add_argument("--out", required=True, help="where ablations go (<out>/<name>/seed<S>)")
+        rerun.add_argument("--name", required=True, help="the ablation's folder name")
+        rerun.add_argument("--seeds", type=int, nargs="+", required=True)
+        rerun.add_argument("-c", "--config", required=True, help="the pipeline YAML the base seeds ran with")
+        rerun.add_argument("overrides", nargs="*", help="pipeline overrides after `--`, e.g. --rlvr.train_tasks 64")
     table = sub.add_parser("table", help="paired tables of every ablation under --out")
     table.add_argument("--base", required=True)
     table.add_argument("--out", required=True)
@@ -161,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cmd_run(args) if args.command == "run" else cmd_table(args)
+    {"run": cmd_run, "rlvr": cmd_rlvr, "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":

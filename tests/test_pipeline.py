@@ -29,7 +29,7 @@ MINI = [
     "--midtrain.annotate_batch_size", "4",
     "--rlvr.steps", "2", "--rlvr.batch_size", "2", "--rlvr.num_generations", "2", "--rlvr.max_new_tokens", "16",
     "--rlvr.smoothing", "1", "--rlvr.heldin", "2", "--rlvr.val_every", "1", "--rlvr.val_num_samples", "2",
-    "--rlvr.checkpoint_every", "1",
+    "--rlvr.checkpoint_every", "1", "--rlvr.train_tasks", "4",
     "--eval.num_samples", "2", "--eval.ks", "[1,2]", "--eval.max_new_tokens", "16", "--eval.batch_size", "4",
     "--eval.curve_num_samples", "2", "--eval.check_budget", "false",
 ]  # fmt: skip
@@ -117,6 +117,8 @@ def test_config_knobs_reach_the_pipeline():
     assert cfg.midtrain.think_cost == 0.2 and cfg.eval.ks == (1, 8)
     with pytest.raises(ValueError, match="num_samples"):
         parse_config(["--eval.ks", "[1, 16]", "--eval.num_samples", "8"])
+    with pytest.raises(ValueError, match=r"rlvr.train_tasks=97 must be in \[0, 96\]"):  # 128 rlvr tasks, 32 held in
+        parse_config(["-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--rlvr.train_tasks", "97"])
 
 
 def test_seeds_over_finished_runs_only_aggregates(demo, tmp_path, capsys):

@@ -173,6 +173,8 @@ class RLVRSpec:
         heldin: Tasks of the ``rlvr`` split kept out of RLVR training for its validation (``val/pass@1`` every
             ``val_every`` steps); tune RLVR on these and on the training reward, never on ``eval``.
         val_every: Steps between those validations (0: none).
+        train_tasks: Train on only the first this many of the training tasks (0: all of them), so that the run
+            makes ``steps * batch_size / train_tasks`` passes over each (a testbed in which RL has room to learn).
         val_num_samples: Samples per held-in task in those validations.
         checkpoint_every: Save the policy every this many steps (0: never); the eval stage scores each saved
             checkpoint on the held-out tasks (held-out pass@1 along the RLVR run).
@@ -190,6 +192,7 @@ class RLVRSpec:
     workers: int = 2
     heldin: int = 0
     val_every: int = 0
+    train_tasks: int = 0
     val_num_samples: int = 4
     checkpoint_every: int = 0
 
@@ -259,6 +262,11 @@ class PipelineConfig:
             raise ValueError(f"rlvr.heldin={r.heldin} leaves no RLVR training tasks of world.rlvr={self.world.rlvr}")
         if r.val_every and not r.heldin:
             raise ValueError("rlvr.val_every needs rlvr.heldin > 0 tasks to validate on")
+        if not 0 <= r.train_tasks <= self.world.rlvr - r.heldin:
+            raise ValueError(
+                f"rlvr.train_tasks={r.train_tasks} must be in [0, {self.world.rlvr - r.heldin}] "
+                f"(world.rlvr={self.world.rlvr} minus rlvr.heldin={r.heldin}; 0: all of them)"
+            )
 
 
 # --------------------------------------------------------------------------------------------- paths
@@ -455,7 +463,7 @@ def _rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
         train, heldin = rlvr_splits(cfg, paths)
         data = TaskDataModule(
             train, val_path=heldin, batch_size=r.batch_size, val_batch_size=cfg.eval.batch_size,
-            prompt_template="plain", seed=cfg.seed,
+            prompt_template="plain", max_tasks=r.train_tasks or None, seed=cfg.seed,
         )  # fmt: skip
         stage = f"rlvr_{arm}"
         save = SaveEvery(r.checkpoint_every, lambda step: paths.ckpt(f"{stage}_step{step}"))

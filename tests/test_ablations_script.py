@@ -1,0 +1,44 @@
+"""``scripts/ablations.py rlvr``: what a rerun of the RLVR stages takes over from a finished seed, and what it must
+not (its RLVR checkpoints, evaluations and stage times, which the rerun replaces)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ablations", ROOT / "scripts" / "ablations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finished_seed(root: Path) -> Path:
+    for folder in ("data", "checkpoints", "eval", "tb/pretrain", "tb/ntp", "tb/ra3", "tb/rlvr_ntp"):
+        (root / folder).mkdir(parents=True)
+    (root / "data" / "DONE").write_text("")
+    for ckpt in ("pretrain", "ntp", "ra3", "rlvr_ntp", "rlvr_ntp_step40"):
+        (root / "checkpoints" / f"{ckpt}.ckpt").write_text(ckpt)
+    for result in ("base", "ntp", "ra3", "ra3_nothink", "rlvr_ntp", "rlvr_ra3_nothink", "rlvr_ntp_step40"):
+        (root / "eval" / f"{result}.json").write_text(json.dumps({"pass@1": 0.5}))
+    times = {"data": 1.0, "pretrain": 2.0, "ntp": 3.0, "ra3": 4.0, "rlvr_ntp": 5.0, "eval": 6.0}
+    (root / "stage_times.json").write_text(json.dumps(times))
+    return root
+
+
+def test_prepare_rlvr_keeps_midtraining_and_drops_rlvr(tmp_path):
+    base, out = finished_seed(tmp_path / "base"), tmp_path / "out"
+    load_script().prepare_rlvr(base, out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["ntp.ckpt", "pretrain.ckpt", "ra3.ckpt"]
+    assert (out / "checkpoints" / "ra3.ckpt").read_text() == "ra3"
+    assert sorted(p.stem for p in (out / "eval").iterdir()) == ["base", "ntp", "ra3", "ra3_nothink"]
+    assert sorted(p.name for p in (out / "tb").iterdir()) == ["ntp", "pretrain", "ra3"]
+    assert json.loads((out / "stage_times.json").read_text()) == {"data": 1.0, "pretrain": 2.0, "ntp": 3.0, "ra3": 4.0}
+    (out / "stage_times.json").write_text(json.dumps({"data": 1.0, "rlvr_ntp": 9.0}))  # the rerun ran rlvr_ntp
+    load_script().prepare_rlvr(base, out)  # resuming into the same folder keeps what the rerun did
+    assert sorted(p.stem for p in (out / "eval").iterdir()) == ["base", "ntp", "ra3", "ra3_nothink"]
+    assert json.loads((out / "stage_times.json").read_text())["rlvr_ntp"] == 9.0
