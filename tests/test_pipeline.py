@@ -57,8 +57,14 @@ def test_demo_writes_the_report(demo):
         assert f"{pass1:.3f}" in summary
     recovery = [line for line in summary.splitlines() if re.match(r"\| [01] \| -?\d", line)]
     assert len(recovery) == 2, "one abstraction-recovery row per EM iteration, with a measured ELBO per line"
-    for name in ("rlvr_reward.png", "em_iterations.png", "losses.png"):
+    for name in ("rlvr_reward.png", "em_iterations.png", "estep.png", "losses.png"):
         assert (demo / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    learning = summary.split("## Is each stage learning?")[1].split("## ")[0]
+    signals = {row["name"]: row for row in json.loads((demo / "results.json").read_text())["signals"]}
+    for name in ("pre-training loss", "RA3 M-step loss (annotated traces)", "E-phase 1: THINK rate",
+                 "RLVR from RA3: training reward", "RLVR from NTP: held-in pass@1"):  # fmt: skip
+        assert f"| {name} | {signals[name]['points']} | {signals[name]['first']:.4f} |" in learning, name
+    assert signals["pre-training loss"]["points"] == 4 and signals["RLVR from NTP: training reward"]["points"] == 2
     for stage in ("pretrain", "ntp", "ra3", "rlvr_ntp", "rlvr_ra3"):
         assert list((demo / "tb" / stage / "version_0").glob("events.out.tfevents.*")), stage
 

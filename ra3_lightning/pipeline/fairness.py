@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ra3_lightning.pipeline.scalars import read_scalars, steps_to_reach
+
 if TYPE_CHECKING:
     from ra3_lightning.pipeline.stages import Paths, PipelineConfig
 
@@ -40,8 +42,6 @@ def eval_results(paths: Paths) -> dict[str, dict[str, float]]:
 
 def mean_scalar(log_dir: Path, tag: str) -> float | None:
     """Mean of a logged scalar over the run (``None`` when absent)."""
-    from ra3_lightning.pipeline.report import read_scalars
-
     values = [v for _, v in read_scalars(log_dir, tag)]
     return sum(values) / len(values) if values else None
 
@@ -64,7 +64,6 @@ def rlvr_curves(cfg: PipelineConfig, paths: Paths, results: dict[str, dict[str, 
     """Per arm: held-out pass@1 along the RLVR run (step 0 = the mid-trained model, the last step = the RLVR stage's
     model, in between the ``checkpoint_every`` checkpoints, scored with ``eval.curve_num_samples``) and held-in
     ``val/pass@1`` from the RLVR run's own validation."""
-    from ra3_lightning.pipeline.report import read_scalars
     from ra3_lightning.pipeline.stages import rlvr_checkpoint_steps
 
     curves: dict[str, Any] = {}
@@ -81,8 +80,6 @@ def relative_convergence(cfg: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Steps until each arm's smoothed training pass rate reaches ``max(start of both arms) + THRESHOLD_MARGIN``,
     where an arm's start is the mean pass rate of its first ``rlvr.smoothing`` logged steps — a threshold both arms
     start below by construction."""
-    from ra3_lightning.pipeline.report import read_scalars, steps_to_reach
-
     series = {arm: read_scalars(paths.log_dir(f"rlvr_{arm}"), "train/pass_rate") for arm in ARMS}
     window = cfg.rlvr.smoothing
     starts = {arm: sum(v for _, v in s[:window]) / len(s[:window]) for arm, s in series.items() if s}

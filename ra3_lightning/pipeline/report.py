@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +27,12 @@ from ra3_lightning.pipeline.fairness import (
     diagnostics_table,
     skills_table,
 )
+from ra3_lightning.pipeline.scalars import moving_average, pyplot, read_scalars, steps_to_reach
+from ra3_lightning.pipeline.signals import SIGNALS_TEXT, Signal, learning_signals, plot_estep, signals_table
 
 if TYPE_CHECKING:
     from ra3_lightning.pipeline.stages import Paths, PipelineConfig, RLVRSpec
 
-Series = list[tuple[int, float]]
 # Columns of the abstraction-recovery table: results key -> header.
 RECOVERY_COLUMNS: dict[str, str] = {
     "elbo_per_line": "ELBO / line",
@@ -50,40 +52,6 @@ RECOVERY_TEXT = (
 
 
 # --------------------------------------------------------------------------------------------- reading
-def read_scalars(log_dir: Path, tag: str) -> Series:
-    """``(step, value)`` of one scalar tag in a TensorBoard log directory (empty when absent)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not log_dir.exists():
-        return []
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    if tag not in acc.Tags().get("scalars", []):
-        return []
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
-
-
-def moving_average(values: list[float], window: int) -> list[float]:
-    """Trailing mean over the last ``window`` values (fewer at the start)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
-def steps_to_reach(series: Series, target: float, window: int) -> int | None:
-    """First step (1-based count of logged steps) whose trailing ``window``-mean reaches ``target``, else ``None``.
-
-    Only full windows count: the first ``window - 1`` steps average fewer points, so a single lucky batch at the
-    start would otherwise "converge" at step 1."""
-    smoothed = moving_average([v for _, v in series], window)
-    full = zip(series[window - 1 :], smoothed[window - 1 :], strict=True)
-    return next((step + 1 for (step, _), s in full if s >= target), None)
-
-
 def em_recovery(paths: Paths, iterations: int) -> list[dict[str, float]]:
     """Abstraction-recovery metrics of each EM iteration's annotated traces (an empty dict if none were written)."""
     import datasets
@@ -123,6 +91,7 @@ def collect_results(cfg: PipelineConfig, paths: Paths, timings: dict[str, float]
         "recovery": recovery_rows(paths, cfg.midtrain.iterations),
         "stage_times": dict(timings),
         "fairness": collect_fairness(cfg, paths),
+        "signals": [asdict(signal) for signal in learning_signals(paths)],
     }
 
 
@@ -161,7 +130,7 @@ def _finite(x: float | None) -> float | None:
 # --------------------------------------------------------------------------------------------- plots
 def plot_rlvr(paths: Paths, out: Path) -> None:
     """Training mean reward vs step of both RLVR arms: the raw points and a trailing 10-step mean."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm, color in zip(ARMS, ("tab:blue", "tab:orange"), strict=True):
         series = read_scalars(paths.log_dir(f"rlvr_{arm}"), "train/reward_mean")
@@ -177,7 +146,7 @@ def plot_rlvr(paths: Paths, out: Path) -> None:
 
 def plot_em(paths: Paths, out: Path) -> None:
     """ELBO per line and THINK rate of the annotated traces, per EM iteration."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, tag, label in zip(
         axes, ("em_iteration/elbo_per_line", "em_iteration/think_rate"), ("ELBO per line", "THINK rate"), strict=True
@@ -192,7 +161,7 @@ def plot_em(paths: Paths, out: Path) -> None:
 
 def plot_losses(paths: Paths, out: Path) -> None:
     """Training losses of pre-training and of both mid-training arms (to check that something is learned)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for stage, tag in (("pretrain", "train/loss"), ("pretrain", "val/loss")):
         series = read_scalars(paths.log_dir(stage), tag)
@@ -209,16 +178,12 @@ def plot_losses(paths: Paths, out: Path) -> None:
     plt.close(fig)
 
 
-PLOTS = {"rlvr_reward.png": plot_rlvr, "em_iterations.png": plot_em, "losses.png": plot_losses}
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+PLOTS = {
+    "rlvr_reward.png": plot_rlvr,
+    "em_iterations.png": plot_em,
+    "estep.png": plot_estep,
+    "losses.png": plot_losses,
+}
 
 
 # --------------------------------------------------------------------------------------------- markdown
@@ -326,6 +291,7 @@ def summary_lines(cfg: PipelineConfig, paths: Paths, command: str, results: dict
         f"Seed: {cfg.seed}  ",
         f"Stage times (s): {json.dumps(results['stage_times'])}",
         "",
+        *section("Is each stage learning?", SIGNALS_TEXT, signals_table([Signal(**row) for row in results["signals"]])),
         *section(
             "pass@k on the held-out evaluation tasks",
             eval_description(cfg),
