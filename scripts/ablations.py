@@ -55,6 +55,8 @@ def prepare_rlvr(base: Path, out: Path) -> None:
     for name in MIDTRAINED[1:]:
         if not (out / "checkpoints" / f"{name}.ckpt").exists():
             os.symlink((base / "checkpoints" / f"{name}.ckpt").resolve(), out / "checkpoints" / f"{name}.ckpt")
+    if (base / "work").exists() and not (out / "work").exists():  # the RA3 arm's annotated traces (its recovery)
+        os.symlink((base / "work").resolve(), out / "work")
     for name in MIDTRAINED:
         if (base / "tb" / name).exists() and not (out / "tb" / name).exists():
             shutil.copytree(base / "tb" / name, out / "tb" / name)

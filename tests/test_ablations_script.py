@@ -18,7 +18,7 @@ def load_script():
 
 
 def finished_seed(root: Path) -> Path:
-    for folder in ("data", "checkpoints", "eval", "tb/pretrain", "tb/ntp", "tb/ra3", "tb/rlvr_ntp"):
+    for folder in ("data", "checkpoints", "eval", "tb/pretrain", "tb/ntp", "tb/ra3", "tb/rlvr_ntp", "work/ra3_em"):
         (root / folder).mkdir(parents=True)
     (root / "data" / "DONE").write_text("")
     for ckpt in ("pretrain", "ntp", "ra3", "rlvr_ntp", "rlvr_ntp_step40"):
@@ -37,6 +37,7 @@ def test_prepare_rlvr_keeps_midtraining_and_drops_rlvr(tmp_path):
     assert (out / "checkpoints" / "ra3.ckpt").read_text() == "ra3"
     assert sorted(p.stem for p in (out / "eval").iterdir()) == ["base", "ntp", "ra3", "ra3_nothink"]
     assert sorted(p.name for p in (out / "tb").iterdir()) == ["ntp", "pretrain", "ra3"]
+    assert (out / "work" / "ra3_em").is_dir()  # the annotated traces the report's recovery table reads
     assert json.loads((out / "stage_times.json").read_text()) == {"data": 1.0, "pretrain": 2.0, "ntp": 3.0, "ra3": 4.0}
     (out / "stage_times.json").write_text(json.dumps({"data": 1.0, "rlvr_ntp": 9.0}))  # the rerun ran rlvr_ntp
     load_script().prepare_rlvr(base, out)  # resuming into the same folder keeps what the rerun did
