@@ -23,6 +23,11 @@ def paired(values: list[float]) -> str:
     return f"{', '.join(f'{v:+.3f}' for v in values)} (mean {mean:+.3f}{spread}; below 0 in {lower} of {len(values)})"
 
 
+def num(x: float | None) -> str:
+    """``x`` to 3 decimals, or ``n/a`` where the run has no value (e.g. no annotated traces to score)."""
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def rlvr_gain(run: dict, arm: str, split: str) -> float:
     """Last minus first point of an arm's RLVR pass@1 curve on ``split`` (``heldout`` / ``heldin``)."""
     curve = run["fairness"]["rlvr_curves"][arm][split]
@@ -44,8 +49,8 @@ def main(dirs: list[str]) -> None:
     print("\nTHINK rate per EM iteration / recall / logp gain:")
     for r in runs:
         rec = r["recovery"]
-        print(f"- seed {r['seed']}: think " + " → ".join(f"{x['think_rate']:.3f}" for x in rec)
-              + "; recall " + " → ".join(f"{x['recall']:.3f}" for x in rec)
+        print(f"- seed {r['seed']}: think " + " → ".join(num(x["think_rate"]) for x in rec)
+              + "; recall " + " → ".join(num(x["recall"]) for x in rec)
               + f"; rationale share {r['fairness']['token_budget']['ra3_rationale_share']:.4f}"
               + f"; ra3 rationale_rate {r['fairness']['eval_runs']['ra3']['rationale_rate']:.3f}"
               + f" accuracy {r['fairness']['eval_runs']['ra3']['rationale_accuracy']:.2f}")  # fmt: skip
