@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 Series = list[tuple[int, float]]
 
 
-def read_scalars(log_dir: Path, tag: str) -> Series:
-    """``(step, value)`` of one scalar tag in a TensorBoard log directory (empty when absent)."""
+def read_tags(log_dir: Path, tags: Sequence[str]) -> dict[str, Series]:
+    """``(step, value)`` of each of ``tags`` in a TensorBoard log directory, read in one pass (empty when absent)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not log_dir.exists():
-        return []
+        return {tag: [] for tag in tags}
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    if tag not in acc.Tags().get("scalars", []):
-        return []
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
+    logged = set(acc.Tags().get("scalars", []))
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] if tag in logged else [] for tag in tags}
+
+
+def read_scalars(log_dir: Path, tag: str) -> Series:
+    """``(step, value)`` of one scalar tag in a TensorBoard log directory (empty when absent)."""
+    return read_tags(log_dir, [tag])[tag]
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

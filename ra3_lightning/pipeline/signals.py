@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ra3_lightning.pipeline.fairness import ARMS
-from ra3_lightning.pipeline.scalars import Series, moving_average, pyplot, read_scalars
+from ra3_lightning.pipeline.scalars import Series, moving_average, pyplot, read_scalars, read_tags
 
 if TYPE_CHECKING:
     from ra3_lightning.pipeline.stages import Paths
 
 Direction = Literal["up", "down"] | None
+E_STEP_TAGS = ("estep/elbo_gain_per_line", "estep/think_rate")  # the two E-step signals, per E-phase
 SIGNALS_TEXT = (
     "Each training signal's mean over its first and its last quarter of logged points (`estep.png`, `losses.png` and "
     "`rlvr_reward.png` show the raw points). A change smaller than the step-to-step noise of the plot says nothing. "
@@ -75,24 +76,25 @@ def signal(name: str, values: Sequence[float], should_go: Direction = None) -> S
 def learning_signals(paths: Paths) -> list[Signal]:
     """Every signal the run logged (a stage that did not run, or did not log a tag, has no row)."""
 
-    def values(stage: str, tag: str) -> list[float]:
-        return [v for _, v in read_scalars(paths.log_dir(stage), tag)]
+    def values(series: Series) -> list[float]:
+        return [v for _, v in series]
 
+    ra3 = read_tags(paths.log_dir("ra3"), ("mstep/loss", "em/iteration", *E_STEP_TAGS))
     rows = [
-        signal("pre-training loss", values("pretrain", "train/loss"), "down"),
-        signal("NTP mid-training loss", values("ntp", "train/loss"), "down"),
-        signal("RA3 M-step loss (annotated traces)", values("ra3", "mstep/loss"), "down"),
+        signal("pre-training loss", values(read_scalars(paths.log_dir("pretrain"), "train/loss")), "down"),
+        signal("NTP mid-training loss", values(read_scalars(paths.log_dir("ntp"), "train/loss")), "down"),
+        signal("RA3 M-step loss (annotated traces)", values(ra3["mstep/loss"]), "down"),
     ]
-    iterations = read_scalars(paths.log_dir("ra3"), "em/iteration")
-    gains = by_iteration(read_scalars(paths.log_dir("ra3"), "estep/elbo_gain_per_line"), iterations)
-    thinks = by_iteration(read_scalars(paths.log_dir("ra3"), "estep/think_rate"), iterations)
+    gains = by_iteration(ra3["estep/elbo_gain_per_line"], ra3["em/iteration"])
+    thinks = by_iteration(ra3["estep/think_rate"], ra3["em/iteration"])
     for k in sorted(gains):
         rows.append(signal(f"E-phase {k}: ELBO gain per line over π without rationales", gains[k], "up"))
         rows.append(signal(f"E-phase {k}: THINK rate", thinks.get(k, [])))
     for arm in ARMS:
-        stage, name = f"rlvr_{arm}", f"RLVR from {arm.upper()}"
-        rows.append(signal(f"{name}: training reward", values(stage, "train/reward_mean"), "up"))
-        rows.append(signal(f"{name}: held-in pass@1", values(stage, "val/pass@1"), "up"))
+        rlvr = read_tags(paths.log_dir(f"rlvr_{arm}"), ("train/reward_mean", "val/pass@1"))
+        name = f"RLVR from {arm.upper()}"
+        rows.append(signal(f"{name}: training reward", values(rlvr["train/reward_mean"]), "up"))
+        rows.append(signal(f"{name}: held-in pass@1", values(rlvr["val/pass@1"]), "up"))
     return [row for row in rows if row is not None]
 
 
@@ -110,11 +112,9 @@ def plot_estep(paths: Paths, out: Path) -> None:
     """ELBO gain per line and THINK rate against the E-step within each E-phase: raw points and a 5-step mean."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    iterations = read_scalars(paths.log_dir("ra3"), "em/iteration")
-    for ax, tag, label in zip(
-        axes, ("estep/elbo_gain_per_line", "estep/think_rate"), ("ELBO gain per line", "THINK rate"), strict=True
-    ):
-        for k, series in sorted(by_iteration(read_scalars(paths.log_dir("ra3"), tag), iterations).items()):
+    ra3 = read_tags(paths.log_dir("ra3"), ("em/iteration", *E_STEP_TAGS))
+    for ax, tag, label in zip(axes, E_STEP_TAGS, ("ELBO gain per line", "THINK rate"), strict=True):
+        for k, series in sorted(by_iteration(ra3[tag], ra3["em/iteration"]).items()):
             (line,) = ax.plot(moving_average(series, 5), label=f"E-phase {k} (5-step mean)")
             ax.scatter(range(len(series)), series, s=6, alpha=0.3, color=line.get_color())
         ax.set(xlabel="E-step within the phase", ylabel=label, title=label)
