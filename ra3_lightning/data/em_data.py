@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ra3_lightning.data.texts import load_trace_records
 from ra3_lightning.data.traces import PadCollator, TraceDataModule
+from ra3_lightning.em_schedule import EMSchedule
 
 
 class PhaseTicker(IterableDataset):
@@ -42,7 +43,10 @@ class PhaseTicker(IterableDataset):
 
 
 class EMDataModule(L.LightningDataModule):
-    """Expert traces for :class:`ra3_lightning.modules.RA3Module` and :class:`ra3_lightning.callbacks.EMScheduler`.
+    """Expert traces for :class:`ra3_lightning.modules.RA3Module`.
+
+    :class:`ra3_lightning.callbacks.EMScheduler` hands it the schedule (:meth:`use_em_schedule`), so that each train
+    epoch ends with its EM phase.
 
     Args:
         path: The trace corpus (any source :mod:`ra3_lightning.data.sources` reads, e.g. ``synthetic:midtrain``).
@@ -83,6 +87,10 @@ class EMDataModule(L.LightningDataModule):
         self.train_records: list[dict[str, str]] = []
         self.val_blocks: datasets.Dataset | None = None
         self.m_blocks: dict[int, datasets.Dataset] = {}
+        self.em_schedule: EMSchedule | None = None
+
+    def use_em_schedule(self, schedule: EMSchedule) -> None:
+        self.em_schedule = schedule
 
     # ------------------------------------------------------------------------------------------- setup
     def connect(self, tokenizer: Any) -> None:
@@ -117,13 +125,9 @@ class EMDataModule(L.LightningDataModule):
         return DataLoader(PhaseTicker(self._steps_of_current_phase), batch_size=None)
 
     def _steps_of_current_phase(self) -> range:
-        from ra3_lightning.callbacks.em_scheduler import EMScheduler
-
-        schedulers = [c for c in self.trainer.callbacks if isinstance(c, EMScheduler)]
-        if not schedulers:
-            raise ValueError("EMDataModule needs the EMScheduler callback in `trainer.callbacks`")
-        step = self.trainer.global_step
-        return range(step, schedulers[0].phase_end(step)) if step < schedulers[0].total_steps else range(0)
+        if self.em_schedule is None:
+            raise RuntimeError("EMDataModule is driven by the EMScheduler callback: add it to `trainer.callbacks`")
+        return self.em_schedule.steps_left_in_phase(self.trainer.global_step)
 
     # ------------------------------------------------------------------------------------------- addressing
     def iteration_records(self, iteration: int) -> list[dict[str, str]]:

@@ -2,8 +2,9 @@
 
 It *is* the E-step (:class:`LatentPolicyModule`: ``self.model`` is trained as the latent policy ``q`` against the
 frozen ``self.pi``) and runs the M-step with :class:`NTPModule`'s functions (``lm_inputs``, ``causal_lm_loss``,
-``loss_mask_for``) on the traces ``q`` annotated. :class:`ra3_lightning.callbacks.EMScheduler` says which phase a
-step is in; :class:`ra3_lightning.data.EMDataModule` hands out the batch of every step.
+``loss_mask_for``) on the traces ``q`` annotated. :class:`ra3_lightning.callbacks.EMScheduler` hands it the
+:class:`ra3_lightning.em_schedule.EMSchedule` (which phase each step is in) and calls its phase transitions;
+:class:`ra3_lightning.data.EMDataModule` hands out the batch of every step.
 
 One set of weights, two roles. At the start of iteration ``k``'s E-phase ``π ← model`` (the M-step result
 ``M_{k-1}``) and ``q = model`` starts from it; the E-phase trains ``model`` as ``q``; annotation uses ``q`` and
@@ -26,8 +27,8 @@ import torch
 from torch import Tensor
 
 from ra3_lightning.annotate import AnnotationConfig, Choose, annotate
-from ra3_lightning.callbacks.em_scheduler import EMPosition, EMScheduler
 from ra3_lightning.data.em_data import EMDataModule
+from ra3_lightning.em_schedule import EMPosition, EMSchedule
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.lora import merge_into_base, reset_adapter
 from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity
@@ -76,9 +77,20 @@ class RA3Module(LatentPolicyModule):
             raise ValueError("annotate_choose='best' needs annotate_samples >= 2")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.em_position: EMPosition | None = None  # set by EMScheduler before every step
+        self.em_schedule: EMSchedule | None = None  # handed over by the EMScheduler callback in its setup
 
     # ----------------------------------------------------------------------------------------- EM transitions
+    def use_em_schedule(self, schedule: EMSchedule) -> None:
+        """Take the schedule from the EMScheduler callback (before ``configure_optimizers``, which sizes with it)."""
+        self.em_schedule = schedule
+
+    @property
+    def em_position(self) -> EMPosition:
+        """The iteration, phase and step within the phase of the current global step."""
+        if self.em_schedule is None:
+            raise RuntimeError("RA3Module is driven by the EMScheduler callback: add it to `trainer.callbacks`")
+        return self.em_schedule.phase_at(self.trainer.global_step)
+
     def begin_e_phase(self, iteration: int, fresh: bool) -> None:
         """``π ← model`` and reset ``q``'s optimizer, unless resuming inside the phase (``q`` was restored).
 
@@ -116,9 +128,10 @@ class RA3Module(LatentPolicyModule):
         self.trainer.strategy.barrier("ra3-annotation")
         return str(out)
 
-    def begin_m_phase(self, iteration: int, annotated: str) -> None:
-        """``model ← π`` (the previous M-step model) and load this iteration's packed annotated traces."""
-        if self.em_position is not None and self.em_position.step_in_phase == 0:
+    def begin_m_phase(self, iteration: int, annotated: str, fresh: bool) -> None:
+        """``model ← π`` (the previous M-step model) unless resuming inside the phase, and load this iteration's
+        packed annotated traces."""
+        if fresh:
             self.restore_pi()
         ranks = sorted(Path(annotated).glob("rank_*/data"))
         self.em_data.load_annotated(iteration, ranks)
@@ -146,8 +159,6 @@ class RA3Module(LatentPolicyModule):
     # ----------------------------------------------------------------------------------------- steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         position = self.em_position
-        if position is None:
-            raise RuntimeError("RA3Module needs the EMScheduler callback (`trainer.callbacks: [EMScheduler]`)")
         rank, world = self.trainer.global_rank, self.trainer.world_size
         if position.phase == "E":
             loss = super().training_step(
@@ -232,7 +243,9 @@ class RA3Module(LatentPolicyModule):
 
     def configure_optimizers(self) -> tuple[list, list]:
         hp = self.hparams
-        m_steps = _em_scheduler(self.trainer)
+        if self.em_schedule is None:
+            raise RuntimeError("RA3Module is driven by the EMScheduler callback: add it to `trainer.callbacks`")
+        m_steps = self.em_schedule.total_m_steps
         m = adamw_warmup_cosine(
             self.model.named_parameters(), lr=hp.m_lr, total_steps=m_steps, warmup_steps=hp.m_warmup_steps,
             min_lr_ratio=hp.m_min_lr_ratio, weight_decay=hp.m_weight_decay,
@@ -241,14 +254,6 @@ class RA3Module(LatentPolicyModule):
             self.model.named_parameters(), lr=hp.lr, total_steps=1, min_lr_ratio=1.0, weight_decay=hp.weight_decay
         )
         return [m["optimizer"], q["optimizer"]], [m["lr_scheduler"]["scheduler"], q["lr_scheduler"]["scheduler"]]
-
-
-def _em_scheduler(trainer: Any) -> int:
-    """All M-steps of the run (the M-phase LR schedule's length), from the trainer's EMScheduler."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, EMScheduler):
-            return callback.iterations * callback.m_steps
-    raise ValueError("RA3Module needs the EMScheduler callback in `trainer.callbacks`")
 
 
 def _as_dataset(records: list[dict[str, str]]) -> Any:
