@@ -132,6 +132,18 @@ class CausalLMModule(L.LightningModule):
         return out
 
 
+def reaches_logger(module: L.LightningModule) -> bool:
+    """Whether this training step's ``self.log`` values reach the logger (every ``trainer.log_every_n_steps``
+    steps, and the last), so that a metric costing a forward pass is computed only when someone will see it.
+
+    True without a Trainer. Lightning has no public query for it: this reads the flag that its own
+    ``LearningRateMonitor`` reads, in this one place.
+    """
+    if module._trainer is None:
+        return True
+    return bool(module.trainer._logger_connector.should_update_logs)
+
+
 def shard_lm(model: torch.nn.Module, device_mesh: Any) -> None:
     """Apply FSDP2 ``fully_shard`` to every decoder block (``model._no_split_modules``), then to the root."""
     from torch.distributed.fsdp import FSDPModule, fully_shard

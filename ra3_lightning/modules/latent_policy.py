@@ -37,10 +37,20 @@ from ra3_lightning.annotate import AnnotationConfig, annotate_batch
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.latent import LatentFormat
 from ra3_lightning.lora import AdapterOff
-from ra3_lightning.modules.base import CausalLMModule, shard_lm
+from ra3_lightning.modules.base import CausalLMModule, reaches_logger, shard_lm
 from ra3_lightning.optim import adamw_warmup_cosine, schedule_length
-from ra3_lightning.rl.advantages import AdvantageScale, group_advantages, masked_mean
-from ra3_lightning.rl.kl import KLKind, kl_penalty
+from ra3_lightning.rl.advantages import (
+    BASELINES,
+    SCALERS,
+    AdvantageBaseline,
+    AdvantageScale,
+    Baseline,
+    Scale,
+    group_advantages,
+    masked_mean,
+    resolve,
+)
+from ra3_lightning.rl.kl import KL_ESTIMATORS, KLEstimator, KLKind, kl_penalty
 from ra3_lightning.rl.returns import RewardNorm, discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
 from ra3_lightning.rollout import (
     ENGINES,
@@ -79,8 +89,12 @@ class LatentPolicyModule(CausalLMModule):
         temperature: Sampling temperature of ``q`` (decisions and rationale tokens).
         gamma: Discount of the returns ``R_t = Σ_k γ^{k−t} r_k``.
         kl_coef: Weight of the KL of ``q`` to its initial policy (``π``) in the loss (0 = off; always logged).
-        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (per boundary, on ``log q(z_t)``).
-        scale_advantages: Group baseline, then divide by the ``"group"`` std, the ``"batch"`` std, or ``"none"``.
+        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (per boundary, on ``log q(z_t)``), or a
+            :class:`~ra3_lightning.rl.kl.KLEstimator` object (``class_path``).
+        scale_advantages: After the baseline, divide by the ``"group"`` std, the ``"batch"`` std, or ``"none"``, or
+            by a :class:`~ra3_lightning.rl.advantages.Scale` object (``class_path``).
+        advantage_baseline: ``"mean"`` of the group's returns at each boundary (GRPO) or ``"none"``, or a
+            :class:`~ra3_lightning.rl.advantages.Baseline` object (``class_path``).
         reward_norm: ``"none"`` or ``"per_token"`` (a line's log-likelihood divided by its token count).
         act_likelihood: How an expert line's ``log π(a_t | …)`` is scored. ``"conditional"``: given the latent, the
             line is code, so its first token is renormalised over the tokens that do not start a comment (a THINK
@@ -114,8 +128,9 @@ class LatentPolicyModule(CausalLMModule):
         temperature: float = 1.0,
         gamma: float = 1.0,
         kl_coef: float = 0.0,
-        kl_estimator: KLKind = "k3",
-        scale_advantages: AdvantageScale = "none",
+        kl_estimator: KLKind | KLEstimator = "k3",
+        scale_advantages: AdvantageScale | Scale = "none",
+        advantage_baseline: AdvantageBaseline | Baseline = "mean",
         reward_norm: RewardNorm = "none",
         act_likelihood: ActLikelihood = "conditional",
         hindsight_lines: int = 0,
@@ -132,6 +147,9 @@ class LatentPolicyModule(CausalLMModule):
     ) -> None:
         super().__init__(**kwargs)
         _validate(num_rollouts, max_latent_tokens, temperature, gamma, hindsight_lines, engine)
+        resolve(scale_advantages, SCALERS, "scale_advantages")  # unknown names fail here, not at the first step
+        resolve(advantage_baseline, BASELINES, "advantage_baseline")
+        resolve(kl_estimator, KL_ESTIMATORS, "kl_estimator")
         self.save_hyperparameters()
         self.pi: torch.nn.Module | None = None
         self.generator = torch.Generator().manual_seed(seed)
@@ -162,10 +180,6 @@ class LatentPolicyModule(CausalLMModule):
         if isinstance(self.pi, torch.nn.Module) and self._trainer is not None:
             if isinstance(self.trainer.strategy, ModelParallelStrategy):
                 shard_lm(self.pi, self.device_mesh)  # per rank 1/world of π's bytes; unsharded while annotating
-
-    def sync_pi(self) -> None:
-        """Make ``π`` a frozen copy of the current ``q`` (for an EM loop: the M-step model is the next ``π``)."""
-        self.pi.load_state_dict(self.model.state_dict())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -208,7 +222,9 @@ class LatentPolicyModule(CausalLMModule):
         rewards = elbo_rewards(logp, roll.think.to(logp.device), hp.think_cost) * mask
         returns = discounted_returns(rewards, hp.gamma, mask)
         groups = (-1, hp.num_rollouts, returns.shape[-1])
-        adv = group_advantages(returns.view(groups), hp.scale_advantages, mask.view(groups)).view_as(returns)
+        adv = group_advantages(
+            returns.view(groups), hp.scale_advantages, mask.view(groups), baseline=hp.advantage_baseline
+        ).view_as(returns)
         return rewards, adv
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -253,7 +269,6 @@ class LatentPolicyModule(CausalLMModule):
         ]
         metrics = {
             "estep/elbo_per_line": elbo.sum() / lines,
-            "estep/elbo_gain_per_line": (elbo.sum() - self.plain_logp(roll).sum() * roll.num_samples) / lines,
             "estep/reward": rewards.sum(-1).mean(),
             "estep/think_rate": think.sum() / lines,
             "estep/comment_len": torch.tensor(float(sum(comment_len)) / max(1, len(comment_len))),
@@ -261,6 +276,8 @@ class LatentPolicyModule(CausalLMModule):
             "estep/think_entropy": masked_mean(binary_entropy(terms.p_think.detach()), mask),
             "perf/rollout_lines_per_s": torch.tensor(float(roll.line_mask.sum()) / max(roll.seconds, 1e-9)),
         }
+        if reaches_logger(self):  # the gain needs a forward pass of π without rationales: only when it is logged
+            metrics["estep/elbo_gain_per_line"] = (elbo.sum() - self.plain_logp(roll).sum() * roll.num_samples) / lines
         think_rate = metrics.pop("estep/think_rate")
         self.log_dict(metrics, batch_size=len(roll.traces))
         self.log("estep/think_rate", think_rate, prog_bar=True, batch_size=len(roll.traces))

@@ -79,9 +79,19 @@ from ra3_lightning.generation import (
 from ra3_lightning.logprobs import selective_logprobs
 from ra3_lightning.lora import AdapterOff
 from ra3_lightning.metrics import PassAtK
-from ra3_lightning.modules.base import CausalLMModule, shard_lm
+from ra3_lightning.modules.base import CausalLMModule, reaches_logger, shard_lm
 from ra3_lightning.optim import adamw_warmup_cosine
-from ra3_lightning.rl.advantages import AdvantageScale, group_advantages, zero_variance_groups
+from ra3_lightning.rl.advantages import (
+    BASELINES,
+    SCALERS,
+    AdvantageBaseline,
+    AdvantageScale,
+    Baseline,
+    Scale,
+    group_advantages,
+    resolve,
+    zero_variance_groups,
+)
 from ra3_lightning.rl.batching import (
     completion_extent,
     completion_lengths,
@@ -89,10 +99,11 @@ from ra3_lightning.rl.batching import (
     split_to_count,
     token_budget_slices,
 )
-from ra3_lightning.rl.kl import KLKind
+from ra3_lightning.rl.kl import KL_ESTIMATORS, KLEstimator, KLKind
 from ra3_lightning.rl.losses import (
     AGGREGATIONS,
     Aggregation,
+    LossAggregation,
     LossNormaliser,
     mask_truncated,
     policy_loss,
@@ -113,14 +124,18 @@ class RLVRModule(CausalLMModule):
         reward_fn: ``(completions, tasks) -> list[float]``; default ``SandboxReward(mode="binary")``. Override by
             ``class_path`` in YAML or by overriding :meth:`compute_rewards` in a subclass.
         format_reward: Weight of the format reward (1 when the program parses as Python) added to the reward.
-        advantage_scale: ``"group"`` std, ``"batch"`` std or ``"none"`` (Dr. GRPO).
+        advantage_scale: ``"group"`` std, ``"batch"`` std or ``"none"`` (Dr. GRPO), or a
+            :class:`~ra3_lightning.rl.advantages.Scale` object (``class_path``).
+        advantage_baseline: ``"mean"`` of the group (GRPO) or ``"none"``, or a
+            :class:`~ra3_lightning.rl.advantages.Baseline` object (``class_path``; e.g. your own RLOO).
         loss_aggregation: ``"grpo"`` (sequence mean) | ``"dapo"`` (token mean over all ranks) | ``"bnpo"`` (token
-            mean on this rank) | ``"dr_grpo"`` (constant normaliser).
+            mean on this rank) | ``"dr_grpo"`` (constant normaliser), or a
+            :class:`~ra3_lightning.rl.losses.LossAggregation` object (``class_path``).
         epsilon: Lower clip range of the ratio (``1 - epsilon``).
         epsilon_high: Upper clip range (``1 + epsilon_high``; DAPO's clip-higher uses 0.28). Default ``epsilon``.
         mu: Optimizer updates per generation batch (PPO epochs). ``mu == 1`` is on-policy (ratio 1).
         beta: KL coefficient towards the reference policy. ``0`` builds no reference model.
-        kl_estimator: ``"k1"`` | ``"k2"`` | ``"k3"``.
+        kl_estimator: ``"k1"`` | ``"k2"`` | ``"k3"``, or a :class:`~ra3_lightning.rl.kl.KLEstimator` object.
         drop_zero_variance_groups: DAPO dynamic sampling: no loss on groups whose rewards are all equal.
         mask_truncated_completions: No loss on completions that hit ``max_new_tokens`` without EOS.
         micro_batch_size: Sequences per forward/backward (default: the whole generation batch).
@@ -175,13 +190,14 @@ class RLVRModule(CausalLMModule):
         generation: GenerationBackend | None = None,
         reward_fn: RewardFn | None = None,
         format_reward: float = 0.0,
-        advantage_scale: AdvantageScale = "group",
-        loss_aggregation: Aggregation = "dapo",
+        advantage_scale: AdvantageScale | Scale = "group",
+        advantage_baseline: AdvantageBaseline | Baseline = "mean",
+        loss_aggregation: Aggregation | LossAggregation = "dapo",
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
         mu: int = 1,
         beta: float = 0.0,
-        kl_estimator: KLKind = "k3",
+        kl_estimator: KLKind | KLEstimator = "k3",
         drop_zero_variance_groups: bool = False,
         mask_truncated_completions: bool = False,
         micro_batch_size: int | None = None,
@@ -207,7 +223,7 @@ class RLVRModule(CausalLMModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _validate(num_generations, mu, loss_aggregation, beta, val_num_samples, pass_at_k)
+        _validate(num_generations, mu, beta, val_num_samples, pass_at_k)
         if val_think_bias is not None and math.isnan(val_think_bias):
             raise ValueError("val_think_bias is NaN; give a number, -.inf to forbid comments, or null for off")
         self.save_hyperparameters(ignore=["generation", "val_generation", "reward_fn"])
@@ -218,7 +234,10 @@ class RLVRModule(CausalLMModule):
         self.val_generation = with_stop(val_generation or KVSample(temperature=val_temperature), self.stop)
         self.reward_fn = reward_fn
         self.format_reward = format_reward
-        self.advantage_scale, self.loss_aggregation, self.kl_estimator = advantage_scale, loss_aggregation, kl_estimator
+        self.advantage_scale = resolve(advantage_scale, SCALERS, "advantage_scale")
+        self.advantage_baseline = resolve(advantage_baseline, BASELINES, "advantage_baseline")
+        self.loss_aggregation = resolve(loss_aggregation, AGGREGATIONS, "loss_aggregation")
+        self.kl_estimator = resolve(kl_estimator, KL_ESTIMATORS, "kl_estimator")
         self.epsilon, self.epsilon_high = epsilon, epsilon_high
         self.drop_zero_var, self.mask_truncated = drop_zero_variance_groups, mask_truncated_completions
         self.micro_batch_size, self.logprob_chunk_size, self.tis_cap = micro_batch_size, logprob_chunk_size, tis_cap
@@ -300,7 +319,7 @@ class RLVRModule(CausalLMModule):
         stats = self.update(rollout, old_logp, ref_logp, advantages, sample_mask, head)
         t_end = time.perf_counter()
         self.log("reward", rewards.mean(), prog_bar=True, logger=False, batch_size=len(batch))
-        if self.trainer._logger_connector.should_update_logs:  # as Lightning's own LearningRateMonitor does
+        if reaches_logger(self):
             self.log_step(rollout, rewards, stats, {"gen": t_gen - t0, "reward": t_reward, "update": t_end - t_gen})
         self.log_samples(batch, texts, rewards)
 
@@ -360,7 +379,7 @@ class RLVRModule(CausalLMModule):
         return scores.view(-1, self.G), elapsed
 
     def advantages(self, rewards: Tensor) -> tuple[Tensor, Tensor]:  # rewards [B, G] -> [B*G], [B*G] bool
-        adv = group_advantages(rewards, scale=self.advantage_scale)  # [B, G]
+        adv = group_advantages(rewards, scale=self.advantage_scale, baseline=self.advantage_baseline)  # [B, G]
         keep = torch.ones_like(rewards, dtype=torch.bool)  # [B, G]
         if self.drop_zero_var:
             keep &= ~zero_variance_groups(rewards).unsqueeze(1)
@@ -713,13 +732,11 @@ def with_stop(backend: GenerationBackend, stop: StopStrings | None) -> Generatio
     return backend
 
 
-def _validate(G: int, mu: int, aggregation: str, beta: float, val_n: int, ks: tuple[int, ...]) -> None:
+def _validate(G: int, mu: int, beta: float, val_n: int, ks: tuple[int, ...]) -> None:
     if G < 2:
         raise ValueError(f"num_generations must be >= 2 for a group baseline (got {G})")
     if mu < 1:
         raise ValueError(f"mu (updates per generation batch) must be >= 1 (got {mu})")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"loss_aggregation={aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
     if beta < 0:
         raise ValueError(f"beta must be >= 0 (got {beta})")
     if ks and max(ks) > val_n:

@@ -5,44 +5,56 @@ With ``x ~ pi`` and ``log_ratio = log ref(x) - log pi(x)``:
 * ``"k1"``: ``-log_ratio`` — unbiased, high variance, can be negative;
 * ``"k2"``: ``0.5 * log_ratio**2`` — biased, low variance, always >= 0;
 * ``"k3"``: ``exp(log_ratio) - 1 - log_ratio`` — unbiased, low variance, always >= 0 (GRPO's choice).
+
+Another estimator is a subclass of :class:`KLEstimator` in the user's package, chosen from YAML by ``class_path``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from ra3_lightning.rl.advantages import resolve
+
 KLKind = Literal["k1", "k2", "k3"]
 
 
-def _k1(log_ratio: Tensor) -> Tensor:
-    return -log_ratio
+class KLEstimator(ABC):
+    """A per-token estimate of ``KL(pi || ref)`` from ``log_ratio = log ref(x) - log pi(x)``, ``x ~ pi``."""
+
+    @abstractmethod
+    def __call__(self, log_ratio: Tensor) -> Tensor: ...
 
 
-def _k2(log_ratio: Tensor) -> Tensor:
-    return 0.5 * log_ratio.pow(2)
+class K1(KLEstimator):
+    def __call__(self, log_ratio: Tensor) -> Tensor:
+        return -log_ratio
 
 
-def _k3(log_ratio: Tensor) -> Tensor:
-    return torch.expm1(log_ratio) - log_ratio
+class K2(KLEstimator):
+    def __call__(self, log_ratio: Tensor) -> Tensor:
+        return 0.5 * log_ratio.pow(2)
 
 
-KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {"k1": _k1, "k2": _k2, "k3": _k3}
+class K3(KLEstimator):
+    def __call__(self, log_ratio: Tensor) -> Tensor:
+        return torch.expm1(log_ratio) - log_ratio
+
+
+KL_ESTIMATORS: dict[str, KLEstimator] = {"k1": K1(), "k2": K2(), "k3": K3()}
 
 
 def kl_penalty(
     logp: Tensor,  # [*]  log pi(x) of the sampled tokens
     ref_logp: Tensor,  # [*]  log ref(x) of the same tokens
-    kind: KLKind = "k3",
+    kind: KLKind | KLEstimator = "k3",
 ) -> Tensor:  # [*]
     """Elementwise estimate of ``KL(pi || ref)`` from tokens sampled from ``pi``.
 
     >>> kl_penalty(torch.tensor([0.0]), torch.tensor([0.0]), "k3")
     tensor([0.])
     """
-    if kind not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator {kind!r}; choose one of {sorted(KL_ESTIMATORS)}")
-    return KL_ESTIMATORS[kind](ref_logp - logp)
+    return resolve(kind, KL_ESTIMATORS, "KL estimator")(ref_logp - logp)

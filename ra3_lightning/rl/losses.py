@@ -14,6 +14,8 @@ and the per-token losses are reduced by an *aggregation* (:data:`AGGREGATIONS`):
   gradients over ranks).
 * ``"dr_grpo"`` — sum over tokens divided by a constant ``num_sequences * max_completion_length`` (Dr. GRPO).
 
+Another aggregation is a subclass of :class:`LossAggregation` in the user's package, chosen by ``class_path``.
+
 Normalisers are fixed once per *generation batch* (:class:`LossNormaliser`) and passed to every micro-batch, so
 the sum of the micro-batch losses equals the loss of the whole batch however it is split — the bug of
 normalising each micro-batch by its own token count (TRL's "bnpo" under gradient accumulation) cannot occur.
@@ -28,21 +30,22 @@ rather than folded into the reward (as in PPO-RLHF).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from ra3_lightning.rl.advantages import masked_mean, zero_variance_groups
-from ra3_lightning.rl.kl import KLKind, kl_penalty
+from ra3_lightning.rl.advantages import masked_mean, resolve, zero_variance_groups
+from ra3_lightning.rl.kl import KLEstimator, KLKind, kl_penalty
 
 Aggregation = Literal["grpo", "bnpo", "dapo", "dr_grpo"]
 
 __all__ = [
     "AGGREGATIONS",
     "Aggregation",
+    "LossAggregation",
     "LossNormaliser",
     "mask_truncated",
     "policy_loss",
@@ -87,28 +90,50 @@ class LossNormaliser:
         )
 
 
-def _agg_grpo(loss: Tensor, mask: Tensor, norm: LossNormaliser) -> Tensor:
-    per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)  # [B]
-    return per_seq.sum() / max(norm.num_sequences, 1.0)
+class LossAggregation(ABC):
+    """Reduces the per-token losses ``[B, T]`` of one micro-batch to a scalar with the generation batch's ``norm``.
+
+    The sum of the micro-batch results must be the whole batch's loss, so use only ``norm`` as the denominator.
+    """
+
+    @abstractmethod
+    def __call__(self, loss: Tensor, mask: Tensor, norm: LossNormaliser) -> Tensor: ...
 
 
-def _agg_bnpo(loss: Tensor, mask: Tensor, norm: LossNormaliser) -> Tensor:
-    return (loss * mask).sum() / max(norm.num_tokens, 1.0)
+class SequenceMean(LossAggregation):
+    """``"grpo"``: mean over each sequence's tokens, then over the batch's sequences."""
+
+    def __call__(self, loss: Tensor, mask: Tensor, norm: LossNormaliser) -> Tensor:
+        per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)  # [B]
+        return per_seq.sum() / max(norm.num_sequences, 1.0)
 
 
-def _agg_dapo(loss: Tensor, mask: Tensor, norm: LossNormaliser) -> Tensor:
-    return (loss * mask).sum() * norm.world_size / max(norm.num_tokens_global, 1.0)
+class TokenMean(LossAggregation):
+    """``"bnpo"``: mean over this rank's completion tokens."""
+
+    def __call__(self, loss: Tensor, mask: Tensor, norm: LossNormaliser) -> Tensor:
+        return (loss * mask).sum() / max(norm.num_tokens, 1.0)
 
 
-def _agg_dr_grpo(loss: Tensor, mask: Tensor, norm: LossNormaliser) -> Tensor:
-    return (loss * mask).sum() / max(norm.num_sequences * norm.max_completion_length, 1.0)
+class GlobalTokenMean(LossAggregation):
+    """``"dapo"``: mean over the completion tokens of all ranks (times the world size: ranks average gradients)."""
+
+    def __call__(self, loss: Tensor, mask: Tensor, norm: LossNormaliser) -> Tensor:
+        return (loss * mask).sum() * norm.world_size / max(norm.num_tokens_global, 1.0)
 
 
-AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, LossNormaliser], Tensor]] = {
-    "grpo": _agg_grpo,
-    "bnpo": _agg_bnpo,
-    "dapo": _agg_dapo,
-    "dr_grpo": _agg_dr_grpo,
+class ConstantNormaliser(LossAggregation):
+    """``"dr_grpo"``: token sum over the constant ``num_sequences * max_completion_length``."""
+
+    def __call__(self, loss: Tensor, mask: Tensor, norm: LossNormaliser) -> Tensor:
+        return (loss * mask).sum() / max(norm.num_sequences * norm.max_completion_length, 1.0)
+
+
+AGGREGATIONS: dict[str, LossAggregation] = {
+    "grpo": SequenceMean(),
+    "bnpo": TokenMean(),
+    "dapo": GlobalTokenMean(),
+    "dr_grpo": ConstantNormaliser(),
 }
 
 
@@ -131,12 +156,12 @@ def policy_loss(
     advantages: Tensor,  # [B] per sequence, or [B, T] per token
     mask: Tensor,  # [B, T] completion tokens that enter the loss
     norm: LossNormaliser,
-    aggregation: Aggregation = "grpo",
+    aggregation: Aggregation | LossAggregation = "grpo",
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
     ref_logp: Tensor | None = None,  # [B, T] log ref(token); required when beta > 0
     beta: float = 0.0,
-    kl_kind: KLKind = "k3",
+    kl_kind: KLKind | KLEstimator = "k3",
     is_weights: Tensor | None = None,  # [B, T] detached weights of the surrogate (truncated_is_weights)
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped policy-gradient loss of one micro-batch, normalised by ``norm`` (see the module docstring).
@@ -144,8 +169,7 @@ def policy_loss(
     Returns ``(loss, diagnostics)``; diagnostics are detached scalars over this micro-batch's masked tokens:
     ``clip_fraction``, ``ratio_mean``, ``ratio_min``, ``ratio_max`` and, with a reference, ``kl``.
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown loss aggregation {aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
+    aggregate = resolve(aggregation, AGGREGATIONS, "loss aggregation")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp (log-probs of the reference model)")
     mask = mask.to(logp.dtype)
@@ -159,7 +183,7 @@ def policy_loss(
         kl = kl_penalty(logp, ref_logp, kl_kind)  # [B, T]
         if beta > 0:
             per_token = per_token + beta * kl
-    loss = AGGREGATIONS[aggregation](per_token, mask, norm)
+    loss = aggregate(per_token, mask, norm)
     return loss, _diagnostics(ratio, is_clipped, kl, mask)
 
 
