@@ -2,7 +2,8 @@
 
 Model and data are chosen by ``class_path`` (subclass mode), so a user's own subclass of any module or DataModule
 plugs in from YAML. ``-c configs/...`` falls back to the configs installed with the package when the path does
-not exist relative to the working directory.
+not exist relative to the working directory, and ``--trainer.default_root_dir DIR`` moves every relative output
+path of the config (logs, checkpoints, annotated traces) under ``DIR`` (:mod:`ra3_lightning.config_paths`).
 
 ``ra3 export CKPT OUT_DIR`` writes a checkpoint's LM and tokenizer as a Hugging Face directory; ``ra3 demo`` runs the
 whole synthetic-world pipeline (:mod:`ra3_lightning.pipeline`).
@@ -12,22 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from ra3_lightning.config_paths import PACKAGED_CONFIGS, rebase_output_paths, resolve_config_paths
 
-def _packaged_configs() -> Path:
-    """``ra3_lightning/configs`` of an installed wheel, or the checkout's ``configs/`` in an editable install."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("ra3_lightning.configs")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    return Path(locations[0]) if locations else Path(__file__).resolve().parents[1] / "configs"
-
-
-PACKAGED_CONFIGS = _packaged_configs()
+__all__ = ["PACKAGED_CONFIGS", "RA3CLI", "main", "resolve_config_paths"]
 
 
 class RA3CLI(LightningCLI):
@@ -44,17 +36,9 @@ class RA3CLI(LightningCLI):
             run=run,
         )
 
-
-def resolve_config_paths(argv: list[str]) -> list[str]:
-    """Rewrite ``-c/--config PATH`` to the packaged copy when ``PATH`` does not exist but ``configs/PATH`` does."""
-    out = list(argv)
-    for i, arg in enumerate(out[:-1]):
-        if arg in ("-c", "--config") and not Path(out[i + 1]).exists():
-            rel = Path(out[i + 1])
-            rel = rel.relative_to("configs") if rel.parts[:1] == ("configs",) else rel
-            if (PACKAGED_CONFIGS / rel).exists():
-                out[i + 1] = str(PACKAGED_CONFIGS / rel)
-    return out
+    def before_instantiate_classes(self) -> None:
+        """Relative output paths of the config are relative to ``trainer.default_root_dir`` (when it is given)."""
+        rebase_output_paths(self.config[self.subcommand] if self.subcommand else self.config)
 
 
 def export_main(argv: list[str]) -> None:

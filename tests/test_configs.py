@@ -58,3 +58,21 @@ def test_missing_config_path_falls_back_to_packaged(tmp_path, monkeypatch):
     some = CONFIGS[0].relative_to(CONFIG_DIR)
     resolved = resolve_config_paths(["fit", "-c", f"configs/{some}"])
     assert resolved[2] == str(PACKAGED_CONFIGS / some)
+
+
+def test_default_root_dir_moves_every_relative_output(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ra3_lightning.cli import RA3CLI
+
+    config = str(CONFIG_DIR / "demo" / "ra3_em_tiny.yaml")
+    cli = RA3CLI(args=["-c", config, "--trainer.default_root_dir", str(tmp_path / "run")], run=False)
+    checkpoint = next(c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint))
+    outputs = [cli.trainer.logger.log_dir, checkpoint.dirpath, cli.model.hparams.work_dir]
+    assert outputs == [
+        str(tmp_path / "run" / "lightning_logs" / "ra3_em_tiny" / "version_0"),
+        str(tmp_path / "run" / "lightning_logs" / "ra3_em_tiny" / "checkpoints"),
+        str(tmp_path / "run" / "lightning_logs" / "ra3_em_tiny" / "em"),
+    ]
+    plain = RA3CLI(args=["-c", config], run=False)  # no root given: the config's paths as written
+    assert plain.model.hparams.work_dir == "lightning_logs/ra3_em_tiny/em"

@@ -17,7 +17,7 @@ import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ra3_lightning.pipeline.fairness import DIAGNOSED_RUNS, DIAGNOSTICS
 from ra3_lightning.pipeline.report import (
@@ -31,9 +31,7 @@ from ra3_lightning.pipeline.report import (
     rlvr_title,
     section,
 )
-
-if TYPE_CHECKING:
-    from ra3_lightning.pipeline.stages import PipelineConfig
+from ra3_lightning.pipeline.spec import MODEL_LABELS, MODELS, PipelineConfig, config_dict
 
 Stats = dict[str, Any]  # {"mean": float | None, "std": float | None, "n": int, "values": [float | None per seed]}
 
@@ -203,8 +201,6 @@ def times_rows(agg: dict[str, Stats], seeds: int) -> list[str]:
 # --------------------------------------------------------------------------------------------- the report
 def aggregate(seed_results: Sequence[dict], metrics: Sequence[str]) -> dict[str, Any]:
     """Every aggregate of the multi-seed report (what ``<out>/results.json`` holds besides command and config)."""
-    from ra3_lightning.pipeline.stages import MODELS
-
     return {
         "seeds": [r["seed"] for r in seed_results],
         "eval": aggregate_eval(seed_results, MODELS, metrics),
@@ -217,8 +213,6 @@ def aggregate(seed_results: Sequence[dict], metrics: Sequence[str]) -> dict[str,
 
 def aggregate_lines(cfg: PipelineConfig, agg: dict[str, Any], command: str, metrics: Sequence[str]) -> list[str]:
     """``summary.md`` of the multi-seed run, rendered from :func:`aggregate`'s dict."""
-    from ra3_lightning.pipeline.stages import MODEL_LABELS
-
     seeds, n = agg["seeds"], len(agg["seeds"])
     differences = [
         difference_line(agg["eval"][a][metrics[0]], agg["eval"][b][metrics[0]], f"{metrics[0]}, {label}")
@@ -264,8 +258,6 @@ def nothink_differences(diagnostics: dict[str, Any]) -> list[str]:
 
 def agg_config(cfg: PipelineConfig) -> dict[str, Any]:
     """The config shared by every seed: without ``seed`` and ``out``."""
-    from ra3_lightning.pipeline.stages import config_dict
-
     return {k: v for k, v in config_dict(cfg).items() if k not in ("seed", "out")}
 
 

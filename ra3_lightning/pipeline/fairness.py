@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ra3_lightning.pipeline.scalars import read_scalars, steps_to_reach
+from ra3_lightning.pipeline.spec import ARMS, Paths, PipelineConfig, rlvr_checkpoint_steps
 
-if TYPE_CHECKING:
-    from ra3_lightning.pipeline.stages import Paths, PipelineConfig
-
-ARMS: tuple[str, ...] = ("ntp", "ra3")
 # Diagnostic columns of the evaluation table: results key -> header.
 DIAGNOSTICS: dict[str, str] = {
     "pass@1": "pass@1",
@@ -64,8 +61,6 @@ def rlvr_curves(cfg: PipelineConfig, paths: Paths, results: dict[str, dict[str, 
     """Per arm: held-out pass@1 along the RLVR run (step 0 = the mid-trained model, the last step = the RLVR stage's
     model, in between the ``checkpoint_every`` checkpoints, scored with ``eval.curve_num_samples``) and held-in
     ``val/pass@1`` from the RLVR run's own validation."""
-    from ra3_lightning.pipeline.stages import rlvr_checkpoint_steps
-
     curves: dict[str, Any] = {}
     for arm in ARMS:
         points = [(0, arm)] + [(s, f"rlvr_{arm}_step{s}") for s in rlvr_checkpoint_steps(cfg)]

@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -29,9 +29,7 @@ from ra3_lightning.pipeline.fairness import (
 )
 from ra3_lightning.pipeline.scalars import moving_average, pyplot, read_scalars, steps_to_reach
 from ra3_lightning.pipeline.signals import SIGNALS_TEXT, Signal, learning_signals, plot_estep, signals_table
-
-if TYPE_CHECKING:
-    from ra3_lightning.pipeline.stages import Paths, PipelineConfig, RLVRSpec
+from ra3_lightning.pipeline.spec import MODEL_LABELS, MODELS, Paths, PipelineConfig, RLVRSpec, config_dict
 
 # Columns of the abstraction-recovery table: results key -> header.
 RECOVERY_COLUMNS: dict[str, str] = {
@@ -76,8 +74,6 @@ def collect_results(cfg: PipelineConfig, paths: Paths, timings: dict[str, float]
     (``target_pass_rate``, ``smoothing``, ``steps`` and per arm: see :func:`rlvr_arm_results`); ``recovery`` (one
     row per EM iteration: see :func:`recovery_rows`); ``stage_times`` (seconds per stage that ran).
     """
-    from ra3_lightning.pipeline.stages import MODELS
-
     r = cfg.rlvr
     return {
         "seed": cfg.seed,
@@ -189,8 +185,6 @@ PLOTS = {
 # --------------------------------------------------------------------------------------------- markdown
 def results_table(results: dict[str, dict[str, float]], ks: tuple[int, ...]) -> list[str]:
     """The five-row pass@k table (a missing model shows ``n/a``)."""
-    from ra3_lightning.pipeline.stages import MODEL_LABELS, MODELS
-
     head = "| model | " + " | ".join(f"pass@{k}" for k in ks) + " |"
     rows = [head, "|---|" + "---:|" * len(ks)]
     for model in MODELS:
@@ -281,8 +275,6 @@ def section(title: str, *blocks: str | list[str]) -> list[str]:
 
 def summary_lines(cfg: PipelineConfig, paths: Paths, command: str, results: dict[str, Any]) -> list[str]:
     """``summary.md`` of one seed, rendered from :func:`collect_results`'s dict."""
-    from ra3_lightning.pipeline.stages import config_dict
-
     fair = results["fairness"]
     return [
         "# RA3 demo report",
@@ -327,8 +319,6 @@ def summary_lines(cfg: PipelineConfig, paths: Paths, command: str, results: dict
 
 def write_report(cfg: PipelineConfig, paths: Paths, command: str, timings: dict[str, float]) -> Path:
     """Write the plots, ``results.json`` and ``summary.md`` under ``paths.root``; returns the summary's path."""
-    from ra3_lightning.pipeline.stages import config_dict
-
     results = collect_results(cfg, paths, timings)
     for name, plot in PLOTS.items():
         plot(paths, paths.root / name)

@@ -14,13 +14,10 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from ra3_lightning.pipeline.fairness import ARMS
 from ra3_lightning.pipeline.scalars import Series, moving_average, pyplot, read_scalars, read_tags
-
-if TYPE_CHECKING:
-    from ra3_lightning.pipeline.stages import Paths
+from ra3_lightning.pipeline.spec import ARMS, Paths
 
 Direction = Literal["up", "down"] | None
 E_STEP_TAGS = ("estep/elbo_gain_per_line", "estep/think_rate")  # the two E-step signals, per E-phase

@@ -1,0 +1,292 @@
+"""The ``ra3 demo`` configuration and its report directory: what every stage, the report and the tables share.
+
+:class:`PipelineConfig` groups the knobs of the pipeline by stage (``world``, ``pretrain``, ``midtrain``, ``rlvr``,
+``eval``); :class:`Paths` says where each stage reads and writes under the report directory. Nothing here runs a
+stage, so the report modules (:mod:`.report`, :mod:`.aggregate`, :mod:`.fairness`, :mod:`.signals`) depend on this
+module and :mod:`.stages` depends on them, never the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ra3_lightning.models import TinyLMConfig
+
+ARMS: tuple[str, ...] = ("ntp", "ra3")  # the two mid-training arms
+MODELS: tuple[str, ...] = ("base", "ntp", "ra3", "rlvr_ntp", "rlvr_ra3")
+MODEL_LABELS: dict[str, str] = {
+    "base": "base (pre-trained)",
+    "ntp": "NTP mid-training",
+    "ra3": "RA3 mid-training",
+    "rlvr_ntp": "RLVR from NTP",
+    "rlvr_ra3": "RLVR from RA3",
+}
+
+
+# --------------------------------------------------------------------------------------------- configuration
+@dataclass
+class WorldSpec:
+    """Sizes of the synthetic splits.
+
+    Args:
+        pretrain: Programs in the pre-training corpus (sparse ground-truth comments).
+        midtrain: Expert programs (no comments) for both mid-training arms.
+        rlvr: RLVR training tasks.
+        eval: Held-out evaluation tasks (compositions never seen in training).
+        comment_rate: Probability of a ``# <skill>`` comment before a skill start in the pre-training corpus.
+    """
+
+    pretrain: int = 3000
+    midtrain: int = 1000
+    rlvr: int = 128
+    eval: int = 64
+    comment_rate: float = 0.2
+
+
+@dataclass
+class PretrainSpec:
+    """Pre-training of the base model (next-token prediction from scratch).
+
+    Args:
+        steps: Optimizer steps.
+        batch_size: Packed sequences per step.
+        max_length: Tokens per packed sequence.
+        lr: Peak learning rate.
+        warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Cosine floor as a fraction of ``lr``.
+        weight_decay: AdamW weight decay.
+        val_every: Validate (``val/loss``) every this many steps.
+    """
+
+    steps: int = 1200
+    batch_size: int = 16
+    max_length: int = 256
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    val_every: int = 300
+
+
+@dataclass
+class MidtrainSpec:
+    """Both mid-training arms: NTP (``iterations * m_steps`` steps) and RA3 EM (the same M-steps plus E-steps).
+
+    Args:
+        iterations: ``K`` EM iterations.
+        e_steps: E-steps (latent-policy RL updates) per EM iteration.
+        m_steps: M-steps per EM iteration; the NTP arm trains ``iterations * m_steps`` steps.
+        batch_size: Packed sequences per M-step / NTP step.
+        max_length: Tokens per packed sequence.
+        lr: Peak LR of the M-step and the NTP arm.
+        warmup_steps: Warm-up steps of that LR.
+        min_lr_ratio: Cosine floor of that LR.
+        weight_decay: AdamW weight decay of both arms.
+        think_cost: ``c``, the E-step reward cost per THINK.
+        num_rollouts: ``G``, latent rollouts per trace in an E-step.
+        max_latent_tokens: Rationale length cap in tokens.
+        e_batch_size: Traces per E-step.
+        q_lr: Learning rate of the latent policy ``q``.
+        temperature: Sampling temperature of ``q``.
+        records_per_iteration: Traces annotated per EM iteration (``None``: every training program, so no M-phase
+            is confined to a slice of the corpus; an ``int`` takes a wrapping slice per iteration).
+        annotate_batch_size: Traces rolled out together while annotating.
+        loss_on: M-step loss on ``"all"`` tokens or ``"code"`` only.
+        val_size: The validation holdout of the mid-training corpus, shared by both arms (fraction < 1 or count).
+        act_likelihood: ``"conditional"`` or ``"marginal"`` scoring of expert lines in the E-step.
+        hindsight_lines: ``k`` next expert lines ``q`` sees before writing a rationale (0: none).
+        annotate_choose: ``"sample"`` (one draw of ``q``) or ``"best"`` of ``annotate_samples`` by return.
+        annotate_samples: Rollouts per trace when annotating.
+    """
+
+    iterations: int = 2
+    e_steps: int = 8
+    m_steps: int = 60
+    batch_size: int = 16
+    max_length: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    think_cost: float = 0.05
+    num_rollouts: int = 4
+    max_latent_tokens: int = 8
+    e_batch_size: int = 4
+    q_lr: float = 2e-4
+    temperature: float = 1.0
+    records_per_iteration: int | None = None
+    annotate_batch_size: int = 16
+    loss_on: str = "all"
+    val_size: float = 0.05
+    act_likelihood: str = "conditional"
+    hindsight_lines: int = 0
+    annotate_choose: str = "sample"
+    annotate_samples: int = 1
+
+
+@dataclass
+class RLVRSpec:
+    """RLVR from each mid-trained arm (identical settings for both).
+
+    Args:
+        steps: Optimizer updates (= generation batches, ``mu = 1``).
+        batch_size: Prompts per step.
+        num_generations: ``G``, samples per prompt.
+        max_new_tokens: Completion budget in tokens.
+        lr: Learning rate.
+        loss_aggregation: ``grpo`` | ``dapo`` | ``bnpo`` | ``dr_grpo``.
+        advantage_scale: ``group`` | ``batch`` | ``none``.
+        target_pass_rate: The report gives the first step at which the smoothed training pass rate reaches this.
+        smoothing: Window (steps) of the moving average used for ``target_pass_rate``.
+        workers: Sandbox worker processes.
+        heldin: Tasks of the ``rlvr`` split kept out of RLVR training for its validation (``val/pass@1`` every
+            ``val_every`` steps); tune RLVR on these and on the training reward, never on ``eval``.
+        val_every: Steps between those validations (0: none).
+        train_tasks: Train on only the first this many of the training tasks (0: all of them), so that the run
+            makes ``steps * batch_size / train_tasks`` passes over each (a testbed in which RL has room to learn).
+        val_num_samples: Samples per held-in task in those validations.
+        checkpoint_every: Save the policy every this many steps (0: never); the eval stage scores each saved
+            checkpoint on the held-out tasks (held-out pass@1 along the RLVR run).
+    """
+
+    steps: int = 30
+    batch_size: int = 4
+    num_generations: int = 8
+    max_new_tokens: int = 96
+    lr: float = 5e-4
+    loss_aggregation: str = "dapo"
+    advantage_scale: str = "group"
+    target_pass_rate: float = 0.2
+    smoothing: int = 5
+    workers: int = 2
+    heldin: int = 0
+    val_every: int = 0
+    train_tasks: int = 0
+    val_num_samples: int = 4
+    checkpoint_every: int = 0
+
+
+@dataclass
+class EvalSpec:
+    """pass@k of the five models on the held-out tasks.
+
+    Args:
+        num_samples: ``n`` completions per task.
+        ks: The ``k`` values of pass@k (each ``<= num_samples``).
+        temperature: Sampling temperature.
+        max_new_tokens: Completion budget in tokens (checked: the longest reference body plus one rationale of
+            ``midtrain.max_latent_tokens`` per skill must fit).
+        batch_size: Tasks per generation batch.
+        no_rationale_models: Models also scored with comment-start tokens forbidden at decode time (reported as
+            ``<model>_nothink``): how much the model leans on its rationales.
+        curve_num_samples: Samples per task for the RLVR checkpoints along the run (``rlvr.checkpoint_every``).
+        check_budget: Refuse a ``max_new_tokens`` below what the eval tasks need (off only for smoke tests).
+    """
+
+    num_samples: int = 8
+    ks: tuple[int, ...] = (1, 8)
+    temperature: float = 0.8
+    max_new_tokens: int = 96
+    batch_size: int = 8
+    no_rationale_models: tuple[str, ...] = ()
+    curve_num_samples: int = 4
+    check_budget: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    """The one-command demo: every knob of every stage.
+
+    Args:
+        seed: Seed of the synthetic world and of every stage.
+        out: Report directory (checkpoints, data, TensorBoard logs, ``summary.md``, plots).
+        accelerator: Lightning accelerator of every stage (``cpu``, ``gpu``, ``auto``).
+        progress_bar: Show Lightning's progress bars.
+        model: The tiny base model (and its tokenizer).
+        world: Sizes of the synthetic splits.
+        pretrain: Pre-training of the base model.
+        midtrain: The NTP and RA3 mid-training arms.
+        rlvr: RLVR from each arm.
+        eval: pass@k evaluation.
+    """
+
+    seed: int = 0
+    out: str = "reports/demo"
+    accelerator: str = "cpu"
+    progress_bar: bool = True
+    model: TinyLMConfig = field(default_factory=lambda: TinyLMConfig(tokenizer_corpus="synthetic:pretrain?n=2000"))
+    world: WorldSpec = field(default_factory=WorldSpec)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
+    midtrain: MidtrainSpec = field(default_factory=MidtrainSpec)
+    rlvr: RLVRSpec = field(default_factory=RLVRSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def __post_init__(self) -> None:
+        if max(self.eval.ks) > self.eval.num_samples:
+            raise ValueError(f"eval.ks={self.eval.ks} needs eval.num_samples >= {max(self.eval.ks)}")
+        m, r = self.midtrain, self.rlvr
+        if m.records_per_iteration is not None and m.records_per_iteration < m.e_batch_size:
+            raise ValueError("midtrain.records_per_iteration must be >= midtrain.e_batch_size (or null: all records)")
+        if r.heldin >= self.world.rlvr:
+            raise ValueError(f"rlvr.heldin={r.heldin} leaves no RLVR training tasks of world.rlvr={self.world.rlvr}")
+        if r.val_every and not r.heldin:
+            raise ValueError("rlvr.val_every needs rlvr.heldin > 0 tasks to validate on")
+        if not 0 <= r.train_tasks <= self.world.rlvr - r.heldin:
+            raise ValueError(
+                f"rlvr.train_tasks={r.train_tasks} must be in [0, {self.world.rlvr - r.heldin}] "
+                f"(world.rlvr={self.world.rlvr} minus rlvr.heldin={r.heldin}; 0: all of them)"
+            )
+
+
+# --------------------------------------------------------------------------------------------- paths
+@dataclass(frozen=True)
+class Paths:
+    """Where every stage reads and writes, under the report directory."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def tb(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def em_work(self) -> Path:
+        return self.root / "work" / "ra3_em"
+
+    def split(self, name: str) -> str:
+        return str(self.data / name)
+
+    def ckpt(self, stage: str) -> Path:
+        return self.root / "checkpoints" / f"{stage}.ckpt"
+
+    def eval_result(self, model: str) -> Path:
+        return self.root / "eval" / f"{model}.json"
+
+    def log_dir(self, stage: str) -> Path:
+        return self.tb / stage / "version_0"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    def seed_dir(self, seed: int) -> Path:
+        """A seed's report directory in a ``--seeds`` run (this ``root`` holds the aggregate)."""
+        return self.root / f"seed{seed}"
+
+
+def rlvr_checkpoint_steps(cfg: PipelineConfig) -> list[int]:
+    """Steps at which an RLVR run saves its policy for the held-out curve (the final step is the stage's own)."""
+    every = cfg.rlvr.checkpoint_every
+    return list(range(every, cfg.rlvr.steps, every)) if every else []
+
+
+def config_dict(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config as plain data (for the report)."""
+    return json.loads(json.dumps(asdict(cfg), default=list))

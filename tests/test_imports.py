@@ -1,0 +1,79 @@
+"""The package's import graph: no circle (lazy imports inside functions count), and the layers point downwards."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = {"ra3_lightning": ROOT / "ra3_lightning", "ra3_lightning.callbacks": ROOT / "callbacks"}
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the installed package by dotted name (``callbacks/`` installs as ``ra3_lightning.callbacks``)."""
+    out = {}
+    for package, base in SOURCES.items():
+        for path in base.rglob("*.py"):
+            parts = [p for p in path.relative_to(base).with_suffix("").parts if p != "__init__"]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The package modules ``path`` imports anywhere (top level, in functions; not under ``TYPE_CHECKING``)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }  # fmt: skip
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ra3_lightning"):
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return {name for name in out if name in known}
+
+
+def graph() -> dict[str, set[str]]:
+    """Module -> modules it imports, without package ``__init__`` files (they only re-export)."""
+    known = modules()
+    packages = {name for name, path in known.items() if path.name == "__init__.py"}
+    return {
+        name: {d for d in imports(path, known) if d not in packages and d != name}
+        for name, path in known.items()
+        if name not in packages
+    }
+
+
+def cycle_from(start: str, edges: dict[str, set[str]]) -> list[str] | None:
+    """A chain of imports from ``start`` back to itself, if there is one (depth-first)."""
+    stack, seen = [(start, [start])], set()
+    while stack:
+        node, chain = stack.pop()
+        for nxt in sorted(edges.get(node, ())):
+            if nxt == start:
+                return [*chain, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*chain, nxt]))
+    return None
+
+
+def test_cycle_finder_by_hand():
+    assert cycle_from("a", {"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert cycle_from("a", {"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_circle():
+    edges = graph()
+    assert len(edges) > 40, "the graph should cover the whole package"
+    circles = [c for c in (cycle_from(name, edges) for name in sorted(edges)) if c]
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_modules_and_data_do_not_import_callbacks():
+    """The EMScheduler callback hands its schedule down; nothing below it imports the callback to find it."""
+    for name, deps in graph().items():
+        if name.startswith(("ra3_lightning.modules.", "ra3_lightning.data.", "ra3_lightning.em_schedule")):
+            assert not {d for d in deps if d.startswith("ra3_lightning.callbacks")}, name
