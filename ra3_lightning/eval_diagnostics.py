@@ -49,7 +49,7 @@ from transformers import PreTrainedTokenizerBase
 from ra3_lightning.abstraction_metrics import rationale_key, skill_at_line
 from ra3_lightning.data.skills import SKILLS, Skill
 from ra3_lightning.data.tasks import CodingTask
-from ra3_lightning.latent import LatentFormat, encode_line, line_indent, split_lines, token_texts
+from ra3_lightning.latent import LatentFormat, encode_line, line_indent, split_lines
 
 GROUND_TRUTH_FIELDS: tuple[str, ...] = ("skills", "skill_starts", "skill_ends")
 COUNTERS: tuple[str, ...] = (
@@ -285,8 +285,7 @@ def comment_start_mask(tokenizer: PreTrainedTokenizerBase, fmt: LatentFormat | N
     A superset of :func:`~ra3_lightning.latent.think_token_mask` (which also requires a valid comment token, no
     inner newline): a token such as ``"#\\n\\n"`` opens a comment line too, so forbidding comments must forbid it.
     """
-    start = (fmt or LatentFormat()).comment_start
-    return torch.tensor([s.lstrip(" \t").startswith(start) for s in token_texts(tokenizer)], dtype=torch.bool)
+    return (fmt or LatentFormat()).opener_mask(tokenizer)
 
 
 def think_logit_bias(mask: Tensor, bias: float) -> Tensor:  # [V] bool -> [V] float

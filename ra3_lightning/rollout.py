@@ -48,12 +48,9 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from ra3_lightning.latent import (
     Annotated,
     LatentFormat,
-    comment_token_mask,
     encode_line,
     insert_lines,
-    newline_token_mask,
     split_lines,
-    think_token_mask,
 )
 from ra3_lightning.logit_stats import LogitStats, latent_stats
 from ra3_lightning.models import cache_argument
@@ -86,18 +83,16 @@ class LatentVocab:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, fmt: LatentFormat | None = None) -> LatentVocab:
-        think = think_token_mask(tokenizer, fmt)
+        fmt = fmt or LatentFormat()
+        think = fmt.think_mask(tokenizer)
         if not think.any():
-            raise ValueError(
-                f"no token of the vocabulary starts a comment with {(fmt or LatentFormat()).comment_start!r}"
-            )
+            raise ValueError(f"no token of the vocabulary starts a comment with {fmt.comment_start!r}")
         newline = tokenizer.encode("\n", add_special_tokens=False)
         if len(newline) != 1:
             raise ValueError(f"the tokenizer must have a single token for '\\n', got {newline}")
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
-        comment = comment_token_mask(tokenizer)
-        return cls(think, comment, newline_token_mask(tokenizer) & comment, newline[0], bos, pad, tokenizer)
+        return cls(think, fmt.continuation_mask(tokenizer), fmt.end_mask(tokenizer), newline[0], bos, pad, tokenizer)
 
 
 @dataclass

@@ -73,3 +73,13 @@ def test_a_users_baseline_is_used_from_yaml(tmp_path):
     others = (rewards.sum() - rewards) / (cli.model.G - 1)
     torch.testing.assert_close(adv, (rewards - others).reshape(-1))
     assert keep.all()
+
+
+def test_the_e_step_takes_the_same_objects_from_yaml(tmp_path):
+    overlay = tmp_path / "rloo.yaml"
+    overlay.write_text(
+        "model:\n  init_args:\n    advantage_baseline:\n      class_path: helpers.custom_rl.LeaveOneOut\n"
+    )
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "estep_tiny.yaml")
+    cli = RA3CLI(args=["-c", config, "-c", str(overlay), "--trainer.logger", "false"], run=False)
+    assert isinstance(cli.model.advantage_baseline, LeaveOneOut)

@@ -111,6 +111,9 @@ class LatentPolicyModule(CausalLMModule):
         min_lr_ratio: Final LR of the cosine, as a fraction of ``lr``.
         total_steps: Length of the cosine; defaults to ``trainer.estimated_stepping_batches``.
         engine: ``"kv"`` (one KV cache across the trace) or ``"reencode"`` (naive; for benchmarks).
+        latent_format: How a rationale is written and which tokens open / continue / end it
+            (:class:`~ra3_lightning.latent.LatentFormat`; default: a ``# `` comment line). Another format by
+            ``class_path`` (or ``init_args: {comment_prefix: "// "}``); its marker must begin some token's text.
         logprob_chunk_size: Positions per chunk of the LM head in the scoring pass of ``π`` and the ``log q`` pass
             of ``q``: only five numbers per position are kept (:class:`ra3_lightning.logit_stats.LogitStats`), never
             the fp32 ``[N, L, V]`` logits; ``None``: dense logits (models whose logits are not ``lm_head(hidden)``).
@@ -140,6 +143,7 @@ class LatentPolicyModule(CausalLMModule):
         min_lr_ratio: float = 1.0,
         total_steps: int | None = None,
         engine: Literal["kv", "reencode"] = "kv",
+        latent_format: LatentFormat | None = None,
         logprob_chunk_size: int | None = 256,
         log_samples_every_n_steps: int = 50,
         seed: int = 0,
@@ -147,18 +151,19 @@ class LatentPolicyModule(CausalLMModule):
     ) -> None:
         super().__init__(**kwargs)
         _validate(num_rollouts, max_latent_tokens, temperature, gamma, hindsight_lines, engine)
-        resolve(scale_advantages, SCALERS, "scale_advantages")  # unknown names fail here, not at the first step
-        resolve(advantage_baseline, BASELINES, "advantage_baseline")
-        resolve(kl_estimator, KL_ESTIMATORS, "kl_estimator")
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # objects chosen by class_path appear here as their config: use the attributes
+        self.advantage_scale = resolve(scale_advantages, SCALERS, "scale_advantages")
+        self.advantage_baseline = resolve(advantage_baseline, BASELINES, "advantage_baseline")
+        self.kl_estimator = resolve(kl_estimator, KL_ESTIMATORS, "kl_estimator")
+        self._latent_format = latent_format or LatentFormat()
         self.pi: torch.nn.Module | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self._vocab: LatentVocab | None = None
 
     # ----------------------------------------------------------------------------------------- hooks
     def latent_format(self) -> LatentFormat:
-        """The comment syntax of rationales; override in a subclass for another language."""
-        return LatentFormat()
+        """The latent format of rationales: the ``latent_format`` argument, or a ``# `` comment line."""
+        return self._latent_format
 
     @property
     def vocab(self) -> LatentVocab:
@@ -223,7 +228,7 @@ class LatentPolicyModule(CausalLMModule):
         returns = discounted_returns(rewards, hp.gamma, mask)
         groups = (-1, hp.num_rollouts, returns.shape[-1])
         adv = group_advantages(
-            returns.view(groups), hp.scale_advantages, mask.view(groups), baseline=hp.advantage_baseline
+            returns.view(groups), self.advantage_scale, mask.view(groups), baseline=self.advantage_baseline
         ).view_as(returns)
         return rewards, adv
 
@@ -236,7 +241,7 @@ class LatentPolicyModule(CausalLMModule):
             self.model, roll.q_layout, roll.think, roll.line_mask, self.vocab, hp.temperature,
             chunk_size=hp.logprob_chunk_size,
         )  # fmt: skip
-        kl = kl_penalty(terms.logq, ref.logq, hp.kl_estimator)  # [N, T]
+        kl = kl_penalty(terms.logq, ref.logq, self.kl_estimator)  # [N, T]
         loss, stats = latent_pg_loss(terms.logq, adv, roll.line_mask.to(adv.device), kl, hp.kl_coef)
         self.log_estep(roll, line_logp, rewards, terms, stats)
         self.log("train/loss", loss, prog_bar=True)
