@@ -174,3 +174,10 @@ def test_em_on_two_cpu_processes_with_fsdp2(tmp_path, lora):
     assert step == STEPS
     adapters = [v for k, v in weights.items() if "lora_B" in k]
     assert bool(adapters) == lora and all(v.abs().max() == 0 for v in adapters)  # the last M-phase was merged
+
+
+def test_ra3_rejects_q_schedule_knobs_it_would_ignore():
+    from ra3_lightning.modules import RA3Module
+
+    with pytest.raises(ValueError, match=r"constant LR.*\['min_lr_ratio', 'warmup_steps'\]"):
+        RA3Module(warmup_steps=5, min_lr_ratio=0.1)

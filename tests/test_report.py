@@ -23,7 +23,7 @@ from ra3_lightning.pipeline.aggregate import (
     times_rows,
     write_aggregate,
 )
-from ra3_lightning.pipeline.stages import MODEL_LABELS, MODELS, PipelineConfig
+from ra3_lightning.pipeline.spec import MODEL_LABELS, MODELS, PipelineConfig
 
 METRICS = ("pass@1", "pass@8")
 

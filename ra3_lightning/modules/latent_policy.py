@@ -33,7 +33,7 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
-from ra3_lightning.annotate import AnnotationConfig, annotate_batch
+from ra3_lightning.annotate import AnnotationConfig, Choose, annotate_batch
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.latent import LatentFormat
 from ra3_lightning.lora import AdapterOff
@@ -249,13 +249,18 @@ class LatentPolicyModule(CausalLMModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Annotated-trace records for a batch (one sample per trace; see :func:`ra3_lightning.annotate.annotate`)."""
-        hp = self.hparams
-        cfg = AnnotationConfig(
-            num_samples=1, choose="sample", max_latent_tokens=hp.max_latent_tokens, temperature=hp.temperature,
-            think_cost=hp.think_cost, engine=hp.engine, act_likelihood=hp.act_likelihood,
-            hindsight_lines=hp.hindsight_lines, logprob_chunk_size=hp.logprob_chunk_size,
-        )  # fmt: skip
+        cfg = self.annotation_config()
         return annotate_batch(self.model, self.pi, self.vocab, batch["text"], batch["id"], cfg, self.generator)
+
+    def annotation_config(self, num_samples: int = 1, choose: Choose = "sample") -> AnnotationConfig:
+        """Annotation with this E-step's own rollout and scoring settings (the one place they are copied)."""
+        hp = self.hparams
+        return AnnotationConfig(
+            num_samples=num_samples, choose=choose, max_latent_tokens=hp.max_latent_tokens,
+            temperature=hp.temperature, think_cost=hp.think_cost, engine=hp.engine,
+            act_likelihood=hp.act_likelihood, hindsight_lines=hp.hindsight_lines,
+            logprob_chunk_size=hp.logprob_chunk_size,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------- logging
     def log_estep(

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ra3_lightning.annotate import AnnotationConfig, Choose, annotate
+from ra3_lightning.annotate import Choose, annotate
 from ra3_lightning.data.em_data import EMDataModule
 from ra3_lightning.em_schedule import EMPosition, EMSchedule
 from ra3_lightning.generation import unsharded_for_generation
@@ -36,6 +36,8 @@ from ra3_lightning.modules.base import copy_weights
 from ra3_lightning.modules.latent_policy import LatentPolicyModule
 from ra3_lightning.modules.ntp import lm_inputs
 from ra3_lightning.optim import adamw_warmup_cosine
+
+Q_SCHEDULE = {"warmup_steps": 0, "min_lr_ratio": 1.0, "total_steps": None}  # q's LR: constant, never scheduled
 
 
 class RA3Module(LatentPolicyModule):
@@ -53,7 +55,8 @@ class RA3Module(LatentPolicyModule):
         annotate_shard_size: Records per annotation shard (the unit a killed run resumes from).
         work_dir: Where annotated traces go (``<work_dir>/iter_<k>/rank_<r>``); default: the logger's directory.
         **kwargs: E-step knobs (``think_cost``, ``num_rollouts``, ``lr`` of ``q``, ...) and the model source
-            (``pretrained`` / ``init_from`` / ``tiny``, ...), see :class:`LatentPolicyModule`.
+            (``pretrained`` / ``init_from`` / ``tiny``, ...), see :class:`LatentPolicyModule`. ``q`` trains at the
+            constant ``lr``: its ``warmup_steps`` / ``min_lr_ratio`` / ``total_steps`` are rejected, not ignored.
     """
 
     def __init__(
@@ -70,6 +73,12 @@ class RA3Module(LatentPolicyModule):
         work_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
+        ignored = {k: kwargs[k] for k in ("warmup_steps", "min_lr_ratio", "total_steps") if k in kwargs}
+        if ignored and ignored != {k: v for k, v in Q_SCHEDULE.items() if k in ignored}:
+            raise ValueError(
+                f"RA3Module trains q at a constant LR (it restarts from π every E-phase), so {sorted(ignored)} do not "
+                "apply; the M-step's schedule is m_warmup_steps / m_min_lr_ratio"
+            )
         super().__init__(**kwargs)
         if loss_on not in LOSS_MASKS:
             raise ValueError(f"loss_on={loss_on!r}; choose one of {sorted(LOSS_MASKS)}")
@@ -110,11 +119,7 @@ class RA3Module(LatentPolicyModule):
         out = self.work_dir() / f"iter_{iteration}"
         rank, world = self.trainer.global_rank, self.trainer.world_size
         hp = self.hparams
-        cfg = AnnotationConfig(
-            num_samples=hp.annotate_samples, choose=hp.annotate_choose, max_latent_tokens=hp.max_latent_tokens,
-            temperature=hp.temperature, think_cost=hp.think_cost, engine=hp.engine, act_likelihood=hp.act_likelihood,
-            hindsight_lines=hp.hindsight_lines, logprob_chunk_size=hp.logprob_chunk_size,
-        )  # fmt: skip
+        cfg = self.annotation_config(hp.annotate_samples, hp.annotate_choose)
         records = self.em_data.annotation_records(iteration, rank, world)
         # Ranks annotate different numbers of batches: unshard q and π once instead of per-forward gathers.
         pi = unsharded_for_generation(self.pi) if isinstance(self.pi, torch.nn.Module) else nullcontext()
