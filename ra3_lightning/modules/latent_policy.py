@@ -48,9 +48,9 @@ from ra3_lightning.rl.advantages import (
     Scale,
     group_advantages,
     masked_mean,
-    resolve,
 )
 from ra3_lightning.rl.kl import KL_ESTIMATORS, KLEstimator, KLKind, kl_penalty
+from ra3_lightning.rl.registry import resolve
 from ra3_lightning.rl.returns import RewardNorm, discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
 from ra3_lightning.rollout import (
     ENGINES,

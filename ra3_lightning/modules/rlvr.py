@@ -89,7 +89,6 @@ from ra3_lightning.rl.advantages import (
     Baseline,
     Scale,
     group_advantages,
-    resolve,
     zero_variance_groups,
 )
 from ra3_lightning.rl.batching import (
@@ -109,6 +108,7 @@ from ra3_lightning.rl.losses import (
     policy_loss,
     truncated_is_weights,
 )
+from ra3_lightning.rl.registry import resolve
 
 RewardFn = Callable[[list[str], list[CodingTask]], list[float]]
 

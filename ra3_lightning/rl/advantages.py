@@ -18,10 +18,12 @@ sample (Bessel-corrected) std, as ``torch.std`` gives and TRL/verl use.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal, TypeVar
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+from ra3_lightning.rl.registry import resolve
 
 AdvantageScale = Literal["group", "batch", "none"]
 AdvantageBaseline = Literal["mean", "none"]
@@ -98,17 +100,6 @@ class NoScale(Scale):
 
 BASELINES: dict[str, Baseline] = {"mean": GroupMean(), "none": NoBaseline()}
 SCALERS: dict[str, Scale] = {"group": GroupStd(), "batch": BatchStd(), "none": NoScale()}
-
-Choice = TypeVar("Choice")
-
-
-def resolve(choice: str | Choice, registry: dict[str, Choice], what: str) -> Choice:
-    """The built-in ``registry[choice]`` for a name, or ``choice`` itself for an object (a user's variant)."""
-    if not isinstance(choice, str):
-        return choice
-    if choice not in registry:
-        raise ValueError(f"unknown {what} {choice!r}; choose one of {sorted(registry)} or give an object (class_path)")
-    return registry[choice]
 
 
 def group_advantages(

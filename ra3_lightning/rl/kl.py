@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ra3_lightning.rl.advantages import resolve
+from ra3_lightning.rl.registry import resolve
 
 KLKind = Literal["k1", "k2", "k3"]
 

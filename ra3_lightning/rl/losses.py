@@ -37,8 +37,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ra3_lightning.rl.advantages import masked_mean, resolve, zero_variance_groups
+from ra3_lightning.rl.advantages import masked_mean, zero_variance_groups
 from ra3_lightning.rl.kl import KLEstimator, KLKind, kl_penalty
+from ra3_lightning.rl.registry import resolve
 
 Aggregation = Literal["grpo", "bnpo", "dapo", "dr_grpo"]
 
