@@ -26,8 +26,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from ra3_lightning.data.synthetic import load_split
-    from ra3_lightning.models import qwen_tokenizer
-    from ra3_lightning.rollout import (
+    from ra3_lightning.estep import (
         LatentVocab,
         ThinkBias,
         encode_trace,
@@ -36,6 +35,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
         policy_logq,
         rollout,
     )
+    from ra3_lightning.models import qwen_tokenizer
 
     torch.manual_seed(0)
     tokenizer = qwen_tokenizer()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ra3_lightning.estep import LatentVocab, ThinkBias, encode_trace, rollout
 from ra3_lightning.models import TinyLMConfig, build_tiny_lm, train_bpe_tokenizer
-from ra3_lightning.rollout import LatentVocab, ThinkBias, encode_trace, rollout
 
 HUMANEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "HumanEval.jsonl.gz"
 

@@ -2,7 +2,7 @@
 
 * **M-step** (next-token prediction on packed sequences): tokens/s of forward + backward + AdamW, and MFU
   (``6 · parameters · tokens/s`` over the GPU's dense bf16 peak).
-* **E-step rollout**: expert lines/s of :func:`ra3_lightning.rollout.rollout` (KV-cache engine) over synthetic
+* **E-step rollout**: expert lines/s of :func:`ra3_lightning.estep.rollout` (KV-cache engine) over synthetic
   programs, ``G`` latent samples each, THINK-biased so that rationales are written.
 * **RLVR decode**: generated tokens/s of ``KVSample`` (our loop, one prefill per prompt) and of HF ``generate``
   with a dynamic cache, and with a static cache + ``torch.compile``; each against the HBM roofline of decoding
@@ -83,7 +83,7 @@ def mstep_tokens_per_s(model: torch.nn.Module, args: argparse.Namespace, device:
 
 def estep_lines_per_s(model: torch.nn.Module, tokenizer, args: argparse.Namespace, device: torch.device) -> float:
     from ra3_lightning.data.synthetic import load_split
-    from ra3_lightning.rollout import LatentVocab, ThinkBias, encode_trace, rollout
+    from ra3_lightning.estep import LatentVocab, ThinkBias, encode_trace, rollout
 
     vocab = LatentVocab.from_tokenizer(tokenizer)
     width = model.config.vocab_size - len(vocab.think)  # the model's vocabulary is larger than the local BPE's

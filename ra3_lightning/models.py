@@ -100,7 +100,7 @@ def build_tiny_lm(cfg: TinyLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
 
 # Qwen2's pre-tokenisation pattern. A newline never merges with the next line's indentation, so the tokens of a
 # whole file are the tokens of its lines tokenised one by one (blank-line runs apart) — what the E-step's
-# line-by-line rollout builds (ra3_lightning.latent.encode_line).
+# line-by-line rollout builds (ra3_lightning.estep.encode_line).
 QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )

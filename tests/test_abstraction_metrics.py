@@ -17,7 +17,7 @@ from ra3_lightning.abstraction_metrics import (
 )
 from ra3_lightning.data.skills import SKILLS_BY_ID
 from ra3_lightning.data.synthetic import load_split
-from ra3_lightning.latent import insert_rationales
+from ra3_lightning.estep import insert_rationales
 
 
 def test_boundary_precision_recall_by_hand():

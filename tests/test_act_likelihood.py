@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ra3_lightning.rollout import (
+from ra3_lightning.estep import (
     LatentVocab,
     ThinkBias,
     TokenLayout,

@@ -8,11 +8,9 @@ import datasets
 import pytest
 import torch
 
-from ra3_lightning.annotate import AnnotationConfig, annotate
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.traces import TraceDataModule
-from ra3_lightning.latent import strip_rationales
-from ra3_lightning.rollout import LatentVocab, ThinkBias
+from ra3_lightning.estep import AnnotationConfig, LatentVocab, ThinkBias, annotate, strip_rationales
 
 
 @pytest.fixture

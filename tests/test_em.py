@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ra3_lightning.cli import RA3CLI
-from ra3_lightning.latent import strip_rationales
+from ra3_lightning.estep import strip_rationales
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo" / "ra3_em_tiny.yaml"

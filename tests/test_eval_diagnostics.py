@@ -13,6 +13,7 @@ import ra3_lightning.eval_diagnostics as diag
 from ra3_lightning.data.skills import SKILLS, SKILLS_BY_ID, Skill
 from ra3_lightning.data.synthetic import load_split
 from ra3_lightning.data.tasks import CodingTask, tasks_from_records
+from ra3_lightning.estep import insert_rationales, split_lines, think_token_mask, token_texts
 from ra3_lightning.eval_diagnostics import (
     CompletionBudget,
     CompletionStats,
@@ -28,7 +29,6 @@ from ra3_lightning.eval_diagnostics import (
     summarize_diagnostics,
     think_logit_bias,
 )
-from ra3_lightning.latent import insert_rationales, split_lines, think_token_mask, token_texts
 from ra3_lightning.models import TinyLMConfig, tokenizer_for_tiny, train_bpe_tokenizer
 from ra3_lightning.sandbox.types import TestSuite
 

@@ -11,23 +11,24 @@ import lightning as L
 import pytest
 import torch
 
-import ra3_lightning.annotate as annotate_mod
+import ra3_lightning.estep.annotate as annotate_mod
 import ra3_lightning.modules.latent_policy as latent_policy_mod
-from ra3_lightning.annotate import AnnotationConfig, annotate_batch
 from ra3_lightning.data.texts import TextDataModule
-from ra3_lightning.latent import strip_rationales
-from ra3_lightning.models import TinyLMConfig, build_tiny_lm
-from ra3_lightning.modules.latent_policy import LatentPolicyModule
-from ra3_lightning.rollout import (
+from ra3_lightning.estep import (
+    AnnotationConfig,
     LatentVocab,
     ThinkBias,
+    annotate_batch,
     encode_trace,
     forward_logits,
     hindsight_attention_mask,
     policy_logq,
     rollout,
     score_lines,
+    strip_rationales,
 )
+from ra3_lightning.models import TinyLMConfig, build_tiny_lm
+from ra3_lightning.modules.latent_policy import LatentPolicyModule
 
 
 def _sharp_lm(tokenizer, family: str = "qwen2", attn: str = "sdpa") -> torch.nn.Module:

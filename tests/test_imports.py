@@ -77,3 +77,17 @@ def test_modules_and_data_do_not_import_callbacks():
     for name, deps in graph().items():
         if name.startswith(("ra3_lightning.modules.", "ra3_lightning.data.", "ra3_lightning.em_schedule")):
             assert not {d for d in deps if d.startswith("ra3_lightning.callbacks")}, name
+
+
+ESTEP_ROLES = ["format", "text", "vocab", "layout", "engines", "scoring", "sampler", "annotate"]
+
+
+def test_estep_files_depend_only_on_the_roles_above_them():
+    """``ra3_lightning.estep`` is layered in the order its ``__init__`` lists, and knows nothing of Lightning."""
+    assert sorted(p.stem for p in (ROOT / "ra3_lightning" / "estep").glob("[!_]*.py")) == sorted(ESTEP_ROLES)
+    edges = graph()
+    for i, role in enumerate(ESTEP_ROLES):
+        deps = edges[f"ra3_lightning.estep.{role}"]
+        below = {d for d in deps if d.startswith("ra3_lightning.estep.") and d.split(".")[2] not in ESTEP_ROLES[:i]}
+        assert not below, f"estep.{role} imports {below}, which come after it"
+        assert not {d for d in deps if d.startswith(("ra3_lightning.modules", "ra3_lightning.callbacks"))}, role

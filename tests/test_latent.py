@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from ra3_lightning.latent import (
+from ra3_lightning.estep import (
     LatentFormat,
     comment_token_mask,
     encode_line,

@@ -8,7 +8,7 @@ import torch
 from helpers.formats import SemicolonComment
 
 from ra3_lightning.cli import RA3CLI
-from ra3_lightning.latent import LatentFormat, insert_rationales, token_texts
+from ra3_lightning.estep import LatentFormat, insert_rationales, token_texts
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "estep_tiny.yaml")
 TRACE = "def f(x):\n    y = x + 1\n    return y\n"

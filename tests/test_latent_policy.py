@@ -19,10 +19,10 @@ import torch
 
 from ra3_lightning.cli import main
 from ra3_lightning.data.texts import TextDataModule
+from ra3_lightning.estep import LatentVocab, encode_trace, expert_line_logp, forward_logits, plain_layout, rollout
 from ra3_lightning.models import TinyLMConfig, build_tiny_lm, train_bpe_tokenizer
 from ra3_lightning.modules.latent_policy import LatentPolicyModule
 from ra3_lightning.rl.returns import elbo_rewards
-from ra3_lightning.rollout import LatentVocab, encode_trace, expert_line_logp, forward_logits, plain_layout, rollout
 
 INTENTS = {
     "add": ["    y = x + 1\n", "    y = y + 2\n"],

@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from ra3_lightning.logit_stats import LogitStats, stat_columns
-from ra3_lightning.rollout import (
+from ra3_lightning.estep import (
     LatentVocab,
     ThinkBias,
     encode_trace,
@@ -20,6 +19,7 @@ from ra3_lightning.rollout import (
     policy_logq,
     rollout,
 )
+from ra3_lightning.logit_stats import LogitStats, stat_columns
 
 
 def test_columns_by_hand():

@@ -12,8 +12,18 @@ import torch
 
 from ra3_lightning.data.sources import load_records
 from ra3_lightning.data.tasks import load_tasks
-from ra3_lightning.latent import split_boundaries, split_lines, strip_rationales, think_token_mask
-from ra3_lightning.rollout import LatentVocab, ThinkBias, encode_trace, policy_logq, rollout, score_lines
+from ra3_lightning.estep import (
+    LatentVocab,
+    ThinkBias,
+    encode_trace,
+    policy_logq,
+    rollout,
+    score_lines,
+    split_boundaries,
+    split_lines,
+    strip_rationales,
+    think_token_mask,
+)
 
 ASSETS = Path(__file__).parent / "assets" / "tasks"
 BLANK_LINES = "import math\n\n\ndef f(x):\n    y = x + 1\n\n    return math.sqrt(y)\n"
@@ -108,8 +118,8 @@ def test_annotation_m_step_and_rlvr_on_the_real_vocabulary(qwen_lm, qwen_tok, tm
     loss on the annotated text back-propagates, and one RLVR step (generation, chunked log-probs, update) runs."""
     import lightning as L
 
-    from ra3_lightning.annotate import AnnotationConfig, annotate_batch
     from ra3_lightning.data.task_data import TaskDataModule
+    from ra3_lightning.estep import AnnotationConfig, annotate_batch
     from ra3_lightning.losses import causal_lm_loss
     from ra3_lightning.modules.rlvr import RLVRModule
 

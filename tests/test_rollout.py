@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ra3_lightning.latent import strip_rationales
-from ra3_lightning.rollout import (
+from ra3_lightning.estep import (
     LatentVocab,
     ThinkBias,
     encode_trace,
@@ -14,6 +13,7 @@ from ra3_lightning.rollout import (
     policy_logq,
     rollout,
     score_lines,
+    strip_rationales,
 )
 
 

@@ -8,7 +8,7 @@
 
 with ``r_t = log π(a_t | s_t, z_{≤t}) − c·1[THINK]``. Batches come from
 :class:`ra3_lightning.data.texts.TextDataModule` (``{"id": [...], "text": [...]}``); ``ra3 predict`` returns
-annotated-trace records (:func:`ra3_lightning.annotate.annotate_batch`), :func:`ra3_lightning.annotate.annotate`
+annotated-trace records (:func:`ra3_lightning.estep.annotate_batch`), :func:`ra3_lightning.estep.annotate`
 writes them to disk resumably.
 
 **Hindsight** (``hindsight_lines = k > 0``): ``q`` becomes a posterior ``q(z_t | s_t, a_{t:t+k})``. At boundary ``t``
@@ -33,9 +33,24 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
-from ra3_lightning.annotate import AnnotationConfig, Choose, annotate_batch
+from ra3_lightning.estep import (
+    ENGINES,
+    ActLikelihood,
+    AnnotationConfig,
+    Choose,
+    LatentFormat,
+    LatentVocab,
+    PolicyTerms,
+    Rollout,
+    annotate_batch,
+    encode_trace,
+    expert_line_logp,
+    layout_stats,
+    plain_layout,
+    policy_logq,
+    rollout,
+)
 from ra3_lightning.generation import unsharded_for_generation
-from ra3_lightning.latent import LatentFormat
 from ra3_lightning.lora import AdapterOff
 from ra3_lightning.modules.base import CausalLMModule, reaches_logger, shard_lm
 from ra3_lightning.optim import adamw_warmup_cosine, schedule_length
@@ -52,19 +67,6 @@ from ra3_lightning.rl.advantages import (
 from ra3_lightning.rl.kl import KL_ESTIMATORS, KLEstimator, KLKind, kl_penalty
 from ra3_lightning.rl.registry import resolve
 from ra3_lightning.rl.returns import RewardNorm, discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
-from ra3_lightning.rollout import (
-    ENGINES,
-    ActLikelihood,
-    LatentVocab,
-    PolicyTerms,
-    Rollout,
-    encode_trace,
-    expert_line_logp,
-    layout_stats,
-    plain_layout,
-    policy_logq,
-    rollout,
-)
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -112,7 +114,7 @@ class LatentPolicyModule(CausalLMModule):
         total_steps: Length of the cosine; defaults to ``trainer.estimated_stepping_batches``.
         engine: ``"kv"`` (one KV cache across the trace) or ``"reencode"`` (naive; for benchmarks).
         latent_format: How a rationale is written and which tokens open / continue / end it
-            (:class:`~ra3_lightning.latent.LatentFormat`; default: a ``# `` comment line). Another format by
+            (:class:`~ra3_lightning.estep.LatentFormat`; default: a ``# `` comment line). Another format by
             ``class_path`` (or ``init_args: {comment_prefix: "// "}``); its marker must begin some token's text.
         logprob_chunk_size: Positions per chunk of the LM head in the scoring pass of ``π`` and the ``log q`` pass
             of ``q``: only five numbers per position are kept (:class:`ra3_lightning.logit_stats.LogitStats`), never
@@ -248,7 +250,7 @@ class LatentPolicyModule(CausalLMModule):
         return loss
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Annotated-trace records for a batch (one sample per trace; see :func:`ra3_lightning.annotate.annotate`)."""
+        """Annotated-trace records for a batch (one sample per trace; see :func:`ra3_lightning.estep.annotate`)."""
         cfg = self.annotation_config()
         return annotate_batch(self.model, self.pi, self.vocab, batch["text"], batch["id"], cfg, self.generator)
 

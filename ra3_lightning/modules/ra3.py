@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ra3_lightning.annotate import Choose, annotate
 from ra3_lightning.data.em_data import EMDataModule
 from ra3_lightning.em_schedule import EMPosition, EMSchedule
+from ra3_lightning.estep import Choose, annotate
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.lora import merge_into_base, reset_adapter
 from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity

@@ -1,6 +1,6 @@
 """A second latent format, as a user would write one in their own package (tests/test_latent_format.py)."""
 
-from ra3_lightning.latent import LatentFormat
+from ra3_lightning.estep import LatentFormat
 
 
 class SemicolonComment(LatentFormat):

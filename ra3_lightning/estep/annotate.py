@@ -28,18 +28,13 @@ from transformers import PreTrainedTokenizerBase
 
 from ra3_lightning.data.sources import DataError, text_problem
 from ra3_lightning.data.texts import load_trace_records
-from ra3_lightning.latent import LatentFormat, strip_rationales
+from ra3_lightning.estep.format import LatentFormat
+from ra3_lightning.estep.layout import plain_layout
+from ra3_lightning.estep.sampler import Rollout, rollout
+from ra3_lightning.estep.scoring import ActLikelihood, expert_line_logp, layout_stats
+from ra3_lightning.estep.text import strip_rationales
+from ra3_lightning.estep.vocab import LatentVocab, encode_trace
 from ra3_lightning.rl.returns import elbo_rewards
-from ra3_lightning.rollout import (
-    ActLikelihood,
-    LatentVocab,
-    Rollout,
-    encode_trace,
-    expert_line_logp,
-    layout_stats,
-    plain_layout,
-    rollout,
-)
 
 Choose = Literal["sample", "best"]
 
@@ -69,11 +64,11 @@ class AnnotationConfig:
         think_cost: ``c`` in ``r_t = log π(a_t|…) − c·1[THINK]`` (the return used by ``"best"`` and ``elbo``).
         engine: Rollout engine (``"kv"`` or ``"reencode"``).
         act_likelihood: ``"conditional"`` or ``"marginal"`` scoring of expert lines (see
-            :func:`ra3_lightning.rollout.expert_line_logp`); use the E-step's.
+            :func:`ra3_lightning.estep.expert_line_logp`); use the E-step's.
         hindsight_lines: Next expert lines ``q`` sees before each decision (use the E-step's); they never reach
             the annotated text or ``π``'s scores.
         logprob_chunk_size: Positions per chunk of ``π``'s LM head when scoring (``None``: dense ``[N, L, V]``
-            logits; see :func:`ra3_lightning.rollout.layout_stats`).
+            logits; see :func:`ra3_lightning.estep.layout_stats`).
     """
 
     num_samples: int = 4
