@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 
-import ra3_lightning.estep.annotate as annotate_mod
+import ra3_lightning.estep.annotation as annotate_mod
 import ra3_lightning.modules.latent_policy as latent_policy_mod
 from ra3_lightning.data.texts import TextDataModule
 from ra3_lightning.estep import (

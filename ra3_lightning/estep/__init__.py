@@ -10,14 +10,14 @@ One file per role, each depending only on the ones above it:
 ``engines``    :class:`KVCacheEngine` (one batched KV cache) and the naive :class:`ReencodeEngine`
 ``scoring``    ``P(THINK)``, ``log q(z_t)``, ``log π(a_t | …)``: pure tensor functions
 ``sampler``    :func:`rollout`: ``q`` walks the line boundaries, THINK/ACT, rationales, hindsight
-``annotate``   :func:`annotate`: a trace dataset in, the annotated-trace dataset for the M-step out
+``annotation`` :func:`annotate`: a trace dataset in, the annotated-trace dataset for the M-step out
 ============== ==========================================================================================
 
 The Lightning side (training ``q``, the EM loop) lives in :mod:`ra3_lightning.modules.latent_policy`,
 :mod:`ra3_lightning.modules.ra3` and the EM scheduler callback; they use this package through the names below.
 """
 
-from ra3_lightning.estep.annotate import ANNOTATION_FEATURES, AnnotationConfig, Choose, annotate, annotate_batch
+from ra3_lightning.estep.annotation import ANNOTATION_FEATURES, AnnotationConfig, Choose, annotate, annotate_batch
 from ra3_lightning.estep.engines import ENGINES, KVCacheEngine, ReencodeEngine
 from ra3_lightning.estep.format import (
     LatentFormat,

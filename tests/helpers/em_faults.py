@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import ra3_lightning.estep.annotate as annotate_module
+import ra3_lightning.estep.annotation as annotate_module
 from ra3_lightning.modules.ra3 import RA3Module
 
 
