@@ -12,7 +12,7 @@ The first ``--warmup`` steps of each are excluded; the median of the rest is rep
 Where ours is faster (docs/rlvr.md, "Speed"): the sandbox scores while the trainer computes the first micro-batch's
 forward pass (with fewer torch threads on CPU, so the two do not fight over the cores), ``KVSample`` generation
 (cheap exponential-race sampling, a mask built once), metrics handed to ``self.log`` only on logging steps, no
-old-logprob forward pass at ``mu = 1``, and no accelerate / Trainer machinery per step.
+old-logprob forward pass at ``num_iterations = 1``, and no accelerate / Trainer machinery per step.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def run_ours(model_dir: Path, tasks_path: Path, reward, args) -> list[float]:
 
     from ra3_lightning.data.task_data import TaskDataModule
     from ra3_lightning.modules.rlvr import RLVRModule
+    from ra3_lightning.optim import Optim
 
     times: list[float] = []
 
@@ -75,8 +76,8 @@ def run_ours(model_dir: Path, tasks_path: Path, reward, args) -> list[float]:
             times.append(time.perf_counter() - self.t)
 
     module = RLVRModule(
-        pretrained=str(model_dir), num_generations=args.G, max_new_tokens=args.max_new_tokens, reward_fn=reward,
-        loss_aggregation="dapo", lr=args.lr, max_grad_norm=1.0, log_samples_every_n_steps=0, beta=0.0,
+        pretrained=str(model_dir), num_generations=args.G, max_completion_length=args.max_new_tokens, reward_fn=reward,
+        loss_type="dapo", optim=Optim(lr=args.lr, max_grad_norm=1.0), log_samples_every_n_steps=0, beta=0.0,
     )  # fmt: skip
     data = TaskDataModule(str(tasks_path), batch_size=args.prompts, prompt_template="plain")
     trainer = L.Trainer(

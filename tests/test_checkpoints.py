@@ -2,6 +2,7 @@
 ``init_from`` paths it started from), and the trained LM is in train mode when ``fit`` starts."""
 
 import os
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -10,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from ra3_lightning.models import TinyLMConfig
 from ra3_lightning.modules.base import MODEL_CONFIG_KEY, load_lm_source
-from ra3_lightning.modules.ntp import NTPModule
+from ra3_lightning.modules.ntp import NTP_OPTIM, NTPModule
 
 
 class _TrainMode(L.Callback):
@@ -38,8 +39,10 @@ def test_checkpoint_loads_elsewhere_after_its_parents_are_deleted(tiny_cfg, tmp_
     run = tmp_path / "run"
     run.mkdir()
     monkeypatch.chdir(run)
-    _fit_one_step(NTPModule(tiny=tiny_cfg, lr=1e-3), tmp_path, "first.ckpt")
-    second = NTPModule(init_from="first.ckpt", lr=1e-3)  # relative, as the demo's stages write it
+    _fit_one_step(NTPModule(tiny=tiny_cfg, optim=replace(NTP_OPTIM, lr=1e-3)), tmp_path, "first.ckpt")
+    second = NTPModule(
+        init_from="first.ckpt", optim=replace(NTP_OPTIM, lr=1e-3)
+    )  # relative, as the demo's stages write it
     _fit_one_step(second, tmp_path, "second.ckpt")
     assert MODEL_CONFIG_KEY in torch.load("second.ckpt", map_location="cpu", weights_only=False)
 
@@ -62,6 +65,6 @@ def test_hf_directory_model_trains_in_train_mode(tiny_cfg, tmp_path):
     module = NTPModule(tiny=tiny_cfg)
     module.configure_model()
     hf_dir = module.export_hf(tmp_path / "hf")  # from_pretrained returns a model in eval mode
-    loaded = NTPModule(init_from=str(hf_dir), lr=1e-3)
+    loaded = NTPModule(init_from=str(hf_dir), optim=replace(NTP_OPTIM, lr=1e-3))
     _fit_one_step(loaded, tmp_path, str(tmp_path / "from_hf.ckpt"))
     assert loaded.seen_training_mode is True

@@ -37,7 +37,7 @@ def tiny_em_config(tmp_path: Path, **callbacks_extra) -> Path:
     model["tiny"].update(
         hidden_size=32, intermediate_size=64, vocab_size=400, tokenizer_corpus="synthetic:pretrain?n=200"
     )
-    model.update(num_rollouts=2, max_latent_tokens=4, annotate_shard_size=3, annotate_batch_size=4)
+    model.update(num_generations=2, max_latent_tokens=4, annotate_shard_size=3, annotate_batch_size=4)
     model.update(work_dir=str(tmp_path / "em"), log_samples_every_n_steps=1)
     cfg["data"]["init_args"].update(
         path="synthetic:midtrain?n=40&seed=0", records_per_iteration=8, e_batch_size=2, m_batch_size=2,
@@ -178,6 +178,9 @@ def test_em_on_two_cpu_processes_with_fsdp2(tmp_path, lora):
 
 def test_ra3_rejects_q_schedule_knobs_it_would_ignore():
     from ra3_lightning.modules import RA3Module
+    from ra3_lightning.optim import Optim
 
-    with pytest.raises(ValueError, match=r"constant LR.*\['min_lr_ratio', 'warmup_steps'\]"):
-        RA3Module(warmup_steps=5, min_lr_ratio=0.1)
+    with pytest.raises(ValueError, match=r"constant LR.*warmup_steps, min_lr_ratio or total_steps"):
+        RA3Module(optim=Optim(lr=1e-5, warmup_steps=5, min_lr_ratio=0.1))
+    with pytest.raises(ValueError, match="m_optim.total_steps=9"):
+        RA3Module(m_optim=Optim(total_steps=9))

@@ -1,5 +1,6 @@
 """Export to a Hugging Face directory — `ra3 export CKPT OUT` and the ExportHF callback — loads and generates."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +13,7 @@ from ra3_lightning.callbacks import ExportHF
 from ra3_lightning.cli import main
 from ra3_lightning.data.traces import TraceDataModule
 from ra3_lightning.models import TinyLMConfig
-from ra3_lightning.modules.ntp import NTPModule
+from ra3_lightning.modules.ntp import NTP_OPTIM, NTPModule
 
 PROMPT = "def f3_total(xs):\n"
 
@@ -24,8 +25,7 @@ def trained(tmp_path_factory, code_jsonl) -> tuple[NTPModule, Path, Path]:
     torch.manual_seed(0)
     module = NTPModule(
         tiny=TinyLMConfig(hidden_size=32, intermediate_size=64, vocab_size=300, tokenizer_corpus=code_jsonl),
-        lr=1e-2,
-        warmup_steps=0,
+        optim=replace(NTP_OPTIM, lr=1e-2, warmup_steps=0),
     )
     trainer = L.Trainer(
         max_steps=3,

@@ -29,6 +29,7 @@ from ra3_lightning.estep import (
 )
 from ra3_lightning.models import TinyLMConfig, build_tiny_lm
 from ra3_lightning.modules.latent_policy import LatentPolicyModule
+from ra3_lightning.optim import Optim
 
 
 def _sharp_lm(tokenizer, family: str = "qwen2", attn: str = "sdpa") -> torch.nn.Module:
@@ -211,8 +212,8 @@ def test_latent_policy_module_trains_and_annotates_with_hindsight(tmp_path, code
     tiny = TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
                         vocab_size=400, tokenizer_corpus=str(corpus))  # fmt: skip
     L.seed_everything(0)
-    module = LatentPolicyModule(tiny=tiny, hindsight_lines=2, num_rollouts=2, max_latent_tokens=4, temperature=2.0,
-                                kl_coef=0.1, lr=1e-3, log_samples_every_n_steps=0)  # fmt: skip
+    module = LatentPolicyModule(tiny=tiny, hindsight_lines=2, num_generations=2, max_latent_tokens=4, temperature=2.0,
+                                beta=0.1, optim=Optim(lr=1e-3), log_samples_every_n_steps=0)  # fmt: skip
     module.configure_model()
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     calls = []

@@ -22,6 +22,7 @@ from ra3_lightning.data.texts import TextDataModule
 from ra3_lightning.estep import LatentVocab, encode_trace, expert_line_logp, forward_logits, plain_layout, rollout
 from ra3_lightning.models import TinyLMConfig, build_tiny_lm, train_bpe_tokenizer
 from ra3_lightning.modules.latent_policy import LatentPolicyModule
+from ra3_lightning.optim import Optim
 from ra3_lightning.rl.returns import elbo_rewards
 
 INTENTS = {
@@ -97,8 +98,8 @@ def _fit_estep(pretrained_dir, tmp_path, act_likelihood: str) -> tuple[LatentPol
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in expert_programs(400, seed=1)))
     L.seed_everything(0)
     module = LatentPolicyModule(
-        pretrained=str(pretrained_dir), think_cost=0.1, num_rollouts=4, max_latent_tokens=6, lr=2e-4, seed=0,
-        act_likelihood=act_likelihood,
+        pretrained=str(pretrained_dir), think_cost=0.1, num_generations=4, max_latent_tokens=6, seed=0,
+        optim=Optim(lr=2e-4), act_likelihood=act_likelihood,
     )  # fmt: skip
     data = TextDataModule(str(corpus), batch_size=8)
     module.configure_model()
@@ -147,7 +148,7 @@ def test_print_config_shows_the_base_model_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "-c", "configs/demo/estep_tiny.yaml", "--print_config"])
     printed = capsys.readouterr().out
-    for key in ("think_cost", "num_rollouts", "tiny:", "init_from", "pretrained", "TextDataModule"):
+    for key in ("think_cost", "num_generations", "tiny:", "init_from", "pretrained", "TextDataModule"):
         assert key in printed
 
 
@@ -170,8 +171,8 @@ def test_bad_settings_raise_at_construction():
     tiny = TinyLMConfig(
         hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, tokenizer_corpus="synthetic:pretrain?n=50"
     )
-    with pytest.raises(ValueError, match="num_rollouts"):
-        LatentPolicyModule(tiny=tiny, num_rollouts=1)
+    with pytest.raises(ValueError, match="num_generations"):
+        LatentPolicyModule(tiny=tiny, num_generations=1)
     with pytest.raises(ValueError, match="hindsight_lines"):
         LatentPolicyModule(tiny=tiny, hindsight_lines=-1)
 

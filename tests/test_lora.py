@@ -4,6 +4,7 @@ only adapters train, checkpoints and export merge, RA3's EM loop with LoRA throu
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -23,7 +24,8 @@ from ra3_lightning.lora import (
 )
 from ra3_lightning.models import TinyLMConfig
 from ra3_lightning.modules.base import load_lm_source
-from ra3_lightning.modules.ntp import NTPModule
+from ra3_lightning.modules.ntp import NTP_OPTIM, NTPModule
+from ra3_lightning.optim import Optim
 
 IDS = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -121,7 +123,7 @@ def fit_steps(module: L.LightningModule, tmp_path, steps: int = 2) -> L.Trainer:
 def test_ntp_with_lora_trains_only_adapters_and_its_checkpoint_loads_merged(tiny_cfg, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    module = NTPModule(tiny=tiny_cfg, lr=1e-2, lora=LoRASpec(r=4, alpha=8.0))
+    module = NTPModule(tiny=tiny_cfg, optim=replace(NTP_OPTIM, lr=1e-2), lora=LoRASpec(r=4, alpha=8.0))
     module.configure_model()
     base_before = {k: v.clone() for k, v in module.model.state_dict().items() if "lora_" not in k}
     adapters_before = {k: v.clone() for k, v in module.model.state_dict().items() if "lora_B" in k}
@@ -186,8 +188,8 @@ def test_rlvr_fit_with_lora_and_a_kl_reference(tmp_path, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     module = RLVRModule(
-        tiny=TINY, tokenizer=str(tmp_path / "tok"), num_generations=4, max_new_tokens=6, reward_fn=fixed_reward,
-        beta=0.1, lr=1e-2, log_samples_every_n_steps=0, lora=LoRASpec(r=4, alpha=8.0),
+        tiny=TINY, tokenizer=str(tmp_path / "tok"), num_generations=4, max_completion_length=6, reward_fn=fixed_reward,
+        beta=0.1, optim=Optim(lr=1e-2, max_grad_norm=1.0), log_samples_every_n_steps=0, lora=LoRASpec(r=4, alpha=8.0),
     )  # fmt: skip
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain")
     trainer = L.Trainer(

@@ -9,6 +9,7 @@ from ra3_lightning.cli import main
 from ra3_lightning.losses import causal_lm_loss
 from ra3_lightning.models import TinyLMConfig
 from ra3_lightning.modules.ntp import NTPModule, lm_inputs
+from ra3_lightning.optim import Optim
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo" / "ntp_tiny.yaml"
 
@@ -69,7 +70,9 @@ def test_rejects_bad_options(tiny_cfg):
     with pytest.raises(ValueError, match="loss_on"):
         NTPModule(tiny=tiny_cfg, loss_on="comments")
     with pytest.raises(ValueError, match="lr > 0"):
-        NTPModule(tiny=tiny_cfg, lr=0.0)
+        Optim(lr=0.0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        Optim(max_grad_norm=0.0)
 
 
 def test_print_config_shows_base_args(capsys):

@@ -24,13 +24,13 @@ MINI = [
     "--pretrain.steps", "4", "--pretrain.batch_size", "4", "--pretrain.max_length", "128", "--pretrain.val_every", "2",
     "--pretrain.warmup_steps", "1",
     "--midtrain.iterations", "2", "--midtrain.e_steps", "1", "--midtrain.m_steps", "2", "--midtrain.batch_size", "2",
-    "--midtrain.max_length", "128", "--midtrain.warmup_steps", "1", "--midtrain.num_rollouts", "2",
+    "--midtrain.max_length", "128", "--midtrain.warmup_steps", "1", "--midtrain.num_generations", "2",
     "--midtrain.max_latent_tokens", "4", "--midtrain.e_batch_size", "2", "--midtrain.records_per_iteration", "4",
     "--midtrain.annotate_batch_size", "4",
-    "--rlvr.steps", "2", "--rlvr.batch_size", "2", "--rlvr.num_generations", "2", "--rlvr.max_new_tokens", "16",
+    "--rlvr.steps", "2", "--rlvr.batch_size", "2", "--rlvr.num_generations", "2", "--rlvr.max_completion_length", "16",
     "--rlvr.smoothing", "1", "--rlvr.heldin", "2", "--rlvr.val_every", "1", "--rlvr.val_num_samples", "2",
     "--rlvr.checkpoint_every", "1", "--rlvr.train_tasks", "4",
-    "--eval.num_samples", "2", "--eval.ks", "[1,2]", "--eval.max_new_tokens", "16", "--eval.batch_size", "4",
+    "--eval.num_samples", "2", "--eval.ks", "[1,2]", "--eval.max_completion_length", "16", "--eval.batch_size", "4",
     "--eval.curve_num_samples", "2", "--eval.check_budget", "false",
 ]  # fmt: skip
 
@@ -104,7 +104,7 @@ def test_ra3_test_on_a_task_file(demo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli_args = [
         "test", "-c", str(ROOT / "configs" / "eval_humaneval.yaml"), "--data.path", str(tasks),
-        "--model.init_from", str(demo / "checkpoints" / "ntp.ckpt"), "--model.max_new_tokens", "8",
+        "--model.init_from", str(demo / "checkpoints" / "ntp.ckpt"), "--model.max_completion_length", "8",
         "--model.val_num_samples", "2", "--model.pass_at_k", "[1, 2]", "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
@@ -189,8 +189,8 @@ def test_budget_check_refuses_a_budget_the_eval_tasks_do_not_fit(tmp_path, tiny_
     from ra3_lightning.pipeline.stages import Paths, check_budget
 
     write_splits(tmp_path / "data", {"pretrain": 1, "midtrain": 1, "rlvr": 1, "eval": 4}, seed=0)
-    small = parse_config(["-c", str(ROOT / "configs/demo/pipeline.yaml"), "--eval.max_new_tokens", "16"])
-    with pytest.raises(ValueError, match="eval.max_new_tokens=16 < .* tokens, what task"):
+    small = parse_config(["-c", str(ROOT / "configs/demo/pipeline.yaml"), "--eval.max_completion_length", "16"])
+    with pytest.raises(ValueError, match="eval.max_completion_length=16 < .* tokens, what task"):
         check_budget(small, Paths(tmp_path), tiny_tokenizer)
-    large = parse_config(["-c", str(ROOT / "configs/demo/pipeline.yaml"), "--eval.max_new_tokens", "100000"])
+    large = parse_config(["-c", str(ROOT / "configs/demo/pipeline.yaml"), "--eval.max_completion_length", "100000"])
     check_budget(large, Paths(tmp_path), tiny_tokenizer)  # fits: no error

@@ -24,6 +24,7 @@ from ra3_lightning.estep import (
     strip_rationales,
     think_token_mask,
 )
+from ra3_lightning.optim import Optim
 
 ASSETS = Path(__file__).parent / "assets" / "tasks"
 BLANK_LINES = "import math\n\n\ndef f(x):\n    y = x + 1\n\n    return math.sqrt(y)\n"
@@ -143,7 +144,8 @@ def test_annotation_m_step_and_rlvr_on_the_real_vocabulary(qwen_lm, qwen_tok, tm
     fields = {"prompt": task.prompt, "entry_point": task.entry_point, "test": "def check(c): pass"}
     tasks.write_text("".join(json.dumps({"task_id": f"t{i}", **fields}) + "\n" for i in range(2)))
     module = RLVRModule(
-        pretrained=str(tmp_path / "hf"), num_generations=2, max_new_tokens=6, lr=1e-3, log_samples_every_n_steps=0,
+        pretrained=str(tmp_path / "hf"), num_generations=2, max_completion_length=6,
+        optim=Optim(lr=1e-3, max_grad_norm=1.0), log_samples_every_n_steps=0,
         reward_fn=lambda completions, _: [float(len(c) % 2) for c in completions], logprob_chunk_size=64,
     )  # fmt: skip
     trainer = L.Trainer(

@@ -1,8 +1,8 @@
 """`ra3 fit ... --ckpt_path last` resumes exactly: N steps straight == N/2 steps, stop, resume for N/2 more.
 
-The stopped run shares the straight run's LR schedule (``--model.total_steps N``): it plays a run of N steps killed
-after N/2. "Exactly" holds at epoch granularity, as Lightning resumes a map-style DataLoader: the stop falls on an
-epoch boundary and the shuffle order depends only on (seed, epoch) (``EpochSeededSampler``), so the resumed run sees
+The stopped run shares the straight run's LR schedule (``--model.optim.total_steps N``): it plays a run of N steps
+killed after N/2. "Exactly" holds at epoch granularity, as Lightning resumes a map-style DataLoader: the stop falls on
+an epoch boundary and the shuffle order depends only on (seed, epoch) (``EpochSeededSampler``), so the resumed run sees
 the same batches. Weights, AdamW moments, the LR schedule, global step and epoch must all match the straight run.
 The demo config's ``ResumableCheckpoint`` matters here: with a plain ``ModelCheckpoint`` the last.ckpt written in
 ``on_train_end`` resumes one epoch too far (see callbacks/checkpoint.py).
@@ -26,7 +26,8 @@ def fit(cwd: Path, code_jsonl: str, max_steps: int, *extra: str) -> RA3CLI:
         "--trainer.val_check_interval", str(BATCHES_PER_EPOCH), "--trainer.enable_model_summary", "false",
         "--data.path", code_jsonl, "--data.max_records", "18", "--data.val_size", "2", "--data.packing", "false",
         "--data.batch_size", "4", "--data.max_length", "128", "--model.tiny.tokenizer_corpus", code_jsonl,
-        "--model.tiny.vocab_size", "300", "--model.warmup_steps", "3", "--model.total_steps", str(N), *extra,
+        "--model.tiny.vocab_size", "300", "--model.optim.warmup_steps", "3", "--model.optim.total_steps", str(N),
+        *extra,
     ]  # fmt: skip
     old = Path.cwd()
     try:

@@ -52,7 +52,7 @@ def test_latent_pg_loss_by_hand():
     adv = torch.tensor([[1.0, -1.0], [2.0, 5.0]])
     mask = torch.tensor([[True, True], [True, False]])
     kl = torch.tensor([[0.1, 0.2], [0.3, 9.0]])
-    loss, stats = latent_pg_loss(logq, adv, mask, kl, kl_coef=0.5)
+    loss, stats = latent_pg_loss(logq, adv, mask, kl, beta=0.5)
     # pg = -(1*-1 + -1*-2 + 2*-0.5) / 3 = -(-1 + 2 - 1)/3 = 0; kl mean = (0.1 + 0.2 + 0.3)/3 = 0.2
     assert loss.item() == pytest.approx(0.5 * 0.2)
     assert stats["kl"].item() == pytest.approx(0.2)

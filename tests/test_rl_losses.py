@@ -78,7 +78,7 @@ def test_micro_batches_sum_to_the_full_batch(aggregation):
 
 
 def test_on_policy_gradient_grpo():
-    # mu=1: old = logp.detach(), ratio 1, no clipping; d loss / d logp_t = -A_i / len_i / B
+    # num_iterations=1: old = logp.detach(), ratio 1, no clipping; d loss / d logp_t = -A_i / len_i / B
     # row 0: -1 / 3 / 2 = -0.166667 on 3 tokens; row 1: +1 / 2 / 2 = 0.25 on 2 tokens, 0 on the masked one
     logp = OLD.clone().requires_grad_(True)
     loss, _ = policy_loss(logp, OLD, ADV, MASK, LossNormaliser.from_mask(MASK, 4), aggregation="grpo")

@@ -19,6 +19,7 @@ from ra3_lightning.data.task_data import TaskDataModule
 from ra3_lightning.eval_diagnostics import comment_start_mask
 from ra3_lightning.models import TinyLMConfig
 from ra3_lightning.modules.rlvr import RLVRModule
+from ra3_lightning.optim import Optim
 from ra3_lightning.rl.losses import LossNormaliser
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo" / "rlvr_tiny.yaml"
@@ -64,7 +65,14 @@ def test_reward_rises_through_the_cli(tmp_path, tok_dir):
         [
             *("fit", "-c", str(DEMO), "--model.tokenizer", tok_dir, "--data.path", tasks, "--data.val_path", "null"),
             *("--model.tiny.hidden_size", "32", "--model.tiny.intermediate_size", "64"),
-            *("--model.max_new_tokens", "4", "--model.lr", "2e-2", "--model.drop_zero_variance_groups", "false"),
+            *(
+                "--model.max_completion_length",
+                "4",
+                "--model.optim.lr",
+                "2e-2",
+                "--model.drop_zero_variance_groups",
+                "false",
+            ),
             *("--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0"),
             *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)),
             *("--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"),
@@ -93,8 +101,9 @@ def test_beta_zero_builds_no_reference_model(tok_dir):
 def test_kl_mu_and_validation_with_a_plain_reward_callable(tmp_path, tok_dir):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=8)
     module = RLVRModule(
-        tiny=TINY, tokenizer=tok_dir, num_generations=4, max_new_tokens=6, reward_fn=fixed_reward, beta=0.1, mu=2,
-        micro_batch_size=5, lr=1e-2, val_num_samples=2, pass_at_k=(1, 2), log_samples_every_n_steps=0,
+        tiny=TINY, tokenizer=tok_dir, num_generations=4, max_completion_length=6, reward_fn=fixed_reward, beta=0.1,
+        num_iterations=2, micro_batch_size=5, optim=Optim(lr=1e-2, max_grad_norm=1.0), val_num_samples=2,
+        pass_at_k=(1, 2), log_samples_every_n_steps=0,
     )  # fmt: skip
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", val_path=tasks, max_val_tasks=3)
     seen = {}
@@ -108,7 +117,7 @@ def test_kl_mu_and_validation_with_a_plain_reward_callable(tmp_path, tok_dir):
         enable_model_summary=False, callbacks=[Grab()], num_sanity_val_steps=0, log_every_n_steps=1,
     )  # fmt: skip
     trainer.fit(module, data)
-    assert trainer.global_step == 4  # mu=2 updates per generation batch -> 2 batches
+    assert trainer.global_step == 4  # num_iterations=2 updates per generation batch -> 2 batches
     assert seen["train/kl"] > 0 and "train/clip_fraction" in seen
     val = trainer.validate(module, data, verbose=False)[0]
     assert set(val) == {"val/pass@1", "val/pass@2"} | {f"val/{k}" for k in COMPLETION_DIAGNOSTICS}  # no ground truth
@@ -118,7 +127,7 @@ def test_kl_mu_and_validation_with_a_plain_reward_callable(tmp_path, tok_dir):
 def test_micro_batches_give_the_full_batch_gradient(tmp_path, tok_dir):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", shuffle=False)
-    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_new_tokens=5, loss_aggregation="grpo")
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_completion_length=5, loss_type="grpo")
     module.configure_model()
     data.connect(module.tokenizer)
     data.setup("fit")
@@ -153,7 +162,7 @@ def test_micro_batches_give_the_full_batch_gradient(tmp_path, tok_dir):
 def test_chunked_log_probs_give_the_dense_loss_and_gradient(tmp_path, tok_dir):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", shuffle=False)
-    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_new_tokens=5)
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_completion_length=5)
     module.configure_model()
     data.connect(module.tokenizer)
     data.setup("fit")
@@ -196,7 +205,7 @@ def test_importance_correction_is_one_when_sampler_and_trainer_agree(tmp_path, t
     the gradient is the uncorrected one; a backend without log-probs is refused."""
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", shuffle=False)
-    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_new_tokens=5, tis_cap=2.0)
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_completion_length=5, tis_cap=2.0)
     module.configure_model()
     data.connect(module.tokenizer)
     data.setup("fit")
@@ -213,7 +222,7 @@ def test_importance_correction_is_one_when_sampler_and_trainer_agree(tmp_path, t
 def test_rollouts_are_seeded_by_step(tmp_path, tok_dir):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain")
-    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=2, max_new_tokens=6)
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=2, max_completion_length=6)
     module.configure_model()
     data.connect(module.tokenizer)
     data.setup("fit")
@@ -261,8 +270,8 @@ def test_prompt_templates_and_overlong_prompts(tmp_path, tiny_tokenizer):
 def test_bad_configuration_is_rejected(tok_dir):
     with pytest.raises(ValueError, match="num_generations"):
         RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=1)
-    with pytest.raises(ValueError, match="loss_aggregation"):
-        RLVRModule(tiny=TINY, tokenizer=tok_dir, loss_aggregation="sum")
+    with pytest.raises(ValueError, match="loss_type"):
+        RLVRModule(tiny=TINY, tokenizer=tok_dir, loss_type="sum")
     with pytest.raises(ValueError, match="val_num_samples"):
         RLVRModule(tiny=TINY, tokenizer=tok_dir, pass_at_k=(1, 8), val_num_samples=4)
     with pytest.raises(ValueError, match="val_think_bias is NaN"):
@@ -296,7 +305,7 @@ def even_length_reward(completions: list[str], tasks: list) -> list[float]:
 def _test_with_diagnostics(tmp_path, tok_dir, think_bias: float | None) -> tuple[dict, list[dict]]:
     """``trainer.test`` on 4 synthetic eval tasks x 3 samples with comments made very likely; metrics, samples."""
     module = RLVRModule(
-        tiny=TINY, tokenizer=tok_dir, num_generations=2, max_new_tokens=12, reward_fn=even_length_reward,
+        tiny=TINY, tokenizer=tok_dir, num_generations=2, max_completion_length=12, reward_fn=even_length_reward,
         val_num_samples=3, val_think_bias=think_bias, samples_path=str(tmp_path / "samples_{stage}_{step}.jsonl"),
     )  # fmt: skip
     torch.manual_seed(0)  # the weights; sampling is seeded by the module

@@ -30,6 +30,7 @@ from ra3_lightning.models import (
     tokenizer_for_tiny,
     tokenizer_from_files,
 )
+from ra3_lightning.optim import Optim
 
 TOKENIZER_KEY = "ra3_tokenizer"
 MODEL_CONFIG_KEY = "ra3_model_config"  # the LM's own ``config.to_dict()``: a checkpoint rebuilds without its parents
@@ -106,6 +107,21 @@ class CausalLMModule(L.LightningModule):
             self.model = self.build_model()
         if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
             shard_lm(self.model, self.device_mesh)
+
+    # ----------------------------------------------------------------------------------------- optimisation
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip to the module's ``optim.max_grad_norm`` (automatic optimisation; manual steps clip themselves).
+
+        The trainer's ``gradient_clip_val`` still works when the module's knob is unset; setting both is an error.
+        """
+        own = self.optim.max_grad_norm if isinstance(getattr(self, "optim", None), Optim) else None
+        if own is not None:
+            if gradient_clip_val is not None:
+                raise ValueError("set either model.optim.max_grad_norm or trainer.gradient_clip_val, not both")
+            gradient_clip_val, gradient_clip_algorithm = own, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

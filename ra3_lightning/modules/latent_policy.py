@@ -53,7 +53,7 @@ from ra3_lightning.estep import (
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.lora import AdapterOff
 from ra3_lightning.modules.base import CausalLMModule, reaches_logger, shard_lm
-from ra3_lightning.optim import adamw_warmup_cosine, schedule_length
+from ra3_lightning.optim import Optim, schedule_length
 from ra3_lightning.rl.advantages import (
     BASELINES,
     SCALERS,
@@ -67,6 +67,8 @@ from ra3_lightning.rl.advantages import (
 from ra3_lightning.rl.kl import KL_ESTIMATORS, KLEstimator, KLKind, kl_penalty
 from ra3_lightning.rl.registry import resolve
 from ra3_lightning.rl.returns import RewardNorm, discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
+
+LATENT_OPTIM = Optim(lr=1e-5)  # q's default optimizer group: a constant LR
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -86,14 +88,14 @@ class LatentPolicyModule(CausalLMModule):
 
     Args:
         think_cost: ``c``, the reward cost of each THINK (paper: 0.05; ablations 0.01, 0.2).
-        num_rollouts: ``G`` latent rollouts per trace (the group of the baseline).
+        num_generations: ``G`` latent rollouts per trace (the group of the baseline).
         max_latent_tokens: Most tokens in a rationale, its newline included.
         temperature: Sampling temperature of ``q`` (decisions and rationale tokens).
         gamma: Discount of the returns ``R_t = Σ_k γ^{k−t} r_k``.
-        kl_coef: Weight of the KL of ``q`` to its initial policy (``π``) in the loss (0 = off; always logged).
+        beta: Weight of the KL of ``q`` to its initial policy (``π``) in the loss (0 = off; always logged).
         kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (per boundary, on ``log q(z_t)``), or a
             :class:`~ra3_lightning.rl.kl.KLEstimator` object (``class_path``).
-        scale_advantages: After the baseline, divide by the ``"group"`` std, the ``"batch"`` std, or ``"none"``, or
+        scale_rewards: After the baseline, divide by the ``"group"`` std, the ``"batch"`` std, or ``"none"``, or
             by a :class:`~ra3_lightning.rl.advantages.Scale` object (``class_path``).
         advantage_baseline: ``"mean"`` of the group's returns at each boundary (GRPO) or ``"none"``, or a
             :class:`~ra3_lightning.rl.advantages.Baseline` object (``class_path``).
@@ -107,11 +109,8 @@ class LatentPolicyModule(CausalLMModule):
             next ``k`` expert lines ``t..t+k-1`` (fewer at the end of a trace) in a context that ``π``'s scoring,
             the annotated text and the M-step never see. 0 (default): the rationale is a plan written from the
             prefix alone, as the model must at inference time. Needs SDPA or eager attention for ``k > 0``.
-        lr: Peak learning rate of ``q``.
-        weight_decay: AdamW weight decay on matrices.
-        warmup_steps: Linear warm-up steps.
-        min_lr_ratio: Final LR of the cosine, as a fraction of ``lr``.
-        total_steps: Length of the cosine; defaults to ``trainer.estimated_stepping_batches``.
+        optim: ``q``'s optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`LATENT_OPTIM`);
+            ``total_steps`` defaults to ``trainer.estimated_stepping_batches``.
         engine: ``"kv"`` (one KV cache across the trace) or ``"reencode"`` (naive; for benchmarks).
         latent_format: How a rationale is written and which tokens open / continue / end it
             (:class:`~ra3_lightning.estep.LatentFormat`; default: a ``# `` comment line). Another format by
@@ -128,22 +127,18 @@ class LatentPolicyModule(CausalLMModule):
     def __init__(
         self,
         think_cost: float = 0.05,
-        num_rollouts: int = 4,
+        num_generations: int = 4,
         max_latent_tokens: int = 16,
         temperature: float = 1.0,
         gamma: float = 1.0,
-        kl_coef: float = 0.0,
+        beta: float = 0.0,
         kl_estimator: KLKind | KLEstimator = "k3",
-        scale_advantages: AdvantageScale | Scale = "none",
+        scale_rewards: AdvantageScale | Scale = "none",
         advantage_baseline: AdvantageBaseline | Baseline = "mean",
         reward_norm: RewardNorm = "none",
         act_likelihood: ActLikelihood = "conditional",
         hindsight_lines: int = 0,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 1.0,
-        total_steps: int | None = None,
+        optim: Optim = LATENT_OPTIM,
         engine: Literal["kv", "reencode"] = "kv",
         latent_format: LatentFormat | None = None,
         logprob_chunk_size: int | None = 256,
@@ -152,12 +147,13 @@ class LatentPolicyModule(CausalLMModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _validate(num_rollouts, max_latent_tokens, temperature, gamma, hindsight_lines, engine)
+        _validate(num_generations, max_latent_tokens, temperature, gamma, hindsight_lines, engine)
         self.save_hyperparameters()  # objects chosen by class_path appear here as their config: use the attributes
-        self.advantage_scale = resolve(scale_advantages, SCALERS, "scale_advantages")
+        self.scale_rewards = resolve(scale_rewards, SCALERS, "scale_rewards")
         self.advantage_baseline = resolve(advantage_baseline, BASELINES, "advantage_baseline")
         self.kl_estimator = resolve(kl_estimator, KL_ESTIMATORS, "kl_estimator")
         self._latent_format = latent_format or LatentFormat()
+        self.optim = optim
         self.pi: torch.nn.Module | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self._vocab: LatentVocab | None = None
@@ -205,7 +201,7 @@ class LatentPolicyModule(CausalLMModule):
         # Under FSDP2, ranks roll out different numbers of steps: unshard q once instead of per-forward gathers.
         with unsharded_for_generation(self.model):
             return rollout(
-                self.model, traces, self.vocab, hp.num_rollouts, hp.max_latent_tokens, hp.temperature,
+                self.model, traces, self.vocab, hp.num_generations, hp.max_latent_tokens, hp.temperature,
                 self.generator, hp.engine, hp.hindsight_lines,
             )  # fmt: skip
 
@@ -228,9 +224,9 @@ class LatentPolicyModule(CausalLMModule):
         logp = normalize_line_logp(line_logp, roll.num_tokens.to(line_logp.device), hp.reward_norm)
         rewards = elbo_rewards(logp, roll.think.to(logp.device), hp.think_cost) * mask
         returns = discounted_returns(rewards, hp.gamma, mask)
-        groups = (-1, hp.num_rollouts, returns.shape[-1])
+        groups = (-1, hp.num_generations, returns.shape[-1])
         adv = group_advantages(
-            returns.view(groups), self.advantage_scale, mask.view(groups), baseline=self.advantage_baseline
+            returns.view(groups), self.scale_rewards, mask.view(groups), baseline=self.advantage_baseline
         ).view_as(returns)
         return rewards, adv
 
@@ -244,7 +240,7 @@ class LatentPolicyModule(CausalLMModule):
             chunk_size=hp.logprob_chunk_size,
         )  # fmt: skip
         kl = kl_penalty(terms.logq, ref.logq, self.kl_estimator)  # [N, T]
-        loss, stats = latent_pg_loss(terms.logq, adv, roll.line_mask.to(adv.device), kl, hp.kl_coef)
+        loss, stats = latent_pg_loss(terms.logq, adv, roll.line_mask.to(adv.device), kl, hp.beta)
         self.log_estep(roll, line_logp, rewards, terms, stats)
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -313,19 +309,14 @@ class LatentPolicyModule(CausalLMModule):
 
     # ----------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        total = schedule_length(hp.total_steps, self.trainer)
-        return adamw_warmup_cosine(
-            self.model.named_parameters(), lr=hp.lr, total_steps=total, warmup_steps=hp.warmup_steps,
-            min_lr_ratio=hp.min_lr_ratio, weight_decay=hp.weight_decay,
-        )  # fmt: skip
+        return self.optim.build(self.model.named_parameters(), schedule_length(self.optim.total_steps, self.trainer))
 
 
 def _validate(
-    num_rollouts: int, max_latent_tokens: int, temperature: float, gamma: float, hindsight_lines: int, engine: str
+    num_generations: int, max_latent_tokens: int, temperature: float, gamma: float, hindsight_lines: int, engine: str
 ) -> None:
-    if num_rollouts < 2:
-        raise ValueError(f"num_rollouts={num_rollouts}: the group baseline needs at least 2 rollouts per trace")
+    if num_generations < 2:
+        raise ValueError(f"num_generations={num_generations}: the group baseline needs at least 2 rollouts per trace")
     if max_latent_tokens < 2:
         raise ValueError(f"max_latent_tokens={max_latent_tokens} must be >= 2 (a comment marker and a newline)")
     if temperature <= 0 or not 0.0 <= gamma <= 1.0:

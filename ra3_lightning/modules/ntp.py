@@ -23,7 +23,9 @@ from torchmetrics import MeanMetric
 
 from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity
 from ra3_lightning.modules.base import CausalLMModule
-from ra3_lightning.optim import adamw_warmup_cosine, schedule_length
+from ra3_lightning.optim import Optim, schedule_length
+
+NTP_OPTIM = Optim(lr=3e-4, weight_decay=0.1, warmup_steps=100, min_lr_ratio=0.1)  # the default optimizer group
 
 
 def lm_inputs(batch: dict[str, Tensor]) -> dict[str, Any]:
@@ -52,12 +54,8 @@ class NTPModule(CausalLMModule):
     Args:
         loss_on: ``"all"`` tokens, or ``"code"`` only (rationale tokens masked out of the loss; needs batches with
             a ``rationale_mask``).
-        lr: Peak learning rate.
-        weight_decay: AdamW weight decay on matrices (biases and norms get none).
-        warmup_steps: Linear warm-up steps (optimizer steps).
-        min_lr_ratio: The cosine decays the LR to ``lr * min_lr_ratio`` at the last step.
-        betas: AdamW betas.
-        total_steps: Length of the cosine in optimizer steps; defaults to ``trainer.estimated_stepping_batches``.
+        optim: The optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`NTP_OPTIM`);
+            ``total_steps`` defaults to ``trainer.estimated_stepping_batches``.
         **kwargs: Model source and loading options of :class:`CausalLMModule` (``pretrained`` / ``init_from`` /
             ``tiny``, ``tokenizer``, ``dtype``, ...).
     """
@@ -65,23 +63,14 @@ class NTPModule(CausalLMModule):
     def __init__(
         self,
         loss_on: LossOn = "all",
-        lr: float = 3e-4,
-        weight_decay: float = 0.1,
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        total_steps: int | None = None,
+        optim: Optim = NTP_OPTIM,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if loss_on not in LOSS_MASKS:
             raise ValueError(f"loss_on={loss_on!r}; choose one of {sorted(LOSS_MASKS)}")
-        if lr <= 0 or warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(
-                f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 (got {lr}, {warmup_steps}, {min_lr_ratio})"
-            )
         self.save_hyperparameters()
-        self.loss_on = loss_on
+        self.loss_on, self.optim = loss_on, optim
         self.val_loss = MeanMetric()
         self._last_batch_end: float | None = None
 
@@ -127,17 +116,7 @@ class NTPModule(CausalLMModule):
 
     # ----------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        total = schedule_length(hp.total_steps, self.trainer)
-        return adamw_warmup_cosine(
-            self.model.named_parameters(),
-            lr=hp.lr,
-            total_steps=total,
-            warmup_steps=hp.warmup_steps,
-            min_lr_ratio=hp.min_lr_ratio,
-            weight_decay=hp.weight_decay,
-            betas=tuple(hp.betas),
-        )
+        return self.optim.build(self.model.named_parameters(), schedule_length(self.optim.total_steps, self.trainer))
 
 
 def _real_tokens(batch: dict[str, Tensor]) -> Tensor | float:

@@ -33,38 +33,35 @@ from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.lora import merge_into_base, reset_adapter
 from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity
 from ra3_lightning.modules.base import copy_weights
-from ra3_lightning.modules.latent_policy import LatentPolicyModule
+from ra3_lightning.modules.latent_policy import LATENT_OPTIM, LatentPolicyModule
 from ra3_lightning.modules.ntp import lm_inputs
-from ra3_lightning.optim import adamw_warmup_cosine
+from ra3_lightning.optim import Optim
 
-Q_SCHEDULE = {"warmup_steps": 0, "min_lr_ratio": 1.0, "total_steps": None}  # q's LR: constant, never scheduled
+M_OPTIM = Optim(lr=3e-4, weight_decay=0.1, warmup_steps=10, min_lr_ratio=0.1)  # the M-step's default group
 
 
 class RA3Module(LatentPolicyModule):
     """RA3 EM mid-training: the E-step knobs of :class:`LatentPolicyModule` plus the M-step and annotation.
 
     Args:
-        m_lr: Peak learning rate of the M-step (next-token prediction).
-        m_weight_decay: AdamW weight decay of the M-step.
-        m_warmup_steps: Linear warm-up of the M-step LR (counted in M-steps).
-        m_min_lr_ratio: Final M-step LR of the cosine over all M-steps, as a fraction of ``m_lr``.
+        optim: ``q``'s optimizer group: a constant LR (``q`` restarts from ``π`` every E-phase), so a
+            ``warmup_steps``, ``min_lr_ratio`` or ``total_steps`` in it is rejected, not ignored.
+        m_optim: The M-step's optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`M_OPTIM`): warm-up
+            counted in M-steps, the cosine over all M-steps of the EM schedule (so ``total_steps`` must stay unset).
         loss_on: M-step loss on ``"all"`` tokens (rationales included; the paper's default) or ``"code"`` only.
         annotate_choose: Annotation per trace: ``"sample"`` (one draw from ``q``) or ``"best"`` of ``annotate_samples``.
         annotate_samples: Rollouts per trace in the annotation pass.
         annotate_batch_size: Traces rolled out together while annotating.
         annotate_shard_size: Records per annotation shard (the unit a killed run resumes from).
         work_dir: Where annotated traces go (``<work_dir>/iter_<k>/rank_<r>``); default: the logger's directory.
-        **kwargs: E-step knobs (``think_cost``, ``num_rollouts``, ``lr`` of ``q``, ...) and the model source
-            (``pretrained`` / ``init_from`` / ``tiny``, ...), see :class:`LatentPolicyModule`. ``q`` trains at the
-            constant ``lr``: its ``warmup_steps`` / ``min_lr_ratio`` / ``total_steps`` are rejected, not ignored.
+        **kwargs: E-step knobs (``think_cost``, ``num_generations``, ...) and the model source (``pretrained`` /
+            ``init_from`` / ``tiny``, ...), see :class:`LatentPolicyModule`.
     """
 
     def __init__(
         self,
-        m_lr: float = 3e-4,
-        m_weight_decay: float = 0.1,
-        m_warmup_steps: int = 10,
-        m_min_lr_ratio: float = 0.1,
+        optim: Optim = LATENT_OPTIM,
+        m_optim: Optim = M_OPTIM,
         loss_on: LossOn = "all",
         annotate_choose: Choose = "sample",
         annotate_samples: int = 1,
@@ -73,13 +70,9 @@ class RA3Module(LatentPolicyModule):
         work_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
-        ignored = {k: kwargs[k] for k in ("warmup_steps", "min_lr_ratio", "total_steps") if k in kwargs}
-        if ignored and ignored != {k: v for k, v in Q_SCHEDULE.items() if k in ignored}:
-            raise ValueError(
-                f"RA3Module trains q at a constant LR (it restarts from π every E-phase), so {sorted(ignored)} do not "
-                "apply; the M-step's schedule is m_warmup_steps / m_min_lr_ratio"
-            )
-        super().__init__(**kwargs)
+        _check_schedules(optim, m_optim)
+        super().__init__(optim=optim, **kwargs)
+        self.m_optim = m_optim
         if loss_on not in LOSS_MASKS:
             raise ValueError(f"loss_on={loss_on!r}; choose one of {sorted(LOSS_MASKS)}")
         if annotate_choose == "best" and annotate_samples < 2:
@@ -169,10 +162,10 @@ class RA3Module(LatentPolicyModule):
             loss = super().training_step(
                 self.em_data.e_batch(position.iteration, position.step_in_phase, rank, world), batch_idx
             )
-            self._step(self.optimizers()[1], self.lr_schedulers()[1], loss, "estep/lr")
+            self._step(self.optimizers()[1], self.lr_schedulers()[1], loss, "estep/lr", self.optim)
         else:
             loss = self.m_step(self.em_data.m_batch(position.iteration, position.step_in_phase, rank, world))
-            self._step(self.optimizers()[0], self.lr_schedulers()[0], loss, "mstep/lr")
+            self._step(self.optimizers()[0], self.lr_schedulers()[0], loss, "mstep/lr", self.m_optim)
         self.log("em/iteration", float(position.iteration))
         self.log("em/phase_is_m", float(position.phase == "M"))
         return loss
@@ -189,9 +182,11 @@ class RA3Module(LatentPolicyModule):
         self.log("perf/m_tokens_per_s", float(batch["attention_mask"].sum()) / (time.perf_counter() - start))
         return loss
 
-    def _step(self, optimizer: Any, scheduler: Any, loss: Tensor, lr_tag: str) -> None:
+    def _step(self, optimizer: Any, scheduler: Any, loss: Tensor, lr_tag: str, group: Optim) -> None:
         optimizer.zero_grad()
         self.manual_backward(loss)
+        if group.max_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=group.max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         scheduler.step()
         self.log(lr_tag, scheduler.get_last_lr()[0])
@@ -247,17 +242,10 @@ class RA3Module(LatentPolicyModule):
         return Path(log_dir) / "em"
 
     def configure_optimizers(self) -> tuple[list, list]:
-        hp = self.hparams
         if self.em_schedule is None:
             raise RuntimeError("RA3Module is driven by the EMScheduler callback: add it to `trainer.callbacks`")
-        m_steps = self.em_schedule.total_m_steps
-        m = adamw_warmup_cosine(
-            self.model.named_parameters(), lr=hp.m_lr, total_steps=m_steps, warmup_steps=hp.m_warmup_steps,
-            min_lr_ratio=hp.m_min_lr_ratio, weight_decay=hp.m_weight_decay,
-        )  # fmt: skip
-        q = adamw_warmup_cosine(  # constant LR: q restarts from π every E-phase
-            self.model.named_parameters(), lr=hp.lr, total_steps=1, min_lr_ratio=1.0, weight_decay=hp.weight_decay
-        )
+        m = self.m_optim.build(self.model.named_parameters(), total_steps=self.em_schedule.total_m_steps)
+        q = self.optim.build(self.model.named_parameters(), total_steps=1)  # constant LR: q restarts from π
         return [m["optimizer"], q["optimizer"]], [m["lr_scheduler"]["scheduler"], q["lr_scheduler"]["scheduler"]]
 
 
@@ -265,3 +253,14 @@ def _as_dataset(records: list[dict[str, str]]) -> Any:
     import datasets
 
     return datasets.Dataset.from_list(records) if records else datasets.Dataset.from_dict({"id": [], "text": []})
+
+
+def _check_schedules(q: Optim, m: Optim) -> None:
+    """``q``'s LR is constant and the M-step's cosine spans the EM schedule's M-steps: reject what would not apply."""
+    if q.warmup_steps != 0 or q.min_lr_ratio != 1.0 or q.total_steps is not None:
+        raise ValueError(
+            f"RA3Module trains q at a constant LR (it restarts from π every E-phase): optim {q} sets warmup_steps, "
+            "min_lr_ratio or total_steps, which do not apply; the M-step's schedule is m_optim"
+        )
+    if m.total_steps is not None:
+        raise ValueError(f"m_optim.total_steps={m.total_steps}: the M-step schedule spans the EM schedule's M-steps")

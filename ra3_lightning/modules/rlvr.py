@@ -3,13 +3,14 @@
 One training step = one *generation batch*: ``B`` prompts from :class:`~ra3_lightning.data.task_data.TaskDataModule`
 -> ``G`` completions each (:mod:`ra3_lightning.generation`) -> rewards (the sandbox's own worker processes; scoring
 runs while the trainer computes the old / reference log-probs) -> group advantages (:mod:`ra3_lightning.rl.advantages`)
--> ``mu`` optimizer updates of the clipped policy loss (:mod:`ra3_lightning.rl.losses`) over micro-batches.
+-> ``num_iterations`` optimizer updates of the clipped policy loss (:mod:`ra3_lightning.rl.losses`) over micro-batches.
 
 Semantics worth knowing:
 
-* **Optimisation is manual.** Each of the ``mu`` passes over the generation batch accumulates gradients over its
-  micro-batches and takes one optimizer step, so ``trainer.global_step`` counts *optimizer updates*:
-  ``global_step = mu * generation_batches`` and ``trainer.max_steps`` is in updates. The LR schedule steps with them.
+* **Optimisation is manual.** Each of the ``num_iterations`` passes over the generation batch accumulates gradients
+  over its micro-batches and takes one optimizer step, so ``trainer.global_step`` counts *optimizer updates*:
+  ``global_step = num_iterations * generation_batches`` and ``trainer.max_steps`` is in updates. The LR schedule
+  steps with them.
 * **Loss normalisers** (sequence count, token count — all-reduced over ranks for ``"dapo"``) are computed once per
   generation batch and passed to every micro-batch: splitting into micro-batches never changes the gradient.
 * **Groups.** A batch holds prompts; all ``G`` samples of a prompt are generated and scored on one rank and form
@@ -80,7 +81,7 @@ from ra3_lightning.logprobs import selective_logprobs
 from ra3_lightning.lora import AdapterOff
 from ra3_lightning.metrics import PassAtK
 from ra3_lightning.modules.base import CausalLMModule, reaches_logger, shard_lm
-from ra3_lightning.optim import adamw_warmup_cosine
+from ra3_lightning.optim import Optim
 from ra3_lightning.rl.advantages import (
     BASELINES,
     SCALERS,
@@ -111,6 +112,7 @@ from ra3_lightning.rl.losses import (
 from ra3_lightning.rl.registry import resolve
 
 RewardFn = Callable[[list[str], list[CodingTask]], list[float]]
+RLVR_OPTIM = Optim(lr=1e-6, max_grad_norm=1.0)  # the default optimizer group: constant LR, clipped
 
 
 class RLVRModule(CausalLMModule):
@@ -118,26 +120,27 @@ class RLVRModule(CausalLMModule):
 
     Args:
         num_generations: ``G``, completions sampled per prompt (one group).
-        max_new_tokens: Completion budget in tokens (Dr. GRPO's constant normaliser).
+        max_completion_length: Completion budget in tokens (Dr. GRPO's constant normaliser).
         generation: Sampling backend (default :class:`~ra3_lightning.generation.KVSample` at temperature 1;
             :class:`~ra3_lightning.generation.HFGenerate` runs ``model.generate``).
         reward_fn: ``(completions, tasks) -> list[float]``; default ``SandboxReward(mode="binary")``. Override by
             ``class_path`` in YAML or by overriding :meth:`compute_rewards` in a subclass.
         format_reward: Weight of the format reward (1 when the program parses as Python) added to the reward.
-        advantage_scale: ``"group"`` std, ``"batch"`` std or ``"none"`` (Dr. GRPO), or a
+        scale_rewards: ``"group"`` std, ``"batch"`` std or ``"none"`` (Dr. GRPO), or a
             :class:`~ra3_lightning.rl.advantages.Scale` object (``class_path``).
         advantage_baseline: ``"mean"`` of the group (GRPO) or ``"none"``, or a
             :class:`~ra3_lightning.rl.advantages.Baseline` object (``class_path``; e.g. your own RLOO).
-        loss_aggregation: ``"grpo"`` (sequence mean) | ``"dapo"`` (token mean over all ranks) | ``"bnpo"`` (token
+        loss_type: ``"grpo"`` (sequence mean) | ``"dapo"`` (token mean over all ranks) | ``"bnpo"`` (token
             mean on this rank) | ``"dr_grpo"`` (constant normaliser), or a
             :class:`~ra3_lightning.rl.losses.LossAggregation` object (``class_path``).
         epsilon: Lower clip range of the ratio (``1 - epsilon``).
         epsilon_high: Upper clip range (``1 + epsilon_high``; DAPO's clip-higher uses 0.28). Default ``epsilon``.
-        mu: Optimizer updates per generation batch (PPO epochs). ``mu == 1`` is on-policy (ratio 1).
+        num_iterations: Optimizer updates per generation batch (PPO epochs; TRL's name). ``1`` is on-policy
+            (ratio 1).
         beta: KL coefficient towards the reference policy. ``0`` builds no reference model.
         kl_estimator: ``"k1"`` | ``"k2"`` | ``"k3"``, or a :class:`~ra3_lightning.rl.kl.KLEstimator` object.
         drop_zero_variance_groups: DAPO dynamic sampling: no loss on groups whose rewards are all equal.
-        mask_truncated_completions: No loss on completions that hit ``max_new_tokens`` without EOS.
+        mask_truncated_completions: No loss on completions that hit ``max_completion_length`` without EOS.
         micro_batch_size: Sequences per forward/backward (default: the whole generation batch).
         micro_batch_tokens: A token budget per forward/backward instead: consecutive sequences while their count
             times (prompt length + their longest completion) fits (at least one sequence). Overrides
@@ -151,12 +154,8 @@ class RLVRModule(CausalLMModule):
             (:func:`~ra3_lightning.logprobs.selective_logprobs`): the full ``[b, T, V]`` fp32 logits are never built,
             each chunk is recomputed in the backward pass. ``None`` = the dense pass (models that post-process their
             logits, e.g. soft-capping, need it).
-        lr: Peak learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up in optimizer steps.
-        min_lr_ratio: Cosine floor as a fraction of ``lr`` (1.0 = constant LR after warm-up).
-        total_steps: Length of the cosine in optimizer steps (default ``trainer.max_steps``).
-        max_grad_norm: Gradient-norm clip (``None`` = off).
+        optim: The optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`RLVR_OPTIM`);
+            ``total_steps`` defaults to ``trainer.max_steps`` (in updates).
         val_num_samples: Samples per validation task for pass@k.
         val_temperature: Sampling temperature in validation (``0`` = greedy) of the default validation backend.
         val_generation: Validation / test backend (default :class:`~ra3_lightning.generation.KVSample` at
@@ -186,16 +185,16 @@ class RLVRModule(CausalLMModule):
     def __init__(
         self,
         num_generations: int = 8,
-        max_new_tokens: int = 256,
+        max_completion_length: int = 256,
         generation: GenerationBackend | None = None,
         reward_fn: RewardFn | None = None,
         format_reward: float = 0.0,
-        advantage_scale: AdvantageScale | Scale = "group",
+        scale_rewards: AdvantageScale | Scale = "group",
         advantage_baseline: AdvantageBaseline | Baseline = "mean",
-        loss_aggregation: Aggregation | LossAggregation = "dapo",
+        loss_type: Aggregation | LossAggregation = "dapo",
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
-        mu: int = 1,
+        num_iterations: int = 1,
         beta: float = 0.0,
         kl_estimator: KLKind | KLEstimator = "k3",
         drop_zero_variance_groups: bool = False,
@@ -204,12 +203,7 @@ class RLVRModule(CausalLMModule):
         micro_batch_tokens: int | None = None,
         tis_cap: float | None = None,
         logprob_chunk_size: int | None = 256,
-        lr: float = 1e-6,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 1.0,
-        total_steps: int | None = None,
-        max_grad_norm: float | None = 1.0,
+        optim: Optim = RLVR_OPTIM,
         val_num_samples: int = 4,
         val_temperature: float = 1.0,
         val_generation: GenerationBackend | None = None,
@@ -223,20 +217,22 @@ class RLVRModule(CausalLMModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _validate(num_generations, mu, beta, val_num_samples, pass_at_k)
+        _validate(num_generations, num_iterations, beta, val_num_samples, pass_at_k)
         if val_think_bias is not None and math.isnan(val_think_bias):
             raise ValueError("val_think_bias is NaN; give a number, -.inf to forbid comments, or null for off")
         self.save_hyperparameters(ignore=["generation", "val_generation", "reward_fn"])
         self.automatic_optimization = False
-        self.G, self.max_new_tokens, self.mu, self.beta = num_generations, max_new_tokens, mu, beta
+        self.G, self.max_completion_length, self.beta = num_generations, max_completion_length, beta
+        self.num_iterations = num_iterations
         self.stop = StopStrings(self.tokenizer, stop_strings) if stop_strings else None
         self.generation = with_stop(generation or KVSample(), self.stop)
         self.val_generation = with_stop(val_generation or KVSample(temperature=val_temperature), self.stop)
         self.reward_fn = reward_fn
+        self.optim = optim
         self.format_reward = format_reward
-        self.advantage_scale = resolve(advantage_scale, SCALERS, "advantage_scale")
+        self.scale_rewards = resolve(scale_rewards, SCALERS, "scale_rewards")
         self.advantage_baseline = resolve(advantage_baseline, BASELINES, "advantage_baseline")
-        self.loss_aggregation = resolve(loss_aggregation, AGGREGATIONS, "loss_aggregation")
+        self.loss_type = resolve(loss_type, AGGREGATIONS, "loss_type")
         self.kl_estimator = resolve(kl_estimator, KL_ESTIMATORS, "kl_estimator")
         self.epsilon, self.epsilon_high = epsilon, epsilon_high
         self.drop_zero_var, self.mask_truncated = drop_zero_variance_groups, mask_truncated_completions
@@ -274,11 +270,8 @@ class RLVRModule(CausalLMModule):
                 shard_lm(self.ref_model, self.device_mesh)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        total = hp.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000)
-        return adamw_warmup_cosine(
-            self.model.named_parameters(), hp.lr, total, hp.warmup_steps, hp.min_lr_ratio, hp.weight_decay
-        )
+        total = self.optim.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000)
+        return self.optim.build(self.model.named_parameters(), total)
 
     # ----------------------------------------------------------------------------------------- hooks
     def default_reward_fn(self) -> RewardFn:
@@ -350,7 +343,7 @@ class RLVRModule(CausalLMModule):
                 batch.prompt_ids,
                 batch.prompt_mask,
                 num_samples,
-                self.max_new_tokens,
+                self.max_completion_length,
                 self.eos_token_ids(),
                 self.tokenizer.pad_token_id,
             )
@@ -379,7 +372,7 @@ class RLVRModule(CausalLMModule):
         return scores.view(-1, self.G), elapsed
 
     def advantages(self, rewards: Tensor) -> tuple[Tensor, Tensor]:  # rewards [B, G] -> [B*G], [B*G] bool
-        adv = group_advantages(rewards, scale=self.advantage_scale, baseline=self.advantage_baseline)  # [B, G]
+        adv = group_advantages(rewards, scale=self.scale_rewards, baseline=self.advantage_baseline)  # [B, G]
         keep = torch.ones_like(rewards, dtype=torch.bool)  # [B, G]
         if self.drop_zero_var:
             keep &= ~zero_variance_groups(rewards).unsqueeze(1)
@@ -440,10 +433,10 @@ class RLVRModule(CausalLMModule):
 
     @torch.no_grad()
     def fixed_logps(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
-        """``old_logp`` (only for ``mu > 1``; on-policy it equals the detached current log-prob) and ``ref_logp``
-        (only for ``beta > 0``), each ``[B*G, T]``."""
+        """``old_logp`` (only for ``num_iterations > 1``; on-policy it equals the detached current log-prob) and
+        ``ref_logp`` (only for ``beta > 0``), each ``[B*G, T]``."""
         old = None
-        if self.mu > 1:
+        if self.num_iterations > 1:
             old = torch.cat([self.completion_logps(self.model, rollout, r)[0] for r in self.micro_batches(rollout)])
         ref = None
         if self.ref_model is not None:
@@ -462,31 +455,31 @@ class RLVRModule(CausalLMModule):
             num_tokens=float(local),
             num_tokens_global=float(total),
             world_size=self.trainer.world_size,
-            max_completion_length=self.max_new_tokens,
+            max_completion_length=self.max_completion_length,
         )
 
     def update(
         self,
         rollout: Rollout,
-        old_logp: Tensor | None,  # [B*G, T] or None (mu == 1)
+        old_logp: Tensor | None,  # [B*G, T] or None (num_iterations == 1)
         ref_logp: Tensor | None,  # [B*G, T] or None (beta == 0)
         advantages: Tensor,  # [B*G]
         sample_mask: Tensor,  # [B*G] bool
         head: tuple[Tensor, Tensor | None] | None = None,  # first micro-batch's (logp, entropy), computed early
     ) -> dict[str, Tensor]:
-        """``mu`` optimizer steps over the generation batch; returns the mean diagnostics of the last pass."""
+        """``num_iterations`` optimizer steps over the generation batch; the mean diagnostics of the last pass."""
         mask = rollout.completion_mask.float() * sample_mask.unsqueeze(-1)  # [B*G, T]
         if self.mask_truncated:
             mask = mask_truncated(mask, rollout.truncated)
         norm = self.loss_normaliser(mask)
         opt, sched = self.optimizers(), self.lr_schedulers()
-        for epoch in range(self.mu):
+        for epoch in range(self.num_iterations):
             first = head if epoch == 0 else None
             stats = self.accumulate(rollout, old_logp, ref_logp, advantages, mask, norm, epoch == 0, first)
             if epoch == 0:
                 entropy = stats.pop("entropy")
-            if self.hparams.max_grad_norm is not None:
-                self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+            if self.optim.max_grad_norm is not None:
+                self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
@@ -518,7 +511,7 @@ class RLVRModule(CausalLMModule):
             ref = None if ref_logp is None else ref_logp[rows]
             weights = self.is_weights(rollout, old, rows)
             loss, diag = policy_loss(
-                logp, old, advantages[rows], mask[rows], norm, self.loss_aggregation, self.epsilon,
+                logp, old, advantages[rows], mask[rows], norm, self.loss_type, self.epsilon,
                 self.epsilon_high, ref, self.beta, self.kl_estimator, weights,
             )  # fmt: skip
             self.manual_backward(loss)
@@ -545,7 +538,7 @@ class RLVRModule(CausalLMModule):
     def log_step(self, rollout: Rollout, rewards: Tensor, stats: dict[str, Tensor], timing: dict[str, float]) -> None:
         lengths = rollout.completion_mask.sum(-1).float()  # [B*G]
         step_s = sum(timing.values())
-        tokens = float((rollout.prompt_mask.sum() + lengths.sum()) * self.mu + lengths.sum())
+        tokens = float((rollout.prompt_mask.sum() + lengths.sum()) * self.num_iterations + lengths.sum())
         metrics = {
             "train/reward_mean": rewards.mean(),
             "train/reward_std": rewards.std() if rewards.numel() > 1 else rewards.new_tensor(0.0),
@@ -580,7 +573,7 @@ class RLVRModule(CausalLMModule):
         logger = self.logger
         if not every or logger is None or not hasattr(logger.experiment, "add_text") or not self.trainer.is_global_zero:
             return
-        if (self.trainer.global_step // self.mu) % every:
+        if (self.trainer.global_step // self.num_iterations) % every:
             return
         flat = rewards.reshape(-1).tolist()
         rows = []
@@ -732,11 +725,11 @@ def with_stop(backend: GenerationBackend, stop: StopStrings | None) -> Generatio
     return backend
 
 
-def _validate(G: int, mu: int, beta: float, val_n: int, ks: tuple[int, ...]) -> None:
+def _validate(G: int, num_iterations: int, beta: float, val_n: int, ks: tuple[int, ...]) -> None:
     if G < 2:
         raise ValueError(f"num_generations must be >= 2 for a group baseline (got {G})")
-    if mu < 1:
-        raise ValueError(f"mu (updates per generation batch) must be >= 1 (got {mu})")
+    if num_iterations < 1:
+        raise ValueError(f"num_iterations (updates per generation batch) must be >= 1 (got {num_iterations})")
     if beta < 0:
         raise ValueError(f"beta must be >= 0 (got {beta})")
     if ks and max(ks) > val_n:

@@ -86,7 +86,7 @@ class MidtrainSpec:
         min_lr_ratio: Cosine floor of that LR.
         weight_decay: AdamW weight decay of both arms.
         think_cost: ``c``, the E-step reward cost per THINK.
-        num_rollouts: ``G``, latent rollouts per trace in an E-step.
+        num_generations: ``G``, latent rollouts per trace in an E-step.
         max_latent_tokens: Rationale length cap in tokens.
         e_batch_size: Traces per E-step.
         q_lr: Learning rate of the latent policy ``q``.
@@ -112,7 +112,7 @@ class MidtrainSpec:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     think_cost: float = 0.05
-    num_rollouts: int = 4
+    num_generations: int = 4
     max_latent_tokens: int = 8
     e_batch_size: int = 4
     q_lr: float = 2e-4
@@ -135,10 +135,10 @@ class RLVRSpec:
         steps: Optimizer updates (= generation batches, ``mu = 1``).
         batch_size: Prompts per step.
         num_generations: ``G``, samples per prompt.
-        max_new_tokens: Completion budget in tokens.
+        max_completion_length: Completion budget in tokens.
         lr: Learning rate.
-        loss_aggregation: ``grpo`` | ``dapo`` | ``bnpo`` | ``dr_grpo``.
-        advantage_scale: ``group`` | ``batch`` | ``none``.
+        loss_type: ``grpo`` | ``dapo`` | ``bnpo`` | ``dr_grpo``.
+        scale_rewards: ``group`` | ``batch`` | ``none``.
         target_pass_rate: The report gives the first step at which the smoothed training pass rate reaches this.
         smoothing: Window (steps) of the moving average used for ``target_pass_rate``.
         workers: Sandbox worker processes.
@@ -155,10 +155,10 @@ class RLVRSpec:
     steps: int = 30
     batch_size: int = 4
     num_generations: int = 8
-    max_new_tokens: int = 96
+    max_completion_length: int = 96
     lr: float = 5e-4
-    loss_aggregation: str = "dapo"
-    advantage_scale: str = "group"
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"
     target_pass_rate: float = 0.2
     smoothing: int = 5
     workers: int = 2
@@ -177,19 +177,19 @@ class EvalSpec:
         num_samples: ``n`` completions per task.
         ks: The ``k`` values of pass@k (each ``<= num_samples``).
         temperature: Sampling temperature.
-        max_new_tokens: Completion budget in tokens (checked: the longest reference body plus one rationale of
+        max_completion_length: Completion budget in tokens (checked: the longest reference body plus one rationale of
             ``midtrain.max_latent_tokens`` per skill must fit).
         batch_size: Tasks per generation batch.
         no_rationale_models: Models also scored with comment-start tokens forbidden at decode time (reported as
             ``<model>_nothink``): how much the model leans on its rationales.
         curve_num_samples: Samples per task for the RLVR checkpoints along the run (``rlvr.checkpoint_every``).
-        check_budget: Refuse a ``max_new_tokens`` below what the eval tasks need (off only for smoke tests).
+        check_budget: Refuse a ``max_completion_length`` below what the eval tasks need (off only for smoke tests).
     """
 
     num_samples: int = 8
     ks: tuple[int, ...] = (1, 8)
     temperature: float = 0.8
-    max_new_tokens: int = 96
+    max_completion_length: int = 96
     batch_size: int = 8
     no_rationale_models: tuple[str, ...] = ()
     curve_num_samples: int = 4

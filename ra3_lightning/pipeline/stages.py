@@ -43,6 +43,7 @@ import lightning as L
 
 from ra3_lightning.config_paths import PACKAGED_CONFIGS
 from ra3_lightning.models import TinyLMConfig
+from ra3_lightning.optim import Optim
 from ra3_lightning.pipeline.spec import (
     ARMS,
     MODELS,
@@ -86,6 +87,11 @@ def _fit_and_save(trainer: L.Trainer, module: L.LightningModule, data: L.Lightni
     os.replace(partial, ckpt)
 
 
+def _m_optim(m: MidtrainSpec) -> Optim:
+    """The NTP arm's optimizer group, which is also the M-step's: the two arms share their LR schedule."""
+    return Optim(lr=m.lr, warmup_steps=m.warmup_steps, min_lr_ratio=m.min_lr_ratio, weight_decay=m.weight_decay)
+
+
 def _sandbox_reward(cfg: PipelineConfig) -> Any:
     from ra3_lightning.rewards import SandboxReward
 
@@ -110,7 +116,8 @@ def stage_pretrain(cfg: PipelineConfig, paths: Paths) -> None:
 
     p = cfg.pretrain
     module = NTPModule(
-        tiny=cfg.model, lr=p.lr, warmup_steps=p.warmup_steps, min_lr_ratio=p.min_lr_ratio, weight_decay=p.weight_decay
+        tiny=cfg.model,
+        optim=Optim(lr=p.lr, warmup_steps=p.warmup_steps, min_lr_ratio=p.min_lr_ratio, weight_decay=p.weight_decay),
     )
     data = TraceDataModule(paths.split("pretrain"), max_length=p.max_length, batch_size=p.batch_size, seed=cfg.seed)
     val = {"val_check_interval": min(p.val_every, p.steps), "check_val_every_n_epoch": None}
@@ -125,8 +132,7 @@ def stage_ntp(cfg: PipelineConfig, paths: Paths) -> None:
     m = cfg.midtrain
     steps = m.iterations * m.m_steps
     module = NTPModule(
-        init_from=str(paths.ckpt("pretrain")), lr=m.lr, warmup_steps=m.warmup_steps, min_lr_ratio=m.min_lr_ratio,
-        weight_decay=m.weight_decay, loss_on=m.loss_on,
+        init_from=str(paths.ckpt("pretrain")), optim=_m_optim(m), loss_on=m.loss_on,
     )  # fmt: skip
     data = TraceDataModule(
         paths.split("midtrain"), max_length=m.max_length, batch_size=m.batch_size, val_size=m.val_size, seed=cfg.seed
@@ -144,9 +150,9 @@ def stage_ra3(cfg: PipelineConfig, paths: Paths) -> None:
     m = cfg.midtrain
     shutil.rmtree(paths.em_work, ignore_errors=True)
     module = RA3Module(
-        init_from=str(paths.ckpt("pretrain")), think_cost=m.think_cost, num_rollouts=m.num_rollouts,
-        max_latent_tokens=m.max_latent_tokens, temperature=m.temperature, lr=m.q_lr, m_lr=m.lr,
-        m_warmup_steps=m.warmup_steps, m_min_lr_ratio=m.min_lr_ratio, m_weight_decay=m.weight_decay,
+        init_from=str(paths.ckpt("pretrain")), think_cost=m.think_cost, num_generations=m.num_generations,
+        max_latent_tokens=m.max_latent_tokens, temperature=m.temperature, optim=Optim(lr=m.q_lr),
+        m_optim=_m_optim(m),
         loss_on=m.loss_on, annotate_batch_size=m.annotate_batch_size, work_dir=str(paths.em_work), seed=cfg.seed,
         log_samples_every_n_steps=max(1, m.e_steps), act_likelihood=m.act_likelihood,
         hindsight_lines=m.hindsight_lines, annotate_choose=m.annotate_choose, annotate_samples=m.annotate_samples,
@@ -196,8 +202,9 @@ def _rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
 
         r = cfg.rlvr
         module = RLVRModule(
-            init_from=str(paths.ckpt(arm)), num_generations=r.num_generations, max_new_tokens=r.max_new_tokens,
-            lr=r.lr, loss_aggregation=r.loss_aggregation, advantage_scale=r.advantage_scale,
+            init_from=str(paths.ckpt(arm)), num_generations=r.num_generations,
+            max_completion_length=r.max_completion_length, optim=Optim(lr=r.lr, max_grad_norm=1.0),
+            loss_type=r.loss_type, scale_rewards=r.scale_rewards,
             drop_zero_variance_groups=True, reward_fn=_sandbox_reward(cfg), seed=cfg.seed,
             log_samples_every_n_steps=max(1, r.steps // 3), val_num_samples=r.val_num_samples,
             val_temperature=cfg.eval.temperature,
@@ -243,15 +250,16 @@ def eval_runs(cfg: PipelineConfig) -> list[EvalRun]:
 
 
 def check_budget(cfg: PipelineConfig, paths: Paths, tokenizer: Any) -> None:
-    """Raise unless ``eval.max_new_tokens`` fits every eval task's reference body plus its rationales."""
+    """Raise unless ``eval.max_completion_length`` fits every eval task's reference body plus its rationales."""
     from ra3_lightning.data.tasks import load_tasks
     from ra3_lightning.eval_diagnostics import required_completion_budget
 
     need = required_completion_budget(load_tasks(paths.split("eval")), tokenizer, cfg.midtrain.max_latent_tokens)
-    if cfg.eval.max_new_tokens < need.tokens:
+    if cfg.eval.max_completion_length < need.tokens:
         raise ValueError(
-            f"eval.max_new_tokens={cfg.eval.max_new_tokens} < {need.tokens} tokens, what task {need.task_id!r} needs "
-            "for its reference body plus one rationale per skill: raise eval.max_new_tokens (and rlvr.max_new_tokens)"
+            f"eval.max_completion_length={cfg.eval.max_completion_length} < {need.tokens} tokens, what task "
+            f"{need.task_id!r} needs for its reference body plus one rationale per skill: raise "
+            "eval.max_completion_length (and rlvr.max_completion_length)"
         )
 
 
@@ -265,7 +273,7 @@ def evaluate_checkpoint(cfg: PipelineConfig, paths: Paths, run: EvalRun) -> dict
     samples = paths.eval_result(run.name).with_suffix(".samples.jsonl")
     samples.unlink(missing_ok=True)
     module = RLVRModule(
-        init_from=str(paths.ckpt(run.checkpoint)), max_new_tokens=e.max_new_tokens, val_num_samples=n,
+        init_from=str(paths.ckpt(run.checkpoint)), max_completion_length=e.max_completion_length, val_num_samples=n,
         val_temperature=e.temperature, pass_at_k=tuple(k for k in e.ks if k <= n), reward_fn=_sandbox_reward(cfg),
         seed=cfg.seed, val_think_bias=run.think_bias, samples_path=str(samples),
     )  # fmt: skip

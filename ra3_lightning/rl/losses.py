@@ -21,8 +21,9 @@ the sum of the micro-batch losses equals the loss of the whole batch however it 
 normalising each micro-batch by its own token count (TRL's "bnpo" under gradient accumulation) cannot occur.
 
 A rollout sampled by a backend whose numerics differ from the trainer's (vLLM, SGLang, a different kernel or dtype)
-is slightly off-policy even at ``mu = 1``; :func:`truncated_is_weights` gives the truncated importance-sampling
-weights ``min(pi_old(t) / pi_sampler(t), C)`` that :func:`policy_loss` multiplies the surrogate by (``is_weights``).
+is slightly off-policy even at ``num_iterations = 1``; :func:`truncated_is_weights` gives the truncated
+importance-sampling weights ``min(pi_old(t) / pi_sampler(t), C)`` that :func:`policy_loss` multiplies the
+surrogate by (``is_weights``).
 
 Deviation from the papers: none in the math; the KL term is added per token inside the aggregation (as in GRPO)
 rather than folded into the reward (as in PPO-RLHF).

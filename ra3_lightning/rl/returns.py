@@ -72,9 +72,9 @@ def latent_pg_loss(
     advantages: Tensor,  # [N, T]
     mask: Tensor,  # [N, T] bool, valid boundaries
     kl: Tensor | None = None,  # [N, T] per-boundary KL(q || q_init) estimate (with grad), or None
-    kl_coef: float = 0.0,
+    beta: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """REINFORCE on the latent decisions: ``−mean_t A_t·log q(z_t) + kl_coef·mean_t KL_t`` over valid boundaries.
+    """REINFORCE on the latent decisions: ``−mean_t A_t·log q(z_t) + beta·mean_t KL_t`` over valid boundaries.
 
     The E-step is on-policy (one update per rollout), so the importance ratio is 1 and no clipping is needed.
     Returns the loss and detached diagnostics.
@@ -86,6 +86,6 @@ def latent_pg_loss(
     loss = pg
     if kl is not None:
         kl_mean = (kl * m).sum() / denom
-        loss = loss + kl_coef * kl_mean
+        loss = loss + beta * kl_mean
         stats["kl"] = kl_mean.detach()
     return loss, stats
