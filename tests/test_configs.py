@@ -7,7 +7,16 @@ import pytest
 from ra3_lightning.cli import PACKAGED_CONFIGS, main, resolve_config_paths
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+ALL_YAML = sorted(CONFIG_DIR.rglob("*.yaml"))
+
+
+def referrers(fragment: Path) -> list[Path]:
+    """Configs that fill a group from ``fragment`` (a value naming it, e.g. ``tiny: tiny_lm.yaml``)."""
+    return [p for p in ALL_YAML if p != fragment and f": {fragment.name}" in p.read_text()]
+
+
+FRAGMENTS = [p for p in ALL_YAML if referrers(p)]  # e.g. configs/demo/tiny_lm.yaml: one group, not a run
+CONFIGS = [p for p in ALL_YAML if p not in FRAGMENTS]
 
 
 def subcommand_for(path: Path) -> str:
@@ -45,6 +54,20 @@ def test_config_parses(path, capsys):
         assert "model:" in printed and "midtrain:" in printed
         return
     assert "model:" in printed and "class_path" in printed
+
+
+def test_fragments_fill_a_group_of_configs_that_parse():
+    """A fragment is parsed as part of every config that names it (those are in CONFIGS, so they parse above)."""
+    assert FRAGMENTS, "configs/demo/tiny_lm.yaml should be shared by the tiny demo configs"
+    for fragment in FRAGMENTS:
+        assert all(p in CONFIGS for p in referrers(fragment)), fragment
+
+
+def test_a_fragment_fills_the_group_it_is_named_for(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(CONFIG_DIR / "demo" / "ntp_tiny.yaml"), "--model.tiny.num_layers", "3", "--print_config"])
+    printed = capsys.readouterr().out
+    assert "hidden_size: 64" in printed and "num_layers: 3" in printed  # from tiny_lm.yaml; the flag still wins
 
 
 def test_every_config_has_a_launch_command():
