@@ -65,6 +65,7 @@ def run_ours(model_dir: Path, tasks_path: Path, reward, args) -> list[float]:
     from ra3_lightning.data.task_data import TaskDataModule
     from ra3_lightning.modules.rlvr import RLVRModule
     from ra3_lightning.optim import Optim
+    from ra3_lightning.rl.config import PolicyLoss
 
     times: list[float] = []
 
@@ -77,7 +78,8 @@ def run_ours(model_dir: Path, tasks_path: Path, reward, args) -> list[float]:
 
     module = RLVRModule(
         pretrained=str(model_dir), num_generations=args.G, max_completion_length=args.max_new_tokens, reward_fn=reward,
-        loss_type="dapo", optim=Optim(lr=args.lr, max_grad_norm=1.0), log_samples_every_n_steps=0, beta=0.0,
+        loss=PolicyLoss(loss_type="dapo", beta=0.0), optim=Optim(lr=args.lr, max_grad_norm=1.0),
+        log_samples_every_n_steps=0,
     )  # fmt: skip
     data = TaskDataModule(str(tasks_path), batch_size=args.prompts, prompt_template="plain")
     trainer = L.Trainer(

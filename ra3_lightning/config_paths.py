@@ -25,7 +25,12 @@ def _packaged_configs() -> Path:
 PACKAGED_CONFIGS = _packaged_configs()
 
 # (section, field) of every output path a config may hold; sections hold one class_path/init_args node or a list
-OUTPUT_PATHS = (("logger", "save_dir"), ("callbacks", "dirpath"), ("model", "work_dir"), ("model", "samples_path"))
+OUTPUT_PATHS = (
+    ("logger", "save_dir"),
+    ("callbacks", "dirpath"),
+    ("model", "work_dir"),
+    ("model", "evaluation.samples_path"),
+)
 
 
 def resolve_config_paths(argv: list[str]) -> list[str]:

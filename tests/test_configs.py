@@ -65,7 +65,9 @@ def test_fragments_fill_a_group_of_configs_that_parse():
 
 def test_a_fragment_fills_the_group_it_is_named_for(capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "-c", str(CONFIG_DIR / "demo" / "ntp_tiny.yaml"), "--model.tiny.num_layers", "3", "--print_config"])
+        main(
+            ["fit", "-c", str(CONFIG_DIR / "demo" / "ntp_tiny.yaml"), "--model.tiny.num_layers", "3", "--print_config"]
+        )
     printed = capsys.readouterr().out
     assert "hidden_size: 64" in printed and "num_layers: 3" in printed  # from tiny_lm.yaml; the flag still wins
 
@@ -99,3 +101,12 @@ def test_default_root_dir_moves_every_relative_output(tmp_path):
     ]
     plain = RA3CLI(args=["-c", config], run=False)  # no root given: the config's paths as written
     assert plain.model.hparams.work_dir == "lightning_logs/ra3_em_tiny/em"
+
+
+def test_default_root_dir_moves_the_samples_file_of_the_evaluation_group(tmp_path):
+    from ra3_lightning.cli import RA3CLI
+
+    config = str(CONFIG_DIR / "demo" / "rlvr_tiny.yaml")
+    args = ["-c", config, "--model.evaluation.samples_path", "out/s.jsonl", "--trainer.logger", "false"]
+    cli = RA3CLI(args=[*args, "--trainer.default_root_dir", str(tmp_path / "run")], run=False)
+    assert cli.model.samples_path == str(tmp_path / "run" / "out" / "s.jsonl")

@@ -26,6 +26,7 @@ from ra3_lightning.models import TinyLMConfig
 from ra3_lightning.modules.base import load_lm_source
 from ra3_lightning.modules.ntp import NTP_OPTIM, NTPModule
 from ra3_lightning.optim import Optim
+from ra3_lightning.rl.config import PolicyLoss
 
 IDS = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -168,7 +169,7 @@ def test_latent_policy_with_lora_has_no_second_copy_of_pi(tiny_cfg):
 def test_rlvr_reference_with_lora_is_the_adapter_off_policy(tiny_cfg):
     from ra3_lightning.modules.rlvr import RLVRModule
 
-    module = RLVRModule(tiny=tiny_cfg, beta=0.1, lora=LoRASpec(r=4))
+    module = RLVRModule(tiny=tiny_cfg, loss=PolicyLoss(beta=0.1), lora=LoRASpec(r=4))
     module.configure_model()
     assert isinstance(module.ref_model, AdapterOff) and module.ref_model.model is module.model
     perturb_adapters(module.model)
@@ -189,7 +190,8 @@ def test_rlvr_fit_with_lora_and_a_kl_reference(tmp_path, tiny_tokenizer):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     module = RLVRModule(
         tiny=TINY, tokenizer=str(tmp_path / "tok"), num_generations=4, max_completion_length=6, reward_fn=fixed_reward,
-        beta=0.1, optim=Optim(lr=1e-2, max_grad_norm=1.0), log_samples_every_n_steps=0, lora=LoRASpec(r=4, alpha=8.0),
+        loss=PolicyLoss(beta=0.1), optim=Optim(lr=1e-2, max_grad_norm=1.0), log_samples_every_n_steps=0,
+        lora=LoRASpec(r=4, alpha=8.0),
     )  # fmt: skip
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain")
     trainer = L.Trainer(

@@ -105,7 +105,7 @@ def test_ra3_test_on_a_task_file(demo, tmp_path, monkeypatch):
     cli_args = [
         "test", "-c", str(ROOT / "configs" / "eval_humaneval.yaml"), "--data.path", str(tasks),
         "--model.init_from", str(demo / "checkpoints" / "ntp.ckpt"), "--model.max_completion_length", "8",
-        "--model.val_num_samples", "2", "--model.pass_at_k", "[1, 2]", "--trainer.accelerator", "cpu",
+        "--model.evaluation.num_samples", "2", "--model.evaluation.pass_at_k", "[1, 2]", "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     from ra3_lightning.cli import RA3CLI

@@ -63,8 +63,8 @@ def test_policy_loss_takes_aggregation_and_kl_objects():
 def test_a_users_baseline_is_used_from_yaml(tmp_path):
     overlay = tmp_path / "rloo.yaml"
     overlay.write_text(
-        "model:\n  init_args:\n    scale_rewards: none\n"
-        "    advantage_baseline:\n      class_path: helpers.custom_rl.LeaveOneOut\n"
+        "model:\n  init_args:\n    loss:\n      scale_rewards: none\n"
+        "      advantage_baseline:\n        class_path: helpers.custom_rl.LeaveOneOut\n"
     )
     cli = RA3CLI(args=["-c", CONFIG, "-c", str(overlay), "--trainer.logger", "false"], run=False)
     assert isinstance(cli.model.advantage_baseline, LeaveOneOut)

@@ -18,8 +18,9 @@ from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.task_data import TaskDataModule
 from ra3_lightning.eval_diagnostics import comment_start_mask
 from ra3_lightning.models import TinyLMConfig
-from ra3_lightning.modules.rlvr import RLVRModule
+from ra3_lightning.modules.rlvr import Evaluation, RLVRModule
 from ra3_lightning.optim import Optim
+from ra3_lightning.rl.config import PolicyLoss
 from ra3_lightning.rl.losses import LossNormaliser
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo" / "rlvr_tiny.yaml"
@@ -70,7 +71,7 @@ def test_reward_rises_through_the_cli(tmp_path, tok_dir):
                 "4",
                 "--model.optim.lr",
                 "2e-2",
-                "--model.drop_zero_variance_groups",
+                "--model.loss.drop_zero_variance_groups",
                 "false",
             ),
             *("--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0"),
@@ -89,10 +90,10 @@ def test_reward_rises_through_the_cli(tmp_path, tok_dir):
 
 
 def test_beta_zero_builds_no_reference_model(tok_dir):
-    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, beta=0.0, num_generations=2)
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, loss=PolicyLoss(beta=0.0), num_generations=2)
     module.configure_model()
     assert module.ref_model is None
-    with_ref = RLVRModule(tiny=TINY, tokenizer=tok_dir, beta=0.1, num_generations=2)
+    with_ref = RLVRModule(tiny=TINY, tokenizer=tok_dir, loss=PolicyLoss(beta=0.1), num_generations=2)
     with_ref.configure_model()
     assert with_ref.ref_model is not None and not any(p.requires_grad for p in with_ref.ref_model.parameters())
     assert all(k.startswith(("model.", "pass_at_k")) for k in with_ref.state_dict())  # reference not checkpointed
@@ -101,9 +102,9 @@ def test_beta_zero_builds_no_reference_model(tok_dir):
 def test_kl_mu_and_validation_with_a_plain_reward_callable(tmp_path, tok_dir):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=8)
     module = RLVRModule(
-        tiny=TINY, tokenizer=tok_dir, num_generations=4, max_completion_length=6, reward_fn=fixed_reward, beta=0.1,
-        num_iterations=2, micro_batch_size=5, optim=Optim(lr=1e-2, max_grad_norm=1.0), val_num_samples=2,
-        pass_at_k=(1, 2), log_samples_every_n_steps=0,
+        tiny=TINY, tokenizer=tok_dir, num_generations=4, max_completion_length=6, reward_fn=fixed_reward,
+        loss=PolicyLoss(beta=0.1, num_iterations=2), micro_batch_size=5, optim=Optim(lr=1e-2, max_grad_norm=1.0),
+        evaluation=Evaluation(num_samples=2, pass_at_k=(1, 2)), log_samples_every_n_steps=0,
     )  # fmt: skip
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", val_path=tasks, max_val_tasks=3)
     seen = {}
@@ -127,7 +128,9 @@ def test_kl_mu_and_validation_with_a_plain_reward_callable(tmp_path, tok_dir):
 def test_micro_batches_give_the_full_batch_gradient(tmp_path, tok_dir):
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", shuffle=False)
-    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_completion_length=5, loss_type="grpo")
+    module = RLVRModule(
+        tiny=TINY, tokenizer=tok_dir, num_generations=3, max_completion_length=5, loss=PolicyLoss(loss_type="grpo")
+    )
     module.configure_model()
     data.connect(module.tokenizer)
     data.setup("fit")
@@ -205,7 +208,9 @@ def test_importance_correction_is_one_when_sampler_and_trainer_agree(tmp_path, t
     the gradient is the uncorrected one; a backend without log-probs is refused."""
     tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=4)
     data = TaskDataModule(tasks, batch_size=2, prompt_template="plain", shuffle=False)
-    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=3, max_completion_length=5, tis_cap=2.0)
+    module = RLVRModule(
+        tiny=TINY, tokenizer=tok_dir, num_generations=3, max_completion_length=5, loss=PolicyLoss(tis_cap=2.0)
+    )
     module.configure_model()
     data.connect(module.tokenizer)
     data.setup("fit")
@@ -271,11 +276,11 @@ def test_bad_configuration_is_rejected(tok_dir):
     with pytest.raises(ValueError, match="num_generations"):
         RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=1)
     with pytest.raises(ValueError, match="loss_type"):
-        RLVRModule(tiny=TINY, tokenizer=tok_dir, loss_type="sum")
-    with pytest.raises(ValueError, match="val_num_samples"):
-        RLVRModule(tiny=TINY, tokenizer=tok_dir, pass_at_k=(1, 8), val_num_samples=4)
-    with pytest.raises(ValueError, match="val_think_bias is NaN"):
-        RLVRModule(tiny=TINY, tokenizer=tok_dir, val_think_bias=float("nan"))
+        RLVRModule(tiny=TINY, tokenizer=tok_dir, loss=PolicyLoss(loss_type="sum"))
+    with pytest.raises(ValueError, match="needs num_samples >= 8"):
+        Evaluation(pass_at_k=(1, 8), num_samples=4)
+    with pytest.raises(ValueError, match="think_bias is NaN"):
+        Evaluation(think_bias=float("nan"))
 
 
 def test_fewer_torch_threads_while_the_sandbox_scores_on_cpu(tok_dir):
@@ -306,7 +311,9 @@ def _test_with_diagnostics(tmp_path, tok_dir, think_bias: float | None) -> tuple
     """``trainer.test`` on 4 synthetic eval tasks x 3 samples with comments made very likely; metrics, samples."""
     module = RLVRModule(
         tiny=TINY, tokenizer=tok_dir, num_generations=2, max_completion_length=12, reward_fn=even_length_reward,
-        val_num_samples=3, val_think_bias=think_bias, samples_path=str(tmp_path / "samples_{stage}_{step}.jsonl"),
+        evaluation=Evaluation(
+            num_samples=3, think_bias=think_bias, samples_path=str(tmp_path / "samples_{stage}_{step}.jsonl")
+        ),
     )  # fmt: skip
     torch.manual_seed(0)  # the weights; sampling is seeded by the module
     module.configure_model()

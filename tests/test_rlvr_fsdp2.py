@@ -74,7 +74,7 @@ def test_rlvr_fit_and_validate_on_two_fsdp2_cpu_processes(tmp_path, tiny_tokeniz
             "8",
         ),
         *("--model.generation", f"test_rlvr_fsdp2.{backend}", *MICRO_BATCHES[backend]),
-        *("--model.loss_type", "dapo", "--model.reward_fn.init_args.workers", "1"),
+        *("--model.loss.loss_type", "dapo", "--model.reward_fn.init_args.workers", "1"),
         *("--data.path", tasks, "--data.val_path", val, "--data.batch_size", "2", "--data.val_batch_size", "1"),
         *("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.devices", "2"),
         *("--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy"),

@@ -34,8 +34,9 @@ outcome as TensorBoard text; validation ``val/pass@k`` via :class:`PassAtK` (and
 Evaluation explains itself (:mod:`ra3_lightning.eval_diagnostics`): besides pass@k each validation / test logs
 ``{val,test}/truncation_rate``, ``rationale_rate``, ``rationales_per_completion``, ``rationale_tokens``,
 ``completion_tokens``, ``code_tokens``; for tasks with ground truth (the synthetic world) ``rationale_matched_rate``,
-``rationale_accuracy``, ``pass@1_skills{n}`` and ``tasks_skills{n}``. ``val_think_bias`` biases (``-inf``: forbids)
-comment-start tokens while sampling for evaluation; ``samples_path`` writes one JSON line per sample.
+``rationale_accuracy``, ``pass@1_skills{n}`` and ``tasks_skills{n}``. ``evaluation.think_bias`` biases (``-inf``:
+forbids) comment-start tokens while sampling for evaluation; ``evaluation.samples_path`` writes one JSON line per
+sample.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +87,6 @@ from ra3_lightning.optim import Optim
 from ra3_lightning.rl.advantages import (
     BASELINES,
     SCALERS,
-    AdvantageBaseline,
-    AdvantageScale,
-    Baseline,
-    Scale,
     group_advantages,
     zero_variance_groups,
 )
@@ -99,11 +97,10 @@ from ra3_lightning.rl.batching import (
     split_to_count,
     token_budget_slices,
 )
-from ra3_lightning.rl.kl import KL_ESTIMATORS, KLEstimator, KLKind
+from ra3_lightning.rl.config import PolicyLoss
+from ra3_lightning.rl.kl import KL_ESTIMATORS
 from ra3_lightning.rl.losses import (
     AGGREGATIONS,
-    Aggregation,
-    LossAggregation,
     LossNormaliser,
     mask_truncated,
     policy_loss,
@@ -113,6 +110,40 @@ from ra3_lightning.rl.registry import resolve
 
 RewardFn = Callable[[list[str], list[CodingTask]], list[float]]
 RLVR_OPTIM = Optim(lr=1e-6, max_grad_norm=1.0)  # the default optimizer group: constant LR, clipped
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The validation / test group of ``RLVRModule`` (``model.evaluation`` in YAML).
+
+    Attributes:
+        num_samples: Samples per task for pass@k (``n``).
+        temperature: Sampling temperature of the default validation backend (``0`` = greedy).
+        pass_at_k: The k values of pass@k (each ``<= num_samples``).
+        think_bias: Added to the logits of comment-start tokens (text starting with ``#`` after spaces/tabs) when
+            sampling for validation / test: ``-inf`` (``-.inf`` in YAML and on the command line) or a large negative
+            number forbids rationales, so an RA3 model can be scored without them; ``None`` or ``0`` = off.
+            Training rollouts never see it.
+        samples_path: Write one JSON line per validation / test sample here: ``task_id``, ``completion``,
+            ``passed``, ``truncated``, ``num_tokens``, ``num_code_tokens``, ``num_rationales`` (and ``skills`` when
+            the task has them). ``{stage}`` (``val`` / ``test``) and ``{step}`` (global step) in the path are
+            filled in; each evaluation rewrites its file; with several processes each rank writes
+            ``<stem>.rank<r><suffix>``. Not written during the sanity check. ``None`` = no file. A relative path
+            follows ``--trainer.default_root_dir``.
+    """
+
+    num_samples: int = 4
+    temperature: float = 1.0
+    pass_at_k: tuple[int, ...] = (1,)
+    think_bias: float | None = None
+    samples_path: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pass_at_k", tuple(self.pass_at_k))  # YAML gives a list
+        if self.pass_at_k and max(self.pass_at_k) > self.num_samples:
+            raise ValueError(f"evaluation.pass_at_k={self.pass_at_k} needs num_samples >= {max(self.pass_at_k)}")
+        if self.think_bias is not None and math.isnan(self.think_bias):
+            raise ValueError("evaluation.think_bias is NaN; give a number, -.inf to forbid comments, or null for off")
 
 
 class RLVRModule(CausalLMModule):
@@ -126,55 +157,28 @@ class RLVRModule(CausalLMModule):
         reward_fn: ``(completions, tasks) -> list[float]``; default ``SandboxReward(mode="binary")``. Override by
             ``class_path`` in YAML or by overriding :meth:`compute_rewards` in a subclass.
         format_reward: Weight of the format reward (1 when the program parses as Python) added to the reward.
-        scale_rewards: ``"group"`` std, ``"batch"`` std or ``"none"`` (Dr. GRPO), or a
-            :class:`~ra3_lightning.rl.advantages.Scale` object (``class_path``).
-        advantage_baseline: ``"mean"`` of the group (GRPO) or ``"none"``, or a
-            :class:`~ra3_lightning.rl.advantages.Baseline` object (``class_path``; e.g. your own RLOO).
-        loss_type: ``"grpo"`` (sequence mean) | ``"dapo"`` (token mean over all ranks) | ``"bnpo"`` (token
-            mean on this rank) | ``"dr_grpo"`` (constant normaliser), or a
-            :class:`~ra3_lightning.rl.losses.LossAggregation` object (``class_path``).
-        epsilon: Lower clip range of the ratio (``1 - epsilon``).
-        epsilon_high: Upper clip range (``1 + epsilon_high``; DAPO's clip-higher uses 0.28). Default ``epsilon``.
-        num_iterations: Optimizer updates per generation batch (PPO epochs; TRL's name). ``1`` is on-policy
-            (ratio 1).
-        beta: KL coefficient towards the reference policy. ``0`` builds no reference model.
-        kl_estimator: ``"k1"`` | ``"k2"`` | ``"k3"``, or a :class:`~ra3_lightning.rl.kl.KLEstimator` object.
-        drop_zero_variance_groups: DAPO dynamic sampling: no loss on groups whose rewards are all equal.
-        mask_truncated_completions: No loss on completions that hit ``max_completion_length`` without EOS.
+        loss: The policy-loss group (:class:`~ra3_lightning.rl.config.PolicyLoss`: ``loss_type``, ``epsilon`` /
+            ``epsilon_high``, ``num_iterations``, ``beta``, ``kl_estimator``, ``scale_rewards``,
+            ``advantage_baseline``, ``drop_zero_variance_groups``, ``mask_truncated_completions``, ``tis_cap``).
         micro_batch_size: Sequences per forward/backward (default: the whole generation batch).
         micro_batch_tokens: A token budget per forward/backward instead: consecutive sequences while their count
             times (prompt length + their longest completion) fits (at least one sequence). Overrides
             ``micro_batch_size``; memory then follows the tokens, not the number of sequences.
-        tis_cap: Truncated importance sampling against the sampler's own token log-probs
-            (:attr:`~ra3_lightning.generation.Rollout.sampler_logp`): each token's surrogate is weighted by
-            ``min(pi_old / pi_sampler, tis_cap)`` (:func:`~ra3_lightning.rl.losses.truncated_is_weights`) — for a
-            generation backend whose numerics differ from the trainer's. ``None`` = off (and a backend that reports
-            no log-probs needs it off).
         logprob_chunk_size: Completion positions per chunk of the LM head in the log-prob / entropy pass
             (:func:`~ra3_lightning.logprobs.selective_logprobs`): the full ``[b, T, V]`` fp32 logits are never built,
             each chunk is recomputed in the backward pass. ``None`` = the dense pass (models that post-process their
             logits, e.g. soft-capping, need it).
         optim: The optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`RLVR_OPTIM`);
             ``total_steps`` defaults to ``trainer.max_steps`` (in updates).
-        val_num_samples: Samples per validation task for pass@k.
-        val_temperature: Sampling temperature in validation (``0`` = greedy) of the default validation backend.
+        evaluation: The validation / test group (:class:`Evaluation`: samples per task, temperature, pass@k,
+            think bias, samples file).
         val_generation: Validation / test backend (default :class:`~ra3_lightning.generation.KVSample` at
-            ``val_temperature``); e.g. ``HFGenerate`` or a vLLM backend, by ``class_path`` in YAML.
+            ``evaluation.temperature``); e.g. ``HFGenerate`` or a vLLM backend, by ``class_path`` in YAML.
         stop_strings: Also end a completion once its text contains one of these (base-model completions:
             ``["\ndef ", "\nclass ", "\nif __name__", "\nprint("]``, :data:`~ra3_lightning.generation.BASE_MODEL_STOP`);
             the text the sandbox scores is cut before the stop string. ``None`` = EOS and the budget only. Both
             backends get it (they must be ``SamplingBackend`` s). Every EOS id of the tokenizer and of the model's
             ``generation_config`` (e.g. ``<|endoftext|>`` and ``<|im_end|>``) ends a completion.
-        pass_at_k: The k values of the validation pass@k.
-        val_think_bias: Added to the logits of comment-start tokens (text starting with ``#`` after spaces/tabs)
-            when sampling for validation / test: ``-inf`` (``-.inf`` in YAML and on the command line) or a large
-            negative number forbids rationales, so an RA3 model can be scored without them; ``None`` or ``0`` = off.
-            Training rollouts never see it.
-        samples_path: Write one JSON line per validation / test sample here: ``task_id``, ``completion``,
-            ``passed``, ``truncated``, ``num_tokens``, ``num_code_tokens``, ``num_rationales`` (and ``skills`` when
-            the task has them). ``{stage}`` (``val`` / ``test``) and ``{step}`` (global step) in the path are
-            filled in; each evaluation rewrites its file; with several processes each rank writes
-            ``<stem>.rank<r><suffix>``. Not written during the sanity check. ``None`` = no file.
         log_samples_every_n_steps: Write sample prompts / completions as TensorBoard text this often (0 = never).
         num_logged_samples: How many samples to write each time.
         seed: Seed of the per-step rollout RNG.
@@ -189,61 +193,47 @@ class RLVRModule(CausalLMModule):
         generation: GenerationBackend | None = None,
         reward_fn: RewardFn | None = None,
         format_reward: float = 0.0,
-        scale_rewards: AdvantageScale | Scale = "group",
-        advantage_baseline: AdvantageBaseline | Baseline = "mean",
-        loss_type: Aggregation | LossAggregation = "dapo",
-        epsilon: float = 0.2,
-        epsilon_high: float | None = None,
-        num_iterations: int = 1,
-        beta: float = 0.0,
-        kl_estimator: KLKind | KLEstimator = "k3",
-        drop_zero_variance_groups: bool = False,
-        mask_truncated_completions: bool = False,
+        loss: PolicyLoss = PolicyLoss(),
         micro_batch_size: int | None = None,
         micro_batch_tokens: int | None = None,
-        tis_cap: float | None = None,
         logprob_chunk_size: int | None = 256,
         optim: Optim = RLVR_OPTIM,
-        val_num_samples: int = 4,
-        val_temperature: float = 1.0,
+        evaluation: Evaluation = Evaluation(),
         val_generation: GenerationBackend | None = None,
         stop_strings: list[str] | None = None,
-        pass_at_k: tuple[int, ...] = (1,),
-        val_think_bias: float | None = None,
-        samples_path: str | None = None,
         log_samples_every_n_steps: int = 50,
         num_logged_samples: int = 4,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _validate(num_generations, num_iterations, beta, val_num_samples, pass_at_k)
-        if val_think_bias is not None and math.isnan(val_think_bias):
-            raise ValueError("val_think_bias is NaN; give a number, -.inf to forbid comments, or null for off")
+        if num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 for a group baseline (got {num_generations})")
         self.save_hyperparameters(ignore=["generation", "val_generation", "reward_fn"])
         self.automatic_optimization = False
-        self.G, self.max_completion_length, self.beta = num_generations, max_completion_length, beta
-        self.num_iterations = num_iterations
+        self.G, self.max_completion_length, self.beta = num_generations, max_completion_length, loss.beta
+        self.num_iterations = loss.num_iterations
         self.stop = StopStrings(self.tokenizer, stop_strings) if stop_strings else None
         self.generation = with_stop(generation or KVSample(), self.stop)
-        self.val_generation = with_stop(val_generation or KVSample(temperature=val_temperature), self.stop)
+        self.val_generation = with_stop(val_generation or KVSample(temperature=evaluation.temperature), self.stop)
         self.reward_fn = reward_fn
         self.optim = optim
         self.format_reward = format_reward
-        self.scale_rewards = resolve(scale_rewards, SCALERS, "scale_rewards")
-        self.advantage_baseline = resolve(advantage_baseline, BASELINES, "advantage_baseline")
-        self.loss_type = resolve(loss_type, AGGREGATIONS, "loss_type")
-        self.kl_estimator = resolve(kl_estimator, KL_ESTIMATORS, "kl_estimator")
-        self.epsilon, self.epsilon_high = epsilon, epsilon_high
-        self.drop_zero_var, self.mask_truncated = drop_zero_variance_groups, mask_truncated_completions
-        self.micro_batch_size, self.logprob_chunk_size, self.tis_cap = micro_batch_size, logprob_chunk_size, tis_cap
+        self.scale_rewards = resolve(loss.scale_rewards, SCALERS, "loss.scale_rewards")
+        self.advantage_baseline = resolve(loss.advantage_baseline, BASELINES, "loss.advantage_baseline")
+        self.loss_type = resolve(loss.loss_type, AGGREGATIONS, "loss.loss_type")
+        self.kl_estimator = resolve(loss.kl_estimator, KL_ESTIMATORS, "loss.kl_estimator")
+        self.epsilon, self.epsilon_high = loss.epsilon, loss.epsilon_high
+        self.drop_zero_var, self.mask_truncated = loss.drop_zero_variance_groups, loss.mask_truncated_completions
+        self.micro_batch_size, self.logprob_chunk_size = micro_batch_size, logprob_chunk_size
+        self.tis_cap = loss.tis_cap
         if micro_batch_tokens is not None and micro_batch_tokens < 1:
             raise ValueError(f"micro_batch_tokens={micro_batch_tokens} must be >= 1 (or None)")
         self.micro_batch_tokens = micro_batch_tokens
-        self.val_num_samples = val_num_samples
-        self.pass_at_k = PassAtK(ks=pass_at_k)
+        self.val_num_samples = evaluation.num_samples
+        self.pass_at_k = PassAtK(ks=evaluation.pass_at_k)
         self.eval_diagnostics = EvalDiagnostics()
-        self.val_think_bias, self.samples_path = val_think_bias, samples_path
+        self.val_think_bias, self.samples_path = evaluation.think_bias, evaluation.samples_path
         self._token_pieces: dict[int, str] = {}  # token id -> its text ("" for special tokens), filled lazily
         self._skill_phrases = skill_phrases()
         self._samples_file: str | None = None  # this evaluation's samples file (set at epoch start)
@@ -593,8 +583,8 @@ class RLVRModule(CausalLMModule):
         self.pass_at_k_step(batch, batch_idx)
 
     def pass_at_k_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        """Sample ``val_num_samples`` completions per task, score them in the sandbox, update :class:`PassAtK` and
-        the diagnostics, and append the samples to ``samples_path``."""
+        """Sample ``evaluation.num_samples`` completions per task, score them in the sandbox, update
+        :class:`PassAtK` and the diagnostics, and append the samples to ``evaluation.samples_path``."""
         if len(batch) == 0:  # a padding batch: join the collective unshard/reshard so FSDP2 ranks stay in step
             with unsharded_for_generation(self.model):
                 return
@@ -609,11 +599,11 @@ class RLVRModule(CausalLMModule):
         self.write_samples(tasks, texts, passed, rollout.truncated, stats)
 
     def eval_generation(self) -> GenerationBackend:
-        """The validation / test backend: ``val_generation``, with the THINK bias when ``val_think_bias`` is set."""
+        """The validation / test backend: ``val_generation``, THINK-biased when ``evaluation.think_bias`` is set."""
         if not self.val_think_bias:
             return self.val_generation
         if not isinstance(self.val_generation, SamplingBackend):
-            raise TypeError(f"val_think_bias needs a SamplingBackend, got {type(self.val_generation).__name__}")
+            raise TypeError(f"evaluation.think_bias needs a SamplingBackend, got {type(self.val_generation).__name__}")
         if self._think_bias is None or self._think_bias.device != self.device:
             mask = comment_start_mask(self.tokenizer)  # [V]
             self._think_bias = think_logit_bias(mask, self.val_think_bias).to(self.device)  # [V]
@@ -723,17 +713,6 @@ def with_stop(backend: GenerationBackend, stop: StopStrings | None) -> Generatio
     backend = copy.copy(backend)
     backend.stop = stop
     return backend
-
-
-def _validate(G: int, num_iterations: int, beta: float, val_n: int, ks: tuple[int, ...]) -> None:
-    if G < 2:
-        raise ValueError(f"num_generations must be >= 2 for a group baseline (got {G})")
-    if num_iterations < 1:
-        raise ValueError(f"num_iterations (updates per generation batch) must be >= 1 (got {num_iterations})")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0 (got {beta})")
-    if ks and max(ks) > val_n:
-        raise ValueError(f"pass_at_k={ks} needs val_num_samples >= {max(ks)} (got {val_n})")
 
 
 def completion_token_lists(rollout: Rollout) -> list[list[int]]:

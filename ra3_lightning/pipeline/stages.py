@@ -198,16 +198,16 @@ class SaveEvery(L.Callback):
 def _rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
     def run(cfg: PipelineConfig, paths: Paths) -> None:
         from ra3_lightning.data.task_data import TaskDataModule
-        from ra3_lightning.modules.rlvr import RLVRModule
+        from ra3_lightning.modules.rlvr import Evaluation, RLVRModule
+        from ra3_lightning.rl.config import PolicyLoss
 
         r = cfg.rlvr
         module = RLVRModule(
             init_from=str(paths.ckpt(arm)), num_generations=r.num_generations,
             max_completion_length=r.max_completion_length, optim=Optim(lr=r.lr, max_grad_norm=1.0),
-            loss_type=r.loss_type, scale_rewards=r.scale_rewards,
-            drop_zero_variance_groups=True, reward_fn=_sandbox_reward(cfg), seed=cfg.seed,
-            log_samples_every_n_steps=max(1, r.steps // 3), val_num_samples=r.val_num_samples,
-            val_temperature=cfg.eval.temperature,
+            loss=PolicyLoss(loss_type=r.loss_type, scale_rewards=r.scale_rewards, drop_zero_variance_groups=True),
+            reward_fn=_sandbox_reward(cfg), seed=cfg.seed, log_samples_every_n_steps=max(1, r.steps // 3),
+            evaluation=Evaluation(num_samples=r.val_num_samples, temperature=cfg.eval.temperature),
         )  # fmt: skip
         train, heldin = rlvr_splits(cfg, paths)
         data = TaskDataModule(
@@ -266,16 +266,19 @@ def check_budget(cfg: PipelineConfig, paths: Paths, tokenizer: Any) -> None:
 def evaluate_checkpoint(cfg: PipelineConfig, paths: Paths, run: EvalRun) -> dict[str, float]:
     """pass@k and the diagnostics of one checkpoint on the held-out tasks, through ``RLVRModule.test_step``."""
     from ra3_lightning.data.task_data import TaskDataModule
-    from ra3_lightning.modules.rlvr import RLVRModule
+    from ra3_lightning.modules.rlvr import Evaluation, RLVRModule
 
     e = cfg.eval
     n = run.num_samples or e.num_samples
     samples = paths.eval_result(run.name).with_suffix(".samples.jsonl")
     samples.unlink(missing_ok=True)
     module = RLVRModule(
-        init_from=str(paths.ckpt(run.checkpoint)), max_completion_length=e.max_completion_length, val_num_samples=n,
-        val_temperature=e.temperature, pass_at_k=tuple(k for k in e.ks if k <= n), reward_fn=_sandbox_reward(cfg),
-        seed=cfg.seed, val_think_bias=run.think_bias, samples_path=str(samples),
+        init_from=str(paths.ckpt(run.checkpoint)), max_completion_length=e.max_completion_length,
+        evaluation=Evaluation(
+            num_samples=n, temperature=e.temperature, pass_at_k=tuple(k for k in e.ks if k <= n),
+            think_bias=run.think_bias, samples_path=str(samples),
+        ),
+        reward_fn=_sandbox_reward(cfg), seed=cfg.seed,
     )  # fmt: skip
     data = TaskDataModule(paths.split("eval"), val_batch_size=e.batch_size, prompt_template="plain", shuffle=False)
     results = _trainer(cfg, paths, f"eval_{run.name}", -1).test(module, datamodule=data, verbose=False)[0]
