@@ -10,7 +10,7 @@ import torch
 
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.traces import TraceDataModule
-from ra3_lightning.estep import AnnotationConfig, LatentVocab, ThinkBias, annotate, strip_rationales
+from ra3_lightning.estep import AnnotationConfig, LatentRL, LatentVocab, ThinkBias, annotate, strip_rationales
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def _corpus(tmp_path, texts):
 @pytest.mark.parametrize("choose", ["sample", "best"])
 def test_annotation_round_trip_and_schema(models, tmp_path, code_snippets, choose):
     texts = code_snippets + ["def crlf(x):\r\n    return x\r\n", "def tail(x):\n    return x"]
-    cfg = AnnotationConfig(num_samples=2, choose=choose, max_latent_tokens=5)
+    cfg = AnnotationConfig(num_samples=2, choose=choose, latent=LatentRL(max_latent_tokens=5))
     ds = annotate(models, _corpus(tmp_path, texts), tmp_path / "out", id_field="name", shard_size=3, batch_size=2,
                   config=cfg, progress=False)  # fmt: skip
     assert len(ds) == len(texts) and ds["id"] == [f"t{i}" for i in range(len(texts))]
@@ -45,7 +45,7 @@ def test_annotation_round_trip_and_schema(models, tmp_path, code_snippets, choos
 
 def test_annotation_resumes_by_shard(models, tmp_path, code_snippets):
     source = _corpus(tmp_path, code_snippets)
-    cfg = AnnotationConfig(num_samples=2, max_latent_tokens=5)
+    cfg = AnnotationConfig(num_samples=2, latent=LatentRL(max_latent_tokens=5))
     first = annotate(models, source, tmp_path / "out", shard_size=2, config=cfg, progress=False)
     shard = tmp_path / "out" / "_shards" / "shard-00001"
     stamp = (shard / "dataset_info.json").stat().st_mtime_ns

@@ -34,10 +34,13 @@ def tiny_em_config(tmp_path: Path, **callbacks_extra) -> Path:
     scheduler["init_args"].update(iterations=2, e_steps=2, m_steps=2)
     checkpoint["init_args"].update(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1)
     model = cfg["model"]["init_args"]
+    model["tiny"] = yaml.safe_load((DEMO.parent / model["tiny"]).read_text())  # the shared tiny_lm.yaml, smaller
     model["tiny"].update(
         hidden_size=32, intermediate_size=64, vocab_size=400, tokenizer_corpus="synthetic:pretrain?n=200"
     )
-    model.update(num_generations=2, max_latent_tokens=4, annotate_shard_size=3, annotate_batch_size=4)
+    model.update(num_generations=2)
+    model["latent"] = {**model["latent"], "max_latent_tokens": 4}
+    model["annotation"] = {**model["annotation"], "shard_size": 3, "batch_size": 4}
     model.update(work_dir=str(tmp_path / "em"), log_samples_every_n_steps=1)
     cfg["data"]["init_args"].update(
         path="synthetic:midtrain?n=40&seed=0", records_per_iteration=8, e_batch_size=2, m_batch_size=2,

@@ -16,6 +16,7 @@ import ra3_lightning.modules.latent_policy as latent_policy_mod
 from ra3_lightning.data.texts import TextDataModule
 from ra3_lightning.estep import (
     AnnotationConfig,
+    LatentRL,
     LatentVocab,
     ThinkBias,
     annotate_batch,
@@ -30,6 +31,7 @@ from ra3_lightning.estep import (
 from ra3_lightning.models import TinyLMConfig, build_tiny_lm
 from ra3_lightning.modules.latent_policy import LatentPolicyModule
 from ra3_lightning.optim import Optim
+from ra3_lightning.rl.config import LatentLoss
 
 
 def _sharp_lm(tokenizer, family: str = "qwen2", attn: str = "sdpa") -> torch.nn.Module:
@@ -203,7 +205,7 @@ def test_bad_hindsight_settings_raise(setup):
         hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, tokenizer_corpus="synthetic:pretrain?n=50"
     )
     with pytest.raises(ValueError, match="hindsight_lines=-2 must be an integer >= 0"):
-        LatentPolicyModule(tiny=tiny, hindsight_lines=-2)
+        LatentPolicyModule(tiny=tiny, latent=LatentRL(hindsight_lines=-2))
 
 
 def test_latent_policy_module_trains_and_annotates_with_hindsight(tmp_path, code_snippets, monkeypatch):
@@ -212,8 +214,9 @@ def test_latent_policy_module_trains_and_annotates_with_hindsight(tmp_path, code
     tiny = TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
                         vocab_size=400, tokenizer_corpus=str(corpus))  # fmt: skip
     L.seed_everything(0)
-    module = LatentPolicyModule(tiny=tiny, hindsight_lines=2, num_generations=2, max_latent_tokens=4, temperature=2.0,
-                                beta=0.1, optim=Optim(lr=1e-3), log_samples_every_n_steps=0)  # fmt: skip
+    module = LatentPolicyModule(tiny=tiny, num_generations=2, latent=LatentRL(hindsight_lines=2, max_latent_tokens=4,
+                                temperature=2.0), loss=LatentLoss(beta=0.1), optim=Optim(lr=1e-3),
+                                log_samples_every_n_steps=0)  # fmt: skip
     module.configure_model()
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     calls = []
@@ -240,7 +243,7 @@ def test_latent_policy_module_trains_and_annotates_with_hindsight(tmp_path, code
 
 def test_annotate_batch_with_hindsight_round_trips(setup, tiny_lm, code_snippets):
     model, vocab, _ = setup
-    cfg = AnnotationConfig(num_samples=2, choose="best", max_latent_tokens=5, hindsight_lines=2)
+    cfg = AnnotationConfig(num_samples=2, choose="best", latent=LatentRL(max_latent_tokens=5, hindsight_lines=2))
     records = annotate_batch(model, tiny_lm, vocab, code_snippets, [str(i) for i in range(6)], cfg,
                              torch.Generator().manual_seed(0))  # fmt: skip
     assert sum(len(r["think_lines"]) for r in records) > 0
@@ -255,7 +258,7 @@ def test_ra3_module_annotates_with_its_hindsight(tmp_path, monkeypatch):
 
     tiny = TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                         tokenizer_corpus="synthetic:pretrain?n=50")  # fmt: skip
-    module = ra3_mod.RA3Module(tiny=tiny, hindsight_lines=2, work_dir=str(tmp_path))
+    module = ra3_mod.RA3Module(tiny=tiny, latent=LatentRL(hindsight_lines=2), work_dir=str(tmp_path))
     module.model = torch.nn.Linear(1, 1)  # annotation is mocked: only unsharded_for_generation touches q
     configs = []
     monkeypatch.setattr(ra3_mod, "annotate", lambda source, ds, out, config, **kw: configs.append(config) or ds)
@@ -265,4 +268,4 @@ def test_ra3_module_annotates_with_its_hindsight(tmp_path, monkeypatch):
     module._trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True,
                                       strategy=SimpleNamespace(barrier=lambda name: None))  # fmt: skip
     module.annotate_iteration(0)
-    assert [c.hindsight_lines for c in configs] == [2]
+    assert [c.latent.hindsight_lines for c in configs] == [2]

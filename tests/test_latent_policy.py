@@ -19,7 +19,15 @@ import torch
 
 from ra3_lightning.cli import main
 from ra3_lightning.data.texts import TextDataModule
-from ra3_lightning.estep import LatentVocab, encode_trace, expert_line_logp, forward_logits, plain_layout, rollout
+from ra3_lightning.estep import (
+    LatentRL,
+    LatentVocab,
+    encode_trace,
+    expert_line_logp,
+    forward_logits,
+    plain_layout,
+    rollout,
+)
 from ra3_lightning.models import TinyLMConfig, build_tiny_lm, train_bpe_tokenizer
 from ra3_lightning.modules.latent_policy import LatentPolicyModule
 from ra3_lightning.optim import Optim
@@ -82,9 +90,9 @@ def evaluate(module: LatentPolicyModule, texts: list[str], seed: int = 123) -> t
     """(ELBO gain per line over no rationales, THINK rate per boundary) of ``q`` on ``texts``, 8 samples each."""
     traces = [encode_trace(module.tokenizer, t) for t in texts]
     roll = rollout(module.model, traces, module.vocab, 8, 6, 1.0, torch.Generator().manual_seed(seed))
-    mode = module.hparams.act_likelihood
+    mode = module.latent.act_likelihood
     logp = expert_line_logp(forward_logits(module.pi, roll.layout), roll.layout, traces, 8, module.vocab, mode)
-    with_r = elbo_rewards(logp, roll.think, module.hparams.think_cost)
+    with_r = elbo_rewards(logp, roll.think, module.latent.think_cost)
     plain = plain_layout(traces, module.vocab)
     plain = expert_line_logp(forward_logits(module.pi, plain), plain, traces, 1, module.vocab, mode)
     plain = plain.repeat_interleave(8, 0)
@@ -98,8 +106,8 @@ def _fit_estep(pretrained_dir, tmp_path, act_likelihood: str) -> tuple[LatentPol
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in expert_programs(400, seed=1)))
     L.seed_everything(0)
     module = LatentPolicyModule(
-        pretrained=str(pretrained_dir), think_cost=0.1, num_generations=4, max_latent_tokens=6, seed=0,
-        optim=Optim(lr=2e-4), act_likelihood=act_likelihood,
+        pretrained=str(pretrained_dir), num_generations=4, seed=0, optim=Optim(lr=2e-4),
+        latent=LatentRL(think_cost=0.1, max_latent_tokens=6, act_likelihood=act_likelihood),
     )  # fmt: skip
     data = TextDataModule(str(corpus), batch_size=8)
     module.configure_model()
@@ -148,7 +156,8 @@ def test_print_config_shows_the_base_model_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "-c", "configs/demo/estep_tiny.yaml", "--print_config"])
     printed = capsys.readouterr().out
-    for key in ("think_cost", "num_generations", "tiny:", "init_from", "pretrained", "TextDataModule"):
+    groups = ("latent:", "think_cost", "loss:", "optim:", "num_generations")
+    for key in (*groups, "tiny:", "init_from", "pretrained", "TextDataModule"):
         assert key in printed
 
 
@@ -174,7 +183,7 @@ def test_bad_settings_raise_at_construction():
     with pytest.raises(ValueError, match="num_generations"):
         LatentPolicyModule(tiny=tiny, num_generations=1)
     with pytest.raises(ValueError, match="hindsight_lines"):
-        LatentPolicyModule(tiny=tiny, hindsight_lines=-1)
+        LatentPolicyModule(tiny=tiny, latent=LatentRL(hindsight_lines=-1))
 
 
 def _config():

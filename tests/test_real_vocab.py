@@ -13,6 +13,7 @@ import torch
 from ra3_lightning.data.sources import load_records
 from ra3_lightning.data.tasks import load_tasks
 from ra3_lightning.estep import (
+    LatentRL,
     LatentVocab,
     ThinkBias,
     encode_trace,
@@ -126,7 +127,7 @@ def test_annotation_m_step_and_rlvr_on_the_real_vocabulary(qwen_lm, qwen_tok, tm
 
     texts = [r["text"] for r in load_records("synthetic:midtrain?n=2&seed=0")]
     vocab = LatentVocab.from_tokenizer(qwen_tok)
-    cfg = AnnotationConfig(num_samples=2, max_latent_tokens=6, logprob_chunk_size=64)
+    cfg = AnnotationConfig(num_samples=2, latent=LatentRL(max_latent_tokens=6, logprob_chunk_size=64))
     sampler = ThinkBias(qwen_lm, vocab.think, 4.0).eval()
     records = annotate_batch(sampler, qwen_lm, vocab, texts, ["a", "b"], cfg, torch.Generator().manual_seed(0))
     assert [strip_rationales(r["text"], r["rationale_spans"]) for r in records] == texts

@@ -78,7 +78,8 @@ def test_a_users_baseline_is_used_from_yaml(tmp_path):
 def test_the_e_step_takes_the_same_objects_from_yaml(tmp_path):
     overlay = tmp_path / "rloo.yaml"
     overlay.write_text(
-        "model:\n  init_args:\n    advantage_baseline:\n      class_path: helpers.custom_rl.LeaveOneOut\n"
+        "model:\n  init_args:\n    loss:\n"
+        "      advantage_baseline:\n        class_path: helpers.custom_rl.LeaveOneOut\n"
     )
     config = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "estep_tiny.yaml")
     cli = RA3CLI(args=["-c", config, "-c", str(overlay), "--trainer.logger", "false"], run=False)

@@ -52,7 +52,7 @@ class EMDataModule(L.LightningDataModule):
         path: The trace corpus (any source :mod:`ra3_lightning.data.sources` reads, e.g. ``synthetic:midtrain``).
         text_field: Field holding the code.
         id_field: Field holding record ids (default: the record index).
-        e_batch_size: Traces per E-step batch (per device); each is rolled out ``num_rollouts`` times.
+        e_batch_size: Traces per E-step batch (per device); each is rolled out ``num_generations`` times.
         m_batch_size: Packed sequences per M-step batch (per device).
         max_length: Tokens per packed M-step sequence.
         records_per_iteration: Training records each EM iteration works on (``None``: all of them).

@@ -21,7 +21,7 @@ class TextDataModule(L.LightningDataModule):
         path: The data source (local ``.jsonl``/``.parquet``/arrow, hub id, or ``synthetic:<split>?n=..``).
         text_field: Field holding the code.
         id_field: Field holding a record id (defaults to the record index as a string).
-        batch_size: Traces per batch (each is rolled out ``num_rollouts`` times by the E-step).
+        batch_size: Traces per batch (each is rolled out ``num_generations`` times by the E-step).
         max_records: Read at most this many records.
         shuffle: Shuffle the traces each epoch (seeded by ``seed`` and the epoch).
         seed: Shuffle seed.

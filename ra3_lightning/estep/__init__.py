@@ -17,7 +17,14 @@ The Lightning side (training ``q``, the EM loop) lives in :mod:`ra3_lightning.mo
 :mod:`ra3_lightning.modules.ra3` and the EM scheduler callback; they use this package through the names below.
 """
 
-from ra3_lightning.estep.annotation import ANNOTATION_FEATURES, AnnotationConfig, Choose, annotate, annotate_batch
+from ra3_lightning.estep.annotation import (
+    ANNOTATION_FEATURES,
+    AnnotationConfig,
+    Choose,
+    LatentRL,
+    annotate,
+    annotate_batch,
+)
 from ra3_lightning.estep.engines import ENGINES, KVCacheEngine, ReencodeEngine
 from ra3_lightning.estep.format import (
     LatentFormat,
@@ -71,6 +78,7 @@ __all__ = [
     "EncodedTrace",
     "KVCacheEngine",
     "LatentFormat",
+    "LatentRL",
     "LatentVocab",
     "PolicyTerms",
     "ReencodeEngine",

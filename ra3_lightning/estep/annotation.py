@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ra3_lightning.data.sources import DataError, text_problem
 from ra3_lightning.data.texts import load_trace_records
+from ra3_lightning.estep.engines import ENGINES
 from ra3_lightning.estep.format import LatentFormat
 from ra3_lightning.estep.layout import plain_layout
 from ra3_lightning.estep.sampler import Rollout, rollout
@@ -52,34 +53,67 @@ ANNOTATION_FEATURES = datasets.Features(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
+class LatentRL:
+    """How ``q`` writes rationales and how ``π`` scores them: one value that the E-step's training
+    (``model.latent`` of ``LatentPolicyModule`` / ``RA3Module``) and annotation (:class:`AnnotationConfig`) share.
+
+    Attributes:
+        think_cost: ``c`` in ``r_t = log π(a_t|…) − c·1[THINK]`` (paper: 0.05; ablations 0.01, 0.2).
+        max_latent_tokens: Most tokens in a rationale, its newline included (>= 2).
+        temperature: Sampling temperature of ``q`` (decisions and rationale tokens).
+        act_likelihood: How an expert line's ``log π(a_t | …)`` is scored. ``"conditional"``: given the latent, the
+            line is code, so its first token is renormalised over the tokens that do not start a comment (a THINK
+            pays off only if its text makes the code more likely). ``"marginal"``: the plain token likelihood, in
+            which not commenting costs ``log(1 − P_π(#))`` wherever ``π`` expects a comment (THINKs pay off there
+            whatever they say). The paper does not say which it uses.
+        hindsight_lines: ``k``: before deciding THINK/ACT at line ``t`` and writing its rationale, ``q`` sees the
+            next ``k`` expert lines ``t..t+k-1`` (fewer at the end of a trace) in a context that ``π``'s scoring,
+            the annotated text and the M-step never see. 0 (default): the rationale is a plan written from the
+            prefix alone, as the model must at inference time. Needs SDPA or eager attention for ``k > 0``.
+        engine: ``"kv"`` (one KV cache across the trace) or ``"reencode"`` (naive; for benchmarks).
+        logprob_chunk_size: Positions per chunk of the LM head in ``π``'s scoring pass and ``q``'s ``log q`` pass:
+            only five numbers per position are kept (:class:`ra3_lightning.logit_stats.LogitStats`), never the fp32
+            ``[N, L, V]`` logits; ``None``: dense logits (models whose logits are not ``lm_head(hidden)``).
+    """
+
+    think_cost: float = 0.05
+    max_latent_tokens: int = 16
+    temperature: float = 1.0
+    act_likelihood: ActLikelihood = "conditional"
+    hindsight_lines: int = 0
+    engine: Literal["kv", "reencode"] = "kv"
+    logprob_chunk_size: int | None = 256
+
+    def __post_init__(self) -> None:
+        if self.max_latent_tokens < 2:
+            raise ValueError(f"latent.max_latent_tokens={self.max_latent_tokens} must be >= 2 (a marker and a newline)")
+        if self.temperature <= 0:
+            raise ValueError(f"latent.temperature={self.temperature} must be > 0")
+        k = self.hindsight_lines
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(
+                f"latent.hindsight_lines={k!r} must be an integer >= 0: the number of next expert lines q sees "
+                "before it writes a rationale (0: none)"
+            )
+        if self.engine not in ENGINES:
+            raise ValueError(f"latent.engine={self.engine!r}; choose one of {sorted(ENGINES)}")
+
+
+@dataclass(frozen=True)
 class AnnotationConfig:
-    """How traces are annotated.
+    """How traces are annotated: ``num_samples`` rollouts per trace with the E-step's :class:`LatentRL`, one kept.
 
     Args:
         num_samples: ``G`` rollouts per trace.
         choose: ``"sample"`` (first draw) or ``"best"`` (highest total return of the ``G``).
-        max_latent_tokens: Most tokens in a rationale (newline included).
-        temperature: Sampling temperature of ``q``.
-        think_cost: ``c`` in ``r_t = log π(a_t|…) − c·1[THINK]`` (the return used by ``"best"`` and ``elbo``).
-        engine: Rollout engine (``"kv"`` or ``"reencode"``).
-        act_likelihood: ``"conditional"`` or ``"marginal"`` scoring of expert lines (see
-            :func:`ra3_lightning.estep.expert_line_logp`); use the E-step's.
-        hindsight_lines: Next expert lines ``q`` sees before each decision (use the E-step's); they never reach
-            the annotated text or ``π``'s scores.
-        logprob_chunk_size: Positions per chunk of ``π``'s LM head when scoring (``None``: dense ``[N, L, V]``
-            logits; see :func:`ra3_lightning.estep.layout_stats`).
+        latent: The E-step's sampling and scoring, unchanged (``think_cost`` also gives the return of ``"best"``
+            and ``elbo``).
     """
 
     num_samples: int = 4
     choose: Choose = "sample"
-    max_latent_tokens: int = 16
-    temperature: float = 1.0
-    think_cost: float = 0.05
-    engine: str = "kv"
-    act_likelihood: ActLikelihood = "conditional"
-    hindsight_lines: int = 0
-    logprob_chunk_size: int | None = None
+    latent: LatentRL = LatentRL()
 
 
 def _choose_sample(returns: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B]
@@ -112,16 +146,17 @@ def annotate_batch(
             raise DataError(f"record {i!r}: field 'text' {problem}")
     traces = [encode_trace(vocab.tokenizer, t) for t in texts]
     roll = rollout(
-        q, traces, vocab, cfg.num_samples, cfg.max_latent_tokens, cfg.temperature, generator, cfg.engine,
-        cfg.hindsight_lines,
+        q, traces, vocab, cfg.num_samples, cfg.latent.max_latent_tokens, cfg.latent.temperature, generator,
+        cfg.latent.engine, cfg.latent.hindsight_lines,
     )  # fmt: skip
     device = next(pi.parameters()).device
-    score = functools.partial(expert_line_logp, vocab=vocab, act_likelihood=cfg.act_likelihood)
-    stats = functools.partial(layout_stats, pi, vocab=vocab, chunk_size=cfg.logprob_chunk_size)
+    score = functools.partial(expert_line_logp, vocab=vocab, act_likelihood=cfg.latent.act_likelihood)
+    stats = functools.partial(layout_stats, pi, vocab=vocab, chunk_size=cfg.latent.logprob_chunk_size)
     with_r = score(stats(roll.layout)[0], roll.layout, traces, cfg.num_samples).cpu() * roll.line_mask
     plain = plain_layout(traces, vocab, device)
     without = score(stats(plain)[0], plain, traces, 1).cpu()  # [B, T]
-    returns = elbo_rewards(with_r, roll.think, cfg.think_cost).sum(-1).view(len(texts), cfg.num_samples)  # [B, G]
+    returns = elbo_rewards(with_r, roll.think, cfg.latent.think_cost).sum(-1)
+    returns = returns.view(len(texts), cfg.num_samples)  # [B, G]
     picks = CHOOSERS[cfg.choose](returns)
     return [
         _record(roll, b * cfg.num_samples + int(g), ids[b], with_r, without[b], float(returns[b, g]), vocab)

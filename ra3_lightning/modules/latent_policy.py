@@ -27,18 +27,17 @@ rank).
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from ra3_lightning.estep import (
-    ENGINES,
-    ActLikelihood,
     AnnotationConfig,
     Choose,
     LatentFormat,
+    LatentRL,
     LatentVocab,
     PolicyTerms,
     Rollout,
@@ -57,16 +56,13 @@ from ra3_lightning.optim import Optim, schedule_length
 from ra3_lightning.rl.advantages import (
     BASELINES,
     SCALERS,
-    AdvantageBaseline,
-    AdvantageScale,
-    Baseline,
-    Scale,
     group_advantages,
     masked_mean,
 )
-from ra3_lightning.rl.kl import KL_ESTIMATORS, KLEstimator, KLKind, kl_penalty
+from ra3_lightning.rl.config import LatentLoss
+from ra3_lightning.rl.kl import KL_ESTIMATORS, kl_penalty
 from ra3_lightning.rl.registry import resolve
-from ra3_lightning.rl.returns import RewardNorm, discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
+from ra3_lightning.rl.returns import discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
 
 LATENT_OPTIM = Optim(lr=1e-5)  # q's default optimizer group: a constant LR
 
@@ -87,37 +83,17 @@ class LatentPolicyModule(CausalLMModule):
     """RA3 E-step: RL of the latent policy ``q`` against the frozen model ``π``.
 
     Args:
-        think_cost: ``c``, the reward cost of each THINK (paper: 0.05; ablations 0.01, 0.2).
         num_generations: ``G`` latent rollouts per trace (the group of the baseline).
-        max_latent_tokens: Most tokens in a rationale, its newline included.
-        temperature: Sampling temperature of ``q`` (decisions and rationale tokens).
-        gamma: Discount of the returns ``R_t = Σ_k γ^{k−t} r_k``.
-        beta: Weight of the KL of ``q`` to its initial policy (``π``) in the loss (0 = off; always logged).
-        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (per boundary, on ``log q(z_t)``), or a
-            :class:`~ra3_lightning.rl.kl.KLEstimator` object (``class_path``).
-        scale_rewards: After the baseline, divide by the ``"group"`` std, the ``"batch"`` std, or ``"none"``, or
-            by a :class:`~ra3_lightning.rl.advantages.Scale` object (``class_path``).
-        advantage_baseline: ``"mean"`` of the group's returns at each boundary (GRPO) or ``"none"``, or a
-            :class:`~ra3_lightning.rl.advantages.Baseline` object (``class_path``).
-        reward_norm: ``"none"`` or ``"per_token"`` (a line's log-likelihood divided by its token count).
-        act_likelihood: How an expert line's ``log π(a_t | …)`` is scored. ``"conditional"``: given the latent, the
-            line is code, so its first token is renormalised over the tokens that do not start a comment (a THINK
-            pays off only if its text makes the code more likely). ``"marginal"``: the plain token likelihood, in
-            which not commenting costs ``log(1 − P_π(#))`` wherever ``π`` expects a comment (THINKs pay off there
-            whatever they say). The paper does not say which it uses.
-        hindsight_lines: ``k``: before deciding THINK/ACT at line ``t`` and writing its rationale, ``q`` sees the
-            next ``k`` expert lines ``t..t+k-1`` (fewer at the end of a trace) in a context that ``π``'s scoring,
-            the annotated text and the M-step never see. 0 (default): the rationale is a plan written from the
-            prefix alone, as the model must at inference time. Needs SDPA or eager attention for ``k > 0``.
+        latent: How ``q`` writes rationales and ``π`` scores them (:class:`~ra3_lightning.estep.LatentRL`:
+            ``think_cost``, ``max_latent_tokens``, ``temperature``, ``act_likelihood``, ``hindsight_lines``,
+            ``engine``, ``logprob_chunk_size``); annotation uses the same value.
+        loss: The latent policy gradient (:class:`~ra3_lightning.rl.config.LatentLoss`: ``gamma``, ``reward_norm``,
+            ``beta``, ``kl_estimator``, ``scale_rewards``, ``advantage_baseline``).
         optim: ``q``'s optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`LATENT_OPTIM`);
             ``total_steps`` defaults to ``trainer.estimated_stepping_batches``.
-        engine: ``"kv"`` (one KV cache across the trace) or ``"reencode"`` (naive; for benchmarks).
         latent_format: How a rationale is written and which tokens open / continue / end it
             (:class:`~ra3_lightning.estep.LatentFormat`; default: a ``# `` comment line). Another format by
             ``class_path`` (or ``init_args: {comment_prefix: "// "}``); its marker must begin some token's text.
-        logprob_chunk_size: Positions per chunk of the LM head in the scoring pass of ``π`` and the ``log q`` pass
-            of ``q``: only five numbers per position are kept (:class:`ra3_lightning.logit_stats.LogitStats`), never
-            the fp32 ``[N, L, V]`` logits; ``None``: dense logits (models whose logits are not ``lm_head(hidden)``).
         log_samples_every_n_steps: Log an annotated trace as TensorBoard text every this many steps (0 = never).
         seed: Seed of the rollout sampler.
         **kwargs: Model source and loading options of :class:`CausalLMModule` (``pretrained`` / ``init_from`` /
@@ -126,32 +102,23 @@ class LatentPolicyModule(CausalLMModule):
 
     def __init__(
         self,
-        think_cost: float = 0.05,
         num_generations: int = 4,
-        max_latent_tokens: int = 16,
-        temperature: float = 1.0,
-        gamma: float = 1.0,
-        beta: float = 0.0,
-        kl_estimator: KLKind | KLEstimator = "k3",
-        scale_rewards: AdvantageScale | Scale = "none",
-        advantage_baseline: AdvantageBaseline | Baseline = "mean",
-        reward_norm: RewardNorm = "none",
-        act_likelihood: ActLikelihood = "conditional",
-        hindsight_lines: int = 0,
+        latent: LatentRL = LatentRL(),
+        loss: LatentLoss = LatentLoss(),
         optim: Optim = LATENT_OPTIM,
-        engine: Literal["kv", "reencode"] = "kv",
         latent_format: LatentFormat | None = None,
-        logprob_chunk_size: int | None = 256,
         log_samples_every_n_steps: int = 50,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _validate(num_generations, max_latent_tokens, temperature, gamma, hindsight_lines, engine)
+        if num_generations < 2:
+            raise ValueError(f"num_generations={num_generations}: the group baseline needs >= 2 rollouts per trace")
         self.save_hyperparameters()  # objects chosen by class_path appear here as their config: use the attributes
-        self.scale_rewards = resolve(scale_rewards, SCALERS, "scale_rewards")
-        self.advantage_baseline = resolve(advantage_baseline, BASELINES, "advantage_baseline")
-        self.kl_estimator = resolve(kl_estimator, KL_ESTIMATORS, "kl_estimator")
+        self.num_generations, self.latent, self.loss = num_generations, latent, loss
+        self.scale_rewards = resolve(loss.scale_rewards, SCALERS, "loss.scale_rewards")
+        self.advantage_baseline = resolve(loss.advantage_baseline, BASELINES, "loss.advantage_baseline")
+        self.kl_estimator = resolve(loss.kl_estimator, KL_ESTIMATORS, "loss.kl_estimator")
         self._latent_format = latent_format or LatentFormat()
         self.optim = optim
         self.pi: torch.nn.Module | None = None
@@ -196,51 +163,49 @@ class LatentPolicyModule(CausalLMModule):
     # ----------------------------------------------------------------------------------------- steps
     def sample_latents(self, texts: list[str]) -> Rollout:
         """``G`` latent rollouts of each text with ``q`` (no grad)."""
-        hp = self.hparams
+        lt = self.latent
         traces = [encode_trace(self.tokenizer, t) for t in texts]
         # Under FSDP2, ranks roll out different numbers of steps: unshard q once instead of per-forward gathers.
         with unsharded_for_generation(self.model):
             return rollout(
-                self.model, traces, self.vocab, hp.num_generations, hp.max_latent_tokens, hp.temperature,
-                self.generator, hp.engine, hp.hindsight_lines,
+                self.model, traces, self.vocab, self.num_generations, lt.max_latent_tokens, lt.temperature,
+                self.generator, lt.engine, lt.hindsight_lines,
             )  # fmt: skip
 
     @torch.no_grad()
     def score(self, roll: Rollout) -> tuple[Tensor, PolicyTerms]:
         """``log π(a_t | prefix with rationales)`` ``[N, T]`` and ``π``'s own ``log q``-terms (the KL reference)."""
-        hp = self.hparams
-        temperatures = (1.0,) if hp.temperature == 1.0 else (1.0, hp.temperature)
-        stats = layout_stats(self.pi, roll.layout, self.vocab, temperatures, hp.logprob_chunk_size)  # one pass
+        temperatures = (1.0,) if self.latent.temperature == 1.0 else (1.0, self.latent.temperature)
+        stats = layout_stats(self.pi, roll.layout, self.vocab, temperatures, self.latent.logprob_chunk_size)  # one pass
         line_logp = expert_line_logp(
-            stats[0], roll.layout, roll.traces, roll.num_samples, self.vocab, hp.act_likelihood
+            stats[0], roll.layout, roll.traces, roll.num_samples, self.vocab, self.latent.act_likelihood
         )
-        ref = policy_logq(self.pi, roll.layout, roll.think, roll.line_mask, self.vocab, hp.temperature, stats[-1])
+        temperature = self.latent.temperature
+        ref = policy_logq(self.pi, roll.layout, roll.think, roll.line_mask, self.vocab, temperature, stats[-1])
         return line_logp, ref
 
     def advantages(self, roll: Rollout, line_logp: Tensor) -> tuple[Tensor, Tensor]:
         """Rewards ``[N, T]`` and group advantages of the returns ``[N, T]``."""
-        hp = self.hparams
         mask = roll.line_mask.to(line_logp.device)
-        logp = normalize_line_logp(line_logp, roll.num_tokens.to(line_logp.device), hp.reward_norm)
-        rewards = elbo_rewards(logp, roll.think.to(logp.device), hp.think_cost) * mask
-        returns = discounted_returns(rewards, hp.gamma, mask)
-        groups = (-1, hp.num_generations, returns.shape[-1])
+        logp = normalize_line_logp(line_logp, roll.num_tokens.to(line_logp.device), self.loss.reward_norm)
+        rewards = elbo_rewards(logp, roll.think.to(logp.device), self.latent.think_cost) * mask
+        returns = discounted_returns(rewards, self.loss.gamma, mask)
+        groups = (-1, self.num_generations, returns.shape[-1])
         adv = group_advantages(
             returns.view(groups), self.scale_rewards, mask.view(groups), baseline=self.advantage_baseline
         ).view_as(returns)
         return rewards, adv
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        hp = self.hparams
         roll = self.sample_latents(batch["text"])
         line_logp, ref = self.score(roll)
         rewards, adv = self.advantages(roll, line_logp)
         terms = policy_logq(
-            self.model, roll.q_layout, roll.think, roll.line_mask, self.vocab, hp.temperature,
-            chunk_size=hp.logprob_chunk_size,
+            self.model, roll.q_layout, roll.think, roll.line_mask, self.vocab, self.latent.temperature,
+            chunk_size=self.latent.logprob_chunk_size,
         )  # fmt: skip
         kl = kl_penalty(terms.logq, ref.logq, self.kl_estimator)  # [N, T]
-        loss, stats = latent_pg_loss(terms.logq, adv, roll.line_mask.to(adv.device), kl, hp.beta)
+        loss, stats = latent_pg_loss(terms.logq, adv, roll.line_mask.to(adv.device), kl, self.loss.beta)
         self.log_estep(roll, line_logp, rewards, terms, stats)
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -252,13 +217,7 @@ class LatentPolicyModule(CausalLMModule):
 
     def annotation_config(self, num_samples: int = 1, choose: Choose = "sample") -> AnnotationConfig:
         """Annotation with this E-step's own rollout and scoring settings (the one place they are copied)."""
-        hp = self.hparams
-        return AnnotationConfig(
-            num_samples=num_samples, choose=choose, max_latent_tokens=hp.max_latent_tokens,
-            temperature=hp.temperature, think_cost=hp.think_cost, engine=hp.engine,
-            act_likelihood=hp.act_likelihood, hindsight_lines=hp.hindsight_lines,
-            logprob_chunk_size=hp.logprob_chunk_size,
-        )  # fmt: skip
+        return AnnotationConfig(num_samples=num_samples, choose=choose, latent=self.latent)
 
     # ----------------------------------------------------------------------------------------- logging
     def log_estep(
@@ -268,7 +227,7 @@ class LatentPolicyModule(CausalLMModule):
         mask = roll.line_mask.to(rewards.device)
         think = roll.think.to(rewards.device) & mask
         lines = mask.sum().clamp(min=1)
-        elbo = (line_logp - self.hparams.think_cost * think.float()) * mask
+        elbo = (line_logp - self.latent.think_cost * think.float()) * mask
         comment_len = [
             len(c)
             for row, flags in zip(roll.rationales, roll.think, strict=True)
@@ -295,8 +254,8 @@ class LatentPolicyModule(CausalLMModule):
     def plain_logp(self, roll: Rollout) -> Tensor:
         """``log π(a_t | s_t)`` without rationales, ``[B, T]``."""
         layout = plain_layout(roll.traces, self.vocab, roll.layout.input_ids.device)
-        stats = layout_stats(self.pi, layout, self.vocab, chunk_size=self.hparams.logprob_chunk_size)[0]
-        return expert_line_logp(stats, layout, roll.traces, 1, self.vocab, self.hparams.act_likelihood)
+        stats = layout_stats(self.pi, layout, self.vocab, chunk_size=self.latent.logprob_chunk_size)[0]
+        return expert_line_logp(stats, layout, roll.traces, 1, self.vocab, self.latent.act_likelihood)
 
     def _log_samples(self, roll: Rollout) -> None:
         every = self.hparams.log_samples_every_n_steps
@@ -310,21 +269,3 @@ class LatentPolicyModule(CausalLMModule):
     # ----------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
         return self.optim.build(self.model.named_parameters(), schedule_length(self.optim.total_steps, self.trainer))
-
-
-def _validate(
-    num_generations: int, max_latent_tokens: int, temperature: float, gamma: float, hindsight_lines: int, engine: str
-) -> None:
-    if num_generations < 2:
-        raise ValueError(f"num_generations={num_generations}: the group baseline needs at least 2 rollouts per trace")
-    if max_latent_tokens < 2:
-        raise ValueError(f"max_latent_tokens={max_latent_tokens} must be >= 2 (a comment marker and a newline)")
-    if temperature <= 0 or not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"need temperature > 0 and 0 <= gamma <= 1 (got {temperature}, {gamma})")
-    if isinstance(hindsight_lines, bool) or not isinstance(hindsight_lines, int) or hindsight_lines < 0:
-        raise ValueError(
-            f"hindsight_lines={hindsight_lines!r} must be an integer >= 0: the number of next expert lines q sees "
-            "before it writes a rationale (0: none)"
-        )
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r}; choose one of {sorted(ENGINES)}")

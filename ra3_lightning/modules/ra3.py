@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,29 @@ from ra3_lightning.optim import Optim
 M_OPTIM = Optim(lr=3e-4, weight_decay=0.1, warmup_steps=10, min_lr_ratio=0.1)  # the M-step's default group
 
 
+@dataclass(frozen=True)
+class AnnotationRun:
+    """How ``RA3Module`` annotates an EM iteration's traces (``model.annotation`` in YAML).
+
+    Attributes:
+        choose: ``"sample"`` (one draw from ``q`` per trace) or ``"best"`` of ``num_samples`` by return.
+        num_samples: Rollouts per trace in the annotation pass.
+        batch_size: Traces rolled out together.
+        shard_size: Records per annotation shard (the unit a killed run resumes from).
+    """
+
+    choose: Choose = "sample"
+    num_samples: int = 1
+    batch_size: int = 8
+    shard_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.choose == "best" and self.num_samples < 2:
+            raise ValueError("annotation.choose='best' needs annotation.num_samples >= 2")
+        if min(self.num_samples, self.batch_size, self.shard_size) < 1:
+            raise ValueError(f"annotation: num_samples, batch_size and shard_size must be >= 1 ({self})")
+
+
 class RA3Module(LatentPolicyModule):
     """RA3 EM mid-training: the E-step knobs of :class:`LatentPolicyModule` plus the M-step and annotation.
 
@@ -49,12 +73,10 @@ class RA3Module(LatentPolicyModule):
         m_optim: The M-step's optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`M_OPTIM`): warm-up
             counted in M-steps, the cosine over all M-steps of the EM schedule (so ``total_steps`` must stay unset).
         loss_on: M-step loss on ``"all"`` tokens (rationales included; the paper's default) or ``"code"`` only.
-        annotate_choose: Annotation per trace: ``"sample"`` (one draw from ``q``) or ``"best"`` of ``annotate_samples``.
-        annotate_samples: Rollouts per trace in the annotation pass.
-        annotate_batch_size: Traces rolled out together while annotating.
-        annotate_shard_size: Records per annotation shard (the unit a killed run resumes from).
+        annotation: How each iteration's traces are annotated (:class:`AnnotationRun`: ``choose``, ``num_samples``,
+            ``batch_size``, ``shard_size``); sampling and scoring are the E-step's ``latent`` group, unchanged.
         work_dir: Where annotated traces go (``<work_dir>/iter_<k>/rank_<r>``); default: the logger's directory.
-        **kwargs: E-step knobs (``think_cost``, ``num_generations``, ...) and the model source (``pretrained`` /
+        **kwargs: E-step knobs (``num_generations``, ``latent``, ``loss``, ...) and the model source (``pretrained`` /
             ``init_from`` / ``tiny``, ...), see :class:`LatentPolicyModule`.
     """
 
@@ -63,10 +85,7 @@ class RA3Module(LatentPolicyModule):
         optim: Optim = LATENT_OPTIM,
         m_optim: Optim = M_OPTIM,
         loss_on: LossOn = "all",
-        annotate_choose: Choose = "sample",
-        annotate_samples: int = 1,
-        annotate_batch_size: int = 8,
-        annotate_shard_size: int = 64,
+        annotation: AnnotationRun = AnnotationRun(),
         work_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -75,8 +94,7 @@ class RA3Module(LatentPolicyModule):
         self.m_optim = m_optim
         if loss_on not in LOSS_MASKS:
             raise ValueError(f"loss_on={loss_on!r}; choose one of {sorted(LOSS_MASKS)}")
-        if annotate_choose == "best" and annotate_samples < 2:
-            raise ValueError("annotate_choose='best' needs annotate_samples >= 2")
+        self.annotation = annotation
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.em_schedule: EMSchedule | None = None  # handed over by the EMScheduler callback in its setup
@@ -111,15 +129,15 @@ class RA3Module(LatentPolicyModule):
         """Annotate this iteration's traces with ``q`` (each rank a stride, resumable by shard); return the dir."""
         out = self.work_dir() / f"iter_{iteration}"
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        hp = self.hparams
-        cfg = self.annotation_config(hp.annotate_samples, hp.annotate_choose)
+        hp, run = self.hparams, self.annotation
+        cfg = self.annotation_config(run.num_samples, run.choose)
         records = self.em_data.annotation_records(iteration, rank, world)
         # Ranks annotate different numbers of batches: unshard q and π once instead of per-forward gathers.
         pi = unsharded_for_generation(self.pi) if isinstance(self.pi, torch.nn.Module) else nullcontext()
         with unsharded_for_generation(self.model), pi:
             annotated = annotate(
-                self, _as_dataset(records), out / f"rank_{rank}", id_field="id", shard_size=hp.annotate_shard_size,
-                batch_size=hp.annotate_batch_size, config=cfg, seed=hp.seed + 7919 * iteration + rank,
+                self, _as_dataset(records), out / f"rank_{rank}", id_field="id", shard_size=run.shard_size,
+                batch_size=run.batch_size, config=cfg, seed=hp.seed + 7919 * iteration + rank,
                 progress=self.trainer.is_global_zero,
             )  # fmt: skip
         self.log_annotation(iteration, annotated)

@@ -145,17 +145,22 @@ def stage_ra3(cfg: PipelineConfig, paths: Paths) -> None:
     """Mid-training arm 2: RA3's EM loop, ``K`` x (``e_steps`` E-steps, annotation, ``m_steps`` M-steps)."""
     from ra3_lightning.callbacks import EMScheduler
     from ra3_lightning.data.em_data import EMDataModule
-    from ra3_lightning.modules.ra3 import RA3Module
+    from ra3_lightning.estep import LatentRL
+    from ra3_lightning.modules.ra3 import AnnotationRun, RA3Module
 
     m = cfg.midtrain
     shutil.rmtree(paths.em_work, ignore_errors=True)
     module = RA3Module(
-        init_from=str(paths.ckpt("pretrain")), think_cost=m.think_cost, num_generations=m.num_generations,
-        max_latent_tokens=m.max_latent_tokens, temperature=m.temperature, optim=Optim(lr=m.q_lr),
-        m_optim=_m_optim(m),
-        loss_on=m.loss_on, annotate_batch_size=m.annotate_batch_size, work_dir=str(paths.em_work), seed=cfg.seed,
-        log_samples_every_n_steps=max(1, m.e_steps), act_likelihood=m.act_likelihood,
-        hindsight_lines=m.hindsight_lines, annotate_choose=m.annotate_choose, annotate_samples=m.annotate_samples,
+        init_from=str(paths.ckpt("pretrain")), num_generations=m.num_generations,
+        latent=LatentRL(
+            think_cost=m.think_cost, max_latent_tokens=m.max_latent_tokens, temperature=m.temperature,
+            act_likelihood=m.act_likelihood, hindsight_lines=m.hindsight_lines,
+        ),
+        annotation=AnnotationRun(
+            choose=m.annotate_choose, num_samples=m.annotate_samples, batch_size=m.annotate_batch_size
+        ),
+        optim=Optim(lr=m.q_lr), m_optim=_m_optim(m), loss_on=m.loss_on, work_dir=str(paths.em_work), seed=cfg.seed,
+        log_samples_every_n_steps=max(1, m.e_steps),
     )  # fmt: skip
     data = EMDataModule(
         paths.split("midtrain"), id_field="id", e_batch_size=m.e_batch_size, m_batch_size=m.batch_size,

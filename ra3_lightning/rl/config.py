@@ -1,4 +1,4 @@
-"""The policy-loss group of ``RLVRModule`` (``model.loss`` in YAML): one typed value, TRL's names.
+"""The loss groups (``model.loss`` in YAML) of ``RLVRModule`` and of the E-step: typed values with TRL's names.
 
 The estimator fields (``loss_type``, ``scale_rewards``, ``advantage_baseline``, ``kl_estimator``) take a built-in
 name or an object of the matching base class (``class_path`` in YAML); the module resolves them once
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ra3_lightning.rl.advantages import AdvantageBaseline, AdvantageScale, Baseline, Scale
 from ra3_lightning.rl.kl import KLEstimator, KLKind
 from ra3_lightning.rl.losses import Aggregation, LossAggregation
+from ra3_lightning.rl.returns import RewardNorm
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,34 @@ class PolicyLoss:
             raise ValueError(f"loss.epsilon={self.epsilon} and epsilon_high={self.epsilon_high} must be >= 0")
         if self.tis_cap is not None and self.tis_cap <= 0:
             raise ValueError(f"loss.tis_cap={self.tis_cap} must be > 0 (or null: off)")
+
+
+@dataclass(frozen=True)
+class LatentLoss:
+    """How the E-step's rewards become the latent policy gradient (``model.loss`` of ``LatentPolicyModule`` /
+    ``RA3Module``); the names mean what they mean in :class:`PolicyLoss`.
+
+    Attributes:
+        gamma: Discount of the returns ``R_t = Σ_k γ^{k−t} r_k``.
+        reward_norm: ``"none"`` or ``"per_token"`` (a line's log-likelihood divided by its token count).
+        beta: Weight of the KL of ``q`` to its initial policy (``π``) in the loss (0 = off; always logged).
+        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (per boundary, on ``log q(z_t)``), or a
+            :class:`~ra3_lightning.rl.kl.KLEstimator` object.
+        scale_rewards: After the baseline, divide by the ``"group"`` std, the ``"batch"`` std, or ``"none"``, or by
+            a :class:`~ra3_lightning.rl.advantages.Scale` object.
+        advantage_baseline: ``"mean"`` of the group's returns at each boundary (GRPO) or ``"none"``, or a
+            :class:`~ra3_lightning.rl.advantages.Baseline` object.
+    """
+
+    gamma: float = 1.0
+    reward_norm: RewardNorm = "none"
+    beta: float = 0.0
+    kl_estimator: KLKind | KLEstimator = "k3"
+    scale_rewards: AdvantageScale | Scale = "none"
+    advantage_baseline: AdvantageBaseline | Baseline = "mean"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"loss.gamma={self.gamma} must be in [0, 1]")
+        if self.beta < 0:
+            raise ValueError(f"loss.beta={self.beta} must be >= 0")
