@@ -42,3 +42,15 @@ def test_a_second_format_from_yaml_drives_the_e_step(tmp_path):
     lines = [r["text"][s:e] for r in records for s, e in r["rationale_spans"]]
     assert lines, "the biased q should have written rationales"
     assert all(line.lstrip(" \t").startswith(";") and line.endswith("\n") for line in lines), lines
+
+
+def test_token_texts_are_decoded_once_per_tokenizer_and_again_after_new_tokens(tiny_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)  # the shared fixture must not gain tokens
+    texts = token_texts(tok)
+    assert texts == [tok.decode([i]) for i in range(len(tok))]
+    texts.append("mutating the returned list changes nothing")
+    assert token_texts(tok) == texts[:-1]
+    tok.add_tokens(["<new_token>"])
+    assert token_texts(tok)[-1] == "<new_token>" and len(token_texts(tok)) == len(texts)
