@@ -109,4 +109,4 @@ def test_default_root_dir_moves_the_samples_file_of_the_evaluation_group(tmp_pat
     config = str(CONFIG_DIR / "demo" / "rlvr_tiny.yaml")
     args = ["-c", config, "--model.evaluation.samples_path", "out/s.jsonl", "--trainer.logger", "false"]
     cli = RA3CLI(args=[*args, "--trainer.default_root_dir", str(tmp_path / "run")], run=False)
-    assert cli.model.samples_path == str(tmp_path / "run" / "out" / "s.jsonl")
+    assert cli.model.evaluation.samples_path == str(tmp_path / "run" / "out" / "s.jsonl")

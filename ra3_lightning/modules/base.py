@@ -116,12 +116,18 @@ class CausalLMModule(L.LightningModule):
 
         The trainer's ``gradient_clip_val`` still works when the module's knob is unset; setting both is an error.
         """
-        own = self.optim.max_grad_norm if isinstance(getattr(self, "optim", None), Optim) else None
-        if own is not None:
+        own = getattr(self, "optim", None)
+        if isinstance(own, Optim) and own.max_grad_norm is not None:
             if gradient_clip_val is not None:
                 raise ValueError("set either model.optim.max_grad_norm or trainer.gradient_clip_val, not both")
-            gradient_clip_val, gradient_clip_algorithm = own, "norm"
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            self.clip_to(optimizer, own)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def clip_to(self, optimizer: Any, group: Optim) -> None:
+        """Clip the global gradient norm to ``group.max_grad_norm`` (no-op when unset); manual steps call it."""
+        if group.max_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=group.max_grad_norm, gradient_clip_algorithm="norm")
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -203,8 +203,7 @@ class RA3Module(LatentPolicyModule):
     def _step(self, optimizer: Any, scheduler: Any, loss: Tensor, lr_tag: str, group: Optim) -> None:
         optimizer.zero_grad()
         self.manual_backward(loss)
-        if group.max_grad_norm is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=group.max_grad_norm, gradient_clip_algorithm="norm")
+        self.clip_to(optimizer, group)
         optimizer.step()
         scheduler.step()
         self.log(lr_tag, scheduler.get_last_lr()[0])

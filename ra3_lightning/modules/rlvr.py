@@ -211,8 +211,8 @@ class RLVRModule(CausalLMModule):
             raise ValueError(f"num_generations must be >= 2 for a group baseline (got {num_generations})")
         self.save_hyperparameters(ignore=["generation", "val_generation", "reward_fn"])
         self.automatic_optimization = False
-        self.G, self.max_completion_length, self.beta = num_generations, max_completion_length, loss.beta
-        self.num_iterations = loss.num_iterations
+        self.G, self.max_completion_length = num_generations, max_completion_length
+        self.loss, self.evaluation = loss, evaluation  # the groups as given; estimator names resolved below
         self.stop = StopStrings(self.tokenizer, stop_strings) if stop_strings else None
         self.generation = with_stop(generation or KVSample(), self.stop)
         self.val_generation = with_stop(val_generation or KVSample(temperature=evaluation.temperature), self.stop)
@@ -223,17 +223,12 @@ class RLVRModule(CausalLMModule):
         self.advantage_baseline = resolve(loss.advantage_baseline, BASELINES, "loss.advantage_baseline")
         self.loss_type = resolve(loss.loss_type, AGGREGATIONS, "loss.loss_type")
         self.kl_estimator = resolve(loss.kl_estimator, KL_ESTIMATORS, "loss.kl_estimator")
-        self.epsilon, self.epsilon_high = loss.epsilon, loss.epsilon_high
-        self.drop_zero_var, self.mask_truncated = loss.drop_zero_variance_groups, loss.mask_truncated_completions
         self.micro_batch_size, self.logprob_chunk_size = micro_batch_size, logprob_chunk_size
-        self.tis_cap = loss.tis_cap
         if micro_batch_tokens is not None and micro_batch_tokens < 1:
             raise ValueError(f"micro_batch_tokens={micro_batch_tokens} must be >= 1 (or None)")
         self.micro_batch_tokens = micro_batch_tokens
-        self.val_num_samples = evaluation.num_samples
         self.pass_at_k = PassAtK(ks=evaluation.pass_at_k)
         self.eval_diagnostics = EvalDiagnostics()
-        self.val_think_bias, self.samples_path = evaluation.think_bias, evaluation.samples_path
         self._token_pieces: dict[int, str] = {}  # token id -> its text ("" for special tokens), filled lazily
         self._skill_phrases = skill_phrases()
         self._samples_file: str | None = None  # this evaluation's samples file (set at epoch start)
@@ -248,7 +243,7 @@ class RLVRModule(CausalLMModule):
         ``lora`` the reference is no copy: the policy's base weights with the adapter off."""
         if self.model is None:
             self.model = self.build_model()
-        if self.beta > 0 and self.ref_model is None:
+        if self.loss.beta > 0 and self.ref_model is None:
             if self.lora is not None:
                 ref = AdapterOff(self.model)
             else:
@@ -364,7 +359,7 @@ class RLVRModule(CausalLMModule):
     def advantages(self, rewards: Tensor) -> tuple[Tensor, Tensor]:  # rewards [B, G] -> [B*G], [B*G] bool
         adv = group_advantages(rewards, scale=self.scale_rewards, baseline=self.advantage_baseline)  # [B, G]
         keep = torch.ones_like(rewards, dtype=torch.bool)  # [B, G]
-        if self.drop_zero_var:
+        if self.loss.drop_zero_variance_groups:
             keep &= ~zero_variance_groups(rewards).unsqueeze(1)
         return adv.reshape(-1), keep.reshape(-1)
 
@@ -426,7 +421,7 @@ class RLVRModule(CausalLMModule):
         """``old_logp`` (only for ``num_iterations > 1``; on-policy it equals the detached current log-prob) and
         ``ref_logp`` (only for ``beta > 0``), each ``[B*G, T]``."""
         old = None
-        if self.num_iterations > 1:
+        if self.loss.num_iterations > 1:
             old = torch.cat([self.completion_logps(self.model, rollout, r)[0] for r in self.micro_batches(rollout)])
         ref = None
         if self.ref_model is not None:
@@ -441,7 +436,7 @@ class RLVRModule(CausalLMModule):
         local = mask.sum().float()
         total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum") if self.trainer.world_size > 1 else local
         return LossNormaliser(
-            num_sequences=float((mask.sum(-1) > 0).sum()) if self.drop_zero_var else float(mask.shape[0]),
+            num_sequences=float((mask.sum(-1) > 0).sum() if self.loss.drop_zero_variance_groups else mask.shape[0]),
             num_tokens=float(local),
             num_tokens_global=float(total),
             world_size=self.trainer.world_size,
@@ -459,17 +454,16 @@ class RLVRModule(CausalLMModule):
     ) -> dict[str, Tensor]:
         """``num_iterations`` optimizer steps over the generation batch; the mean diagnostics of the last pass."""
         mask = rollout.completion_mask.float() * sample_mask.unsqueeze(-1)  # [B*G, T]
-        if self.mask_truncated:
+        if self.loss.mask_truncated_completions:
             mask = mask_truncated(mask, rollout.truncated)
         norm = self.loss_normaliser(mask)
         opt, sched = self.optimizers(), self.lr_schedulers()
-        for epoch in range(self.num_iterations):
+        for epoch in range(self.loss.num_iterations):
             first = head if epoch == 0 else None
             stats = self.accumulate(rollout, old_logp, ref_logp, advantages, mask, norm, epoch == 0, first)
             if epoch == 0:
                 entropy = stats.pop("entropy")
-            if self.optim.max_grad_norm is not None:
-                self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
+            self.clip_to(opt, self.optim)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
@@ -501,8 +495,8 @@ class RLVRModule(CausalLMModule):
             ref = None if ref_logp is None else ref_logp[rows]
             weights = self.is_weights(rollout, old, rows)
             loss, diag = policy_loss(
-                logp, old, advantages[rows], mask[rows], norm, self.loss_type, self.epsilon,
-                self.epsilon_high, ref, self.beta, self.kl_estimator, weights,
+                logp, old, advantages[rows], mask[rows], norm, self.loss_type, self.loss.epsilon,
+                self.loss.epsilon_high, ref, self.loss.beta, self.kl_estimator, weights,
             )  # fmt: skip
             self.manual_backward(loss)
             share = float(mask[rows].sum()) / max(norm.num_tokens, 1.0)  # this micro-batch's share of the tokens
@@ -516,19 +510,19 @@ class RLVRModule(CausalLMModule):
 
     def is_weights(self, rollout: Rollout, old_logp: Tensor, rows: slice) -> Tensor | None:  # [b, T] or None
         """The truncated importance weights of these rows when ``tis_cap`` is set."""
-        if self.tis_cap is None:
+        if self.loss.tis_cap is None:
             return None
         if rollout.sampler_logp is None:
             raise ValueError(
                 "tis_cap needs a generation backend that reports its token log-probs (Rollout.sampler_logp)"
             )
-        return truncated_is_weights(old_logp, rollout.sampler_logp[rows], self.tis_cap)
+        return truncated_is_weights(old_logp, rollout.sampler_logp[rows], self.loss.tis_cap)
 
     # ----------------------------------------------------------------------------------------- logging
     def log_step(self, rollout: Rollout, rewards: Tensor, stats: dict[str, Tensor], timing: dict[str, float]) -> None:
         lengths = rollout.completion_mask.sum(-1).float()  # [B*G]
         step_s = sum(timing.values())
-        tokens = float((rollout.prompt_mask.sum() + lengths.sum()) * self.num_iterations + lengths.sum())
+        tokens = float((rollout.prompt_mask.sum() + lengths.sum()) * self.loss.num_iterations + lengths.sum())
         metrics = {
             "train/reward_mean": rewards.mean(),
             "train/reward_std": rewards.std() if rewards.numel() > 1 else rewards.new_tensor(0.0),
@@ -563,7 +557,7 @@ class RLVRModule(CausalLMModule):
         logger = self.logger
         if not every or logger is None or not hasattr(logger.experiment, "add_text") or not self.trainer.is_global_zero:
             return
-        if (self.trainer.global_step // self.num_iterations) % every:
+        if (self.trainer.global_step // self.loss.num_iterations) % every:
             return
         flat = rewards.reshape(-1).tolist()
         rows = []
@@ -588,7 +582,7 @@ class RLVRModule(CausalLMModule):
         if len(batch) == 0:  # a padding batch: join the collective unshard/reshard so FSDP2 ranks stay in step
             with unsharded_for_generation(self.model):
                 return
-        n = self.val_num_samples
+        n = self.evaluation.num_samples
         rollout = self.rollout(batch, self.eval_generation(), n, -1 - batch_idx)
         texts, tasks = self.decode(rollout), [t for t in batch.tasks for _ in range(n)]
         passed = self.eval_passed(texts, tasks)  # [B*n] bool
@@ -600,13 +594,13 @@ class RLVRModule(CausalLMModule):
 
     def eval_generation(self) -> GenerationBackend:
         """The validation / test backend: ``val_generation``, THINK-biased when ``evaluation.think_bias`` is set."""
-        if not self.val_think_bias:
+        if not self.evaluation.think_bias:
             return self.val_generation
         if not isinstance(self.val_generation, SamplingBackend):
             raise TypeError(f"evaluation.think_bias needs a SamplingBackend, got {type(self.val_generation).__name__}")
         if self._think_bias is None or self._think_bias.device != self.device:
             mask = comment_start_mask(self.tokenizer)  # [V]
-            self._think_bias = think_logit_bias(mask, self.val_think_bias).to(self.device)  # [V]
+            self._think_bias = think_logit_bias(mask, self.evaluation.think_bias).to(self.device)  # [V]
         return self.val_generation.with_logit_bias(self._think_bias)
 
     def eval_passed(self, texts: list[str], tasks: list[CodingTask]) -> Tensor:  # [N] bool
@@ -628,7 +622,7 @@ class RLVRModule(CausalLMModule):
         self, batch: TaskBatch, texts: list[str], passed: Tensor, truncated: Tensor, stats: list[CompletionStats]
     ) -> None:  # passed [B*n] bool, truncated [B*n] bool
         """Token accounting of every completion; rationale accuracy and pass rate of tasks with ground truth."""
-        n = self.val_num_samples
+        n = self.evaluation.num_samples
         rationale, skills, pass_rates = [], [], []
         for b, task in enumerate(batch.tasks):
             if not has_ground_truth(task.meta):
@@ -648,9 +642,9 @@ class RLVRModule(CausalLMModule):
     def start_samples_file(self, stage: str) -> None:
         """Empty this evaluation's ``samples_path`` file (none during the sanity check)."""
         self._samples_file = None
-        if self.samples_path is None or self.trainer.sanity_checking:
+        if self.evaluation.samples_path is None or self.trainer.sanity_checking:
             return
-        path = Path(self.samples_path.format(stage=stage, step=self.global_step))
+        path = Path(self.evaluation.samples_path.format(stage=stage, step=self.global_step))
         if self.trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{self.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
