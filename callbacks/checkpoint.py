@@ -11,10 +11,13 @@ that N straight steps equal N/2 + stop + resume N/2 with it.
 
 Training stopped for other reasons (``EarlyStopping``, ``max_time``, ``should_stop``) still gets Lightning's
 behaviour.
+
+``SaveWeightsEvery`` keeps weights-only snapshots every N steps (``ra3 demo`` scores RLVR along its run with them).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -41,3 +44,27 @@ def is_final_batch(trainer: L.Trainer) -> bool:
     max_epochs = trainer.max_epochs
     last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
     return max_epochs not in (None, -1) and last_batch and trainer.current_epoch + 1 >= max_epochs
+
+
+class SaveWeightsEvery(L.Callback):
+    """Save the module's weights every ``every`` optimizer steps to ``<dirpath>/<filename>.ckpt``, where
+    ``filename`` may hold ``{step}`` (e.g. ``rlvr_ntp_step{step}``): checkpoints to evaluate along a run.
+
+    Unlike ``ModelCheckpoint`` it keeps every file, writes weights only, and never saves at ``max_steps`` (the run's
+    own final checkpoint covers that step).
+    """
+
+    def __init__(self, every: int, dirpath: str, filename: str = "step{step}") -> None:
+        if every < 0:
+            raise ValueError(f"every={every} must be >= 0 (0: never save)")
+        self.every, self.dirpath, self.filename = every, dirpath, filename
+
+    def path(self, step: int) -> Path:
+        return Path(self.dirpath) / f"{self.filename.format(step=step)}.ckpt"
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step < trainer.max_steps:
+            self.path(step).parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(str(self.path(step)), weights_only=True)

@@ -1,9 +1,10 @@
 """The ``ra3`` command: Lightning's ``LightningCLI`` (fit / validate / test / predict) plus ``ra3 export``.
 
-Model and data are chosen by ``class_path`` (subclass mode), so a user's own subclass of any module or DataModule
-plugs in from YAML. ``-c configs/...`` falls back to the configs installed with the package when the path does
-not exist relative to the working directory, and ``--trainer.default_root_dir DIR`` moves every relative output
-path of the config (logs, checkpoints, annotated traces) under ``DIR`` (:mod:`ra3_lightning.config_paths`).
+Model and data are chosen by ``class_path`` (subclass mode, :class:`~ra3_lightning.lightning_cli.RA3CLI`), so a
+user's own subclass of any module or DataModule plugs in from YAML. ``-c configs/...`` falls back to the configs
+installed with the package when the path does not exist relative to the working directory, and
+``--trainer.default_root_dir DIR`` moves every relative output path of the config (logs, checkpoints, annotated
+traces) under ``DIR`` (:mod:`ra3_lightning.config_paths`).
 
 ``ra3 export CKPT OUT_DIR`` writes a checkpoint's LM and tokenizer as a Hugging Face directory; ``ra3 demo`` runs the
 whole synthetic-world pipeline (:mod:`ra3_lightning.pipeline`).
@@ -14,31 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
-
-from ra3_lightning.config_paths import PACKAGED_CONFIGS, rebase_output_paths, resolve_config_paths
+from ra3_lightning.config_paths import PACKAGED_CONFIGS, resolve_config_paths
+from ra3_lightning.lightning_cli import RA3CLI
 
 __all__ = ["PACKAGED_CONFIGS", "RA3CLI", "main", "resolve_config_paths"]
-
-
-class RA3CLI(LightningCLI):
-    """``LightningCLI`` with subclass mode for model and data and the configs shipped with the package."""
-
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
-        super().__init__(
-            L.LightningModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=run,
-        )
-
-    def before_instantiate_classes(self) -> None:
-        """Relative output paths of the config are relative to ``trainer.default_root_dir`` (when it is given)."""
-        rebase_output_paths(self.config[self.subcommand] if self.subcommand else self.config)
 
 
 def export_main(argv: list[str]) -> None:

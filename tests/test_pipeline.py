@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ra3_lightning.cli import main
 from ra3_lightning.pipeline.report import moving_average, steps_to_reach
@@ -194,3 +196,59 @@ def test_budget_check_refuses_a_budget_the_eval_tasks_do_not_fit(tmp_path, tiny_
         check_budget(small, Paths(tmp_path), tiny_tokenizer)
     large = parse_config(["-c", str(ROOT / "configs/demo/pipeline.yaml"), "--eval.max_completion_length", "100000"])
     check_budget(large, Paths(tmp_path), tiny_tokenizer)  # fits: no error
+
+
+def test_flag_value_by_hand():
+    from ra3_lightning.pipeline.stages import flag_value
+
+    assert [flag_value(v) for v in (None, True, False, 3, 0.001, 1e-05, float("-inf"), "synthetic:x?n=2")] == [
+        "null", "true", "false", "3", "0.001", "1.0e-05", "-.inf", "synthetic:x?n=2"
+    ]  # fmt: skip
+    nested = {"think_bias": float("-inf"), "pass_at_k": (1, 8), "samples_path": "a b.jsonl", "none": None}
+    text = flag_value(nested)
+    assert text == '{"think_bias": -.inf, "pass_at_k": [1, 8], "samples_path": "a b.jsonl", "none": null}'
+    assert yaml.safe_load(text) == {**nested, "pass_at_k": [1, 8]}
+    assert yaml.safe_load(flag_value([2e-4, "true"])) == [2e-4, "true"]  # a nested string stays a string
+
+
+def test_each_stage_runs_its_stage_yaml_and_the_stage_args_win(demo, tmp_path):
+    from ra3_lightning.lightning_cli import RA3CLI
+    from ra3_lightning.pipeline.spec import Paths
+    from ra3_lightning.pipeline.stages import ntp_run
+
+    for stage in ("pretrain", "ntp", "ra3", "rlvr_ntp", "rlvr_ra3", "eval_ra3_nothink"):
+        command = (demo / "tb" / stage / "version_0" / "command.sh").read_text()
+        assert command.startswith("ra3 test -c " if stage.startswith("eval") else "ra3 fit -c "), stage
+        assert (demo / "tb" / stage / "version_0" / "config.yaml").exists(), stage  # the resolved stage config
+    assert "configs/demo/ra3_em_tiny.yaml" in (demo / "tb" / "ra3" / "version_0" / "command.sh").read_text()
+    args = ["--stages.ntp.args", '{"model.loss_on": "code", "trainer.max_steps": 1}']
+    cfg = parse_config(["-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--seed", "1", *MINI, *args])
+    argv = ntp_run(cfg, Paths(demo)).argv()
+    cli = RA3CLI(args=[*argv, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert cli.model.hparams.loss_on == "code" and cli.trainer.max_steps == 1  # the stage args beat the pipeline's
+    assert cli.model.optim.lr == cfg.midtrain.lr and cli.datamodule.batch_size == cfg.midtrain.batch_size
+
+
+def test_a_stage_command_reruns_the_stage(demo, tmp_path):
+    """``tb/<stage>/version_0/command.sh`` is the stage's Lightning run: rerun by hand, it logs the same losses."""
+    from ra3_lightning.pipeline.scalars import read_scalars
+
+    argv = shlex.split((demo / "tb" / "ntp" / "version_0" / "command.sh").read_text())
+    assert argv[:2] == ["ra3", "fit"]
+    main([*argv[1:], f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    again, before = (
+        read_scalars(tmp_path / "ntp" / "version_0", "train/loss"),
+        read_scalars(demo / "tb" / "ntp" / "version_0", "train/loss"),
+    )
+    assert len(before) == 4 and again == before
+
+
+def test_a_stage_arg_that_does_not_parse_names_the_stage(tmp_path):
+    from ra3_lightning.pipeline.spec import Paths
+    from ra3_lightning.pipeline.stages import ntp_run
+
+    args = ["--stages.ntp.args", '{"model.no_such_knob": 1}']
+    cfg = parse_config(["-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), *MINI, *args])
+    with pytest.raises(ValueError, match="stage 'ntp': demo/ntp_tiny.yaml with the pipeline's flags"):
+        ntp_run(cfg, Paths(tmp_path)).cli(Paths(tmp_path))
+    assert "--model.no_such_knob=1" in (tmp_path / "tb" / "ntp" / "version_0" / "command.sh").read_text()

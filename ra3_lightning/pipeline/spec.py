@@ -197,6 +197,41 @@ class EvalSpec:
 
 
 @dataclass
+class StageYAML:
+    """The stage config one stage runs (through ``RA3CLI``, as ``ra3 fit -c <config>`` would) and extra flags for it.
+
+    Args:
+        config: The stage YAML: a path, or one relative to the packaged ``configs/`` (``demo/ntp_tiny.yaml``).
+        args: Extra flags in the stage's own names, applied after the pipeline's (they win), e.g.
+            ``{"model.latent.engine": "reencode"}`` or ``{"trainer.precision": "bf16-mixed"}``.
+    """
+
+    config: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageConfigs:
+    """Which stage YAML each Lightning stage of the pipeline runs. The pipeline sets from its own sections what the
+    fair comparison ties together (sizes, schedules, seeds, paths: ``docs/pipeline.md`` lists the flags); every other
+    knob is the stage YAML's, and ``args`` changes any of them.
+
+    Args:
+        pretrain: The base model (next-token prediction from scratch).
+        ntp: The NTP mid-training arm.
+        ra3: The RA3 mid-training arm (the EM loop).
+        rlvr: RLVR, the same for both arms.
+        eval: pass@k of every model (``ra3 test``).
+    """
+
+    pretrain: StageYAML = field(default_factory=lambda: StageYAML("demo/ntp_tiny.yaml"))
+    ntp: StageYAML = field(default_factory=lambda: StageYAML("demo/ntp_tiny.yaml"))
+    ra3: StageYAML = field(default_factory=lambda: StageYAML("demo/ra3_em_tiny.yaml"))
+    rlvr: StageYAML = field(default_factory=lambda: StageYAML("demo/rlvr_tiny.yaml"))
+    eval: StageYAML = field(default_factory=lambda: StageYAML("demo/rlvr_tiny.yaml"))
+
+
+@dataclass
 class PipelineConfig:
     """The one-command demo: every knob of every stage.
 
@@ -211,6 +246,7 @@ class PipelineConfig:
         midtrain: The NTP and RA3 mid-training arms.
         rlvr: RLVR from each arm.
         eval: pass@k evaluation.
+        stages: The stage YAML each stage runs, and extra flags per stage.
     """
 
     seed: int = 0
@@ -223,6 +259,7 @@ class PipelineConfig:
     midtrain: MidtrainSpec = field(default_factory=MidtrainSpec)
     rlvr: RLVRSpec = field(default_factory=RLVRSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    stages: StageConfigs = field(default_factory=StageConfigs)
 
     def __post_init__(self) -> None:
         if max(self.eval.ks) > self.eval.num_samples:

@@ -1,17 +1,22 @@
 """``ra3 demo``: the whole RA3 experiment in the synthetic code world — one command, one report directory.
 
-Stages (each a Lightning ``Trainer`` run of the library's own modules, started from the previous stage's ``.ckpt``
-through ``init_from``; TensorBoard logs under ``<out>/tb/<stage>``):
+Every stage after ``data`` is a ``ra3 fit`` (``ra3 test`` for ``eval``) run of a stage YAML under ``configs/demo/``
+(``stages.<stage>.config``) through the same :class:`~ra3_lightning.lightning_cli.RA3CLI`, with the flags the
+pipeline sets from its own sections — what ties the stages and arms together: sizes, steps, LR schedules, seeds,
+paths, the start checkpoint (``init_from``) — and then the stage's own ``stages.<stage>.args`` (they win). Every other
+knob is the stage YAML's. Each run leaves its whole command (``command.sh``) and resolved config (``config.yaml``)
+next to its TensorBoard log under ``<out>/tb/<stage>/version_0``:
 
 1. ``data`` — write the synthetic splits (``pretrain`` / ``midtrain`` / ``rlvr`` / ``eval``) under ``<out>/data``;
-2. ``pretrain`` — a tiny base model, :class:`NTPModule` from scratch on the pre-training corpus (sparse comments);
-3. ``ntp`` — mid-training arm 1: :class:`NTPModule` on the mid-training corpus for ``K * m_steps`` steps;
-4. ``ra3`` — mid-training arm 2: :class:`RA3Module` + :class:`EMScheduler` + :class:`EMDataModule`, ``K`` iterations
-   of ``e_steps`` E-steps and ``m_steps`` M-steps with the same batch size, ``max_length`` and LR schedule, so the
-   M-steps see as many tokens as the NTP arm (their tokens include the inserted rationales);
-5. ``rlvr_ntp`` / ``rlvr_ra3`` — :class:`RLVRModule` from each arm with identical settings on the ``rlvr`` tasks;
-6. ``eval`` — pass@k of base / NTP / RA3 / RLVR-from-NTP / RLVR-from-RA3 on the held-out ``eval`` tasks
-   (``trainer.test`` of :class:`RLVRModule`: ``n`` samples per task, sandbox-scored, :class:`PassAtK`);
+2. ``pretrain`` — ``ntp_tiny.yaml``: a tiny base model, :class:`NTPModule` from scratch on the pre-training corpus;
+3. ``ntp`` — ``ntp_tiny.yaml``: mid-training arm 1, :class:`NTPModule` on the mid-training corpus, ``K * m_steps``;
+4. ``ra3`` — ``ra3_em_tiny.yaml``: mid-training arm 2, :class:`RA3Module` + :class:`EMScheduler` +
+   :class:`EMDataModule`, ``K`` iterations of ``e_steps`` E-steps and ``m_steps`` M-steps with the NTP arm's batch
+   size, ``max_length`` and LR schedule, so the M-steps see as many tokens as the NTP arm (their tokens include the
+   inserted rationales);
+5. ``rlvr_ntp`` / ``rlvr_ra3`` — ``rlvr_tiny.yaml``: :class:`RLVRModule` from each arm with identical settings;
+6. ``eval`` — ``rlvr_tiny.yaml`` as ``ra3 test``: pass@k of base / NTP / RA3 / RLVR-from-NTP / RLVR-from-RA3 on the
+   held-out ``eval`` tasks (``n`` samples per task, sandbox-scored, :class:`PassAtK`);
 7. ``report`` — ``summary.md``, ``results.json`` and PNG plots, from the TensorBoard event files and the annotated
    traces.
 
@@ -30,20 +35,23 @@ and the E-steps are extra compute the NTP arm does not get — as in the paper's
 from __future__ import annotations
 
 import json
+import math
 import os
+import shlex
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-from ra3_lightning.config_paths import PACKAGED_CONFIGS
+from ra3_lightning.config_paths import PACKAGED_CONFIGS, resolve_config_paths
+from ra3_lightning.em_schedule import EMSchedule
+from ra3_lightning.lightning_cli import RA3CLI
 from ra3_lightning.models import TinyLMConfig
-from ra3_lightning.optim import Optim
 from ra3_lightning.pipeline.spec import (
     ARMS,
     MODELS,
@@ -53,49 +61,202 @@ from ra3_lightning.pipeline.spec import (
     PipelineConfig,
     PretrainSpec,
     RLVRSpec,
+    StageConfigs,
+    StageYAML,
     WorldSpec,
     rlvr_checkpoint_steps,
 )
 
 
-# --------------------------------------------------------------------------------------------- stage helpers
-def _trainer(cfg: PipelineConfig, paths: Paths, stage: str, max_steps: int, **kwargs: Any) -> L.Trainer:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    shutil.rmtree(paths.tb / stage, ignore_errors=True)  # an unfinished earlier attempt restarts from scratch
-    return L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=1,
-        max_steps=max_steps,
-        logger=TensorBoardLogger(str(paths.tb), name=stage, version=0),
-        enable_checkpointing=False,
-        enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        default_root_dir=str(paths.root),
-        **kwargs,
-    )
-
-
-def _fit_and_save(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, ckpt: Path) -> None:
-    """Fit, then write the checkpoint atomically: its existence marks the stage as finished."""
-    trainer.fit(module, datamodule=data)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    partial = ckpt.with_suffix(".partial")
-    trainer.save_checkpoint(str(partial))
-    os.replace(partial, ckpt)
+# --------------------------------------------------------------------------------------------- stage runs
+def flag_value(value: Any, nested: bool = False) -> str:
+    """``value`` as the YAML text of a command-line flag: ``-inf`` as ``-.inf``, ``1e-05`` as ``1.0e-05`` (YAML 1.1
+    reads a float without a dot as a string), tuples as lists; a string as it is (the parser takes a ``str`` field
+    verbatim), quoted inside a list or mapping."""
+    if isinstance(value, str):
+        return json.dumps(value) if nested else value
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    if isinstance(value, float):
+        text = repr(value)
+        return text.replace("e", ".0e") if "e" in text and "." not in text else text
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {flag_value(v, True)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(flag_value(v, True) for v in value) + "]"
+    raise TypeError(f"no flag text for {value!r} ({type(value).__name__})")
 
 
-def _m_optim(m: MidtrainSpec) -> Optim:
-    """The NTP arm's optimizer group, which is also the M-step's: the two arms share their LR schedule."""
-    return Optim(lr=m.lr, warmup_steps=m.warmup_steps, min_lr_ratio=m.min_lr_ratio, weight_decay=m.weight_decay)
+def stage_config_path(config: str) -> str:
+    """A stage YAML as given when it exists, else the packaged one (``demo/ntp_tiny.yaml`` or ``configs/demo/...``)."""
+    return resolve_config_paths(["-c", config])[1]
 
 
-def _sandbox_reward(cfg: PipelineConfig) -> Any:
-    from ra3_lightning.rewards import SandboxReward
+@dataclass(frozen=True)
+class StageRun:
+    """One Lightning run of the pipeline: ``ra3 <subcommand> -c <stage YAML> <the pipeline's flags> <stage args>``.
 
-    return SandboxReward(mode="binary", workers=cfg.rlvr.workers)
+    ``name`` is its TensorBoard folder (``<out>/tb/<name>``); ``flags`` are what the pipeline sets (dotted names of
+    the stage config); the stage's own ``args`` come last, so they win.
+    """
+
+    name: str
+    stage: StageYAML
+    flags: dict[str, Any]
+    subcommand: str = "fit"
+
+    def argv(self) -> list[str]:
+        rendered = [f"--{key}={flag_value(value)}" for key, value in (*self.flags.items(), *self.stage.args.items())]
+        return ["-c", stage_config_path(self.stage.config), *rendered]
+
+    def command(self) -> str:
+        """The run as one shell command (written next to its logs as ``command.sh``)."""
+        return shlex.join(["ra3", self.subcommand, *self.argv()])
+
+    def cli(self, paths: Paths) -> RA3CLI:
+        """Parse and instantiate the run (trainer, module, data); an unfinished earlier attempt's logs go first."""
+        shutil.rmtree(paths.tb / self.name, ignore_errors=True)
+        command = paths.log_dir(self.name) / "command.sh"
+        command.parent.mkdir(parents=True, exist_ok=True)
+        command.write_text(self.command() + "\n")
+        argv, sys.argv[1:] = sys.argv[1:], []  # `ra3 demo ...` is not this run's command line (LightningCLI warns)
+        try:
+            return RA3CLI(args=self.argv(), run=False)
+        except SystemExit as exit:  # the parser printed what is wrong; say which stage and where its command is
+            raise ValueError(
+                f"stage {self.name!r}: {self.stage.config} with the pipeline's flags and the stage's args did not "
+                f"parse (the parser's message is above; the whole command is in {command})"
+            ) from exit
+        finally:
+            sys.argv[1:] = argv
+
+    def fit(self, paths: Paths, ckpt: Path, validate_first: bool = False) -> None:
+        """Fit, then write the checkpoint atomically: its existence marks the stage as finished."""
+        cli = self.cli(paths)
+        if validate_first:
+            cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        partial = ckpt.with_suffix(".partial")
+        cli.trainer.save_checkpoint(str(partial))
+        os.replace(partial, ckpt)
+
+
+def trainer_flags(cfg: PipelineConfig, paths: Paths, name: str, max_steps: int) -> dict[str, Any]:
+    """What every stage's trainer shares: one device, TensorBoard at ``<out>/tb/<name>/version_0``, no callbacks of
+    the stage YAML (the pipeline writes its own checkpoints), every step logged, no sanity validation."""
+    logger = {"save_dir": str(paths.tb), "name": name, "version": 0}
+    return {
+        "seed_everything": cfg.seed, "trainer.accelerator": cfg.accelerator, "trainer.devices": 1,
+        "trainer.max_steps": max_steps, "trainer.default_root_dir": str(paths.root),
+        "trainer.logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": logger},
+        "trainer.callbacks": [], "trainer.enable_checkpointing": False, "trainer.enable_progress_bar": cfg.progress_bar,
+        "trainer.enable_model_summary": False, "trainer.log_every_n_steps": 1, "trainer.num_sanity_val_steps": 0,
+    }  # fmt: skip
+
+
+def validate_every(steps: int) -> dict[str, Any]:
+    return {"trainer.val_check_interval": steps, "trainer.check_val_every_n_epoch": None}
+
+
+def start_from(paths: Paths, stage: str) -> dict[str, Any]:
+    """The model source: an earlier stage's checkpoint instead of the stage YAML's tiny model."""
+    return {"model.tiny": None, "model.init_from": str(paths.ckpt(stage))}
+
+
+def schedule_flags(prefix: str, lr: float, warmup_steps: int, min_lr_ratio: float, weight_decay: float) -> dict:
+    names = ("lr", "warmup_steps", "min_lr_ratio", "weight_decay")
+    return {f"{prefix}.{n}": v for n, v in zip(names, (lr, warmup_steps, min_lr_ratio, weight_decay), strict=True)}
+
+
+def m_schedule(prefix: str, m: MidtrainSpec) -> dict[str, Any]:
+    """The NTP arm's optimizer schedule, which is also the M-step's: the two arms share it."""
+    return schedule_flags(prefix, m.lr, m.warmup_steps, m.min_lr_ratio, m.weight_decay)
+
+
+def pretrain_run(cfg: PipelineConfig, paths: Paths) -> StageRun:
+    p = cfg.pretrain
+    flags = trainer_flags(cfg, paths, "pretrain", p.steps) | validate_every(min(p.val_every, p.steps)) | {
+        "model.tiny": asdict(cfg.model), "model.init_from": None,
+        **schedule_flags("model.optim", p.lr, p.warmup_steps, p.min_lr_ratio, p.weight_decay),
+        "data.path": paths.split("pretrain"), "data.max_length": p.max_length, "data.batch_size": p.batch_size,
+        "data.seed": cfg.seed,
+    }  # fmt: skip
+    return StageRun("pretrain", cfg.stages.pretrain, flags)
+
+
+def ntp_run(cfg: PipelineConfig, paths: Paths) -> StageRun:
+    m = cfg.midtrain
+    steps = m.iterations * m.m_steps
+    flags = trainer_flags(cfg, paths, "ntp", steps) | validate_every(steps) | start_from(paths, "pretrain") | {
+        **m_schedule("model.optim", m), "model.loss_on": m.loss_on,
+        "data.path": paths.split("midtrain"), "data.max_length": m.max_length, "data.batch_size": m.batch_size,
+        "data.val_size": m.val_size, "data.seed": cfg.seed,
+    }  # fmt: skip
+    return StageRun("ntp", cfg.stages.ntp, flags)
+
+
+def ra3_run(cfg: PipelineConfig, paths: Paths) -> StageRun:
+    m = cfg.midtrain
+    schedule = {"iterations": m.iterations, "e_steps": m.e_steps, "m_steps": m.m_steps}
+    total = EMSchedule(**schedule).total_steps
+    flags = trainer_flags(cfg, paths, "ra3", total) | start_from(paths, "pretrain") | {
+        "trainer.callbacks": [{"class_path": "ra3_lightning.callbacks.EMScheduler", "init_args": schedule}],
+        "model.num_generations": m.num_generations, "model.latent.think_cost": m.think_cost,
+        "model.latent.max_latent_tokens": m.max_latent_tokens, "model.latent.temperature": m.temperature,
+        "model.latent.act_likelihood": m.act_likelihood, "model.latent.hindsight_lines": m.hindsight_lines,
+        "model.annotation.choose": m.annotate_choose, "model.annotation.num_samples": m.annotate_samples,
+        "model.annotation.batch_size": m.annotate_batch_size,
+        "model.optim.lr": m.q_lr, **m_schedule("model.m_optim", m), "model.loss_on": m.loss_on,
+        "model.work_dir": str(paths.em_work), "model.seed": cfg.seed,
+        "model.log_samples_every_n_steps": max(1, m.e_steps),
+        "data.path": paths.split("midtrain"), "data.id_field": "id", "data.e_batch_size": m.e_batch_size,
+        "data.m_batch_size": m.batch_size, "data.max_length": m.max_length,
+        "data.records_per_iteration": m.records_per_iteration, "data.val_size": m.val_size, "data.seed": cfg.seed,
+    }  # fmt: skip
+    return StageRun("ra3", cfg.stages.ra3, flags)
+
+
+def rlvr_run(cfg: PipelineConfig, paths: Paths, arm: str) -> StageRun:
+    r, name = cfg.rlvr, f"rlvr_{arm}"
+    train, heldin = rlvr_splits(cfg, paths)
+    val = bool(r.val_every and heldin)
+    save = {"every": r.checkpoint_every, "dirpath": str(paths.ckpt(name).parent), "filename": f"{name}_step{{step}}"}
+    flags = trainer_flags(cfg, paths, name, r.steps) | start_from(paths, arm) | {
+        "trainer.callbacks": [{"class_path": "ra3_lightning.callbacks.SaveWeightsEvery", "init_args": save}],
+        "trainer.limit_val_batches": 1.0 if val else 0, "trainer.val_check_interval": r.val_every if val else 1.0,
+        "trainer.check_val_every_n_epoch": None if val else 1,
+        "model.num_generations": r.num_generations, "model.max_completion_length": r.max_completion_length,
+        "model.optim.lr": r.lr, "model.loss.loss_type": r.loss_type, "model.loss.scale_rewards": r.scale_rewards,
+        "model.reward_fn.init_args.workers": r.workers, "model.seed": cfg.seed,
+        "model.log_samples_every_n_steps": max(1, r.steps // 3),
+        "model.evaluation.num_samples": r.val_num_samples, "model.evaluation.temperature": cfg.eval.temperature,
+        "model.evaluation.pass_at_k": [1],
+        "data.path": train, "data.val_path": heldin, "data.batch_size": r.batch_size,
+        "data.val_batch_size": cfg.eval.batch_size, "data.max_tasks": r.train_tasks or None, "data.seed": cfg.seed,
+    }  # fmt: skip
+    return StageRun(name, cfg.stages.rlvr, flags)
+
+
+def eval_run(cfg: PipelineConfig, paths: Paths, run: EvalRun) -> StageRun:
+    e = cfg.eval
+    n = run.num_samples or e.num_samples
+    samples = paths.eval_result(run.name).with_suffix(".samples.jsonl")
+    flags = trainer_flags(cfg, paths, f"eval_{run.name}", -1) | start_from(paths, run.checkpoint) | {
+        "model.max_completion_length": e.max_completion_length,
+        "model.evaluation": {  # the whole group (a nested `--model.evaluation.think_bias=null` does not parse)
+            "num_samples": n, "temperature": e.temperature, "pass_at_k": [k for k in e.ks if k <= n],
+            "think_bias": run.think_bias, "samples_path": str(samples),
+        },
+        "model.reward_fn.init_args.workers": cfg.rlvr.workers, "model.seed": cfg.seed,
+        "data.path": paths.split("eval"), "data.val_path": None, "data.val_batch_size": e.batch_size,
+        "data.shuffle": False,
+    }  # fmt: skip
+    return StageRun(f"eval_{run.name}", cfg.stages.eval, flags, subcommand="test")
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -111,64 +272,18 @@ def stage_data(cfg: PipelineConfig, paths: Paths) -> None:
 
 def stage_pretrain(cfg: PipelineConfig, paths: Paths) -> None:
     """The tiny base model: next-token prediction from scratch on the pre-training corpus."""
-    from ra3_lightning.data.traces import TraceDataModule
-    from ra3_lightning.modules.ntp import NTPModule
-
-    p = cfg.pretrain
-    module = NTPModule(
-        tiny=cfg.model,
-        optim=Optim(lr=p.lr, warmup_steps=p.warmup_steps, min_lr_ratio=p.min_lr_ratio, weight_decay=p.weight_decay),
-    )
-    data = TraceDataModule(paths.split("pretrain"), max_length=p.max_length, batch_size=p.batch_size, seed=cfg.seed)
-    val = {"val_check_interval": min(p.val_every, p.steps), "check_val_every_n_epoch": None}
-    _fit_and_save(_trainer(cfg, paths, "pretrain", p.steps, **val), module, data, paths.ckpt("pretrain"))
+    pretrain_run(cfg, paths).fit(paths, paths.ckpt("pretrain"))
 
 
 def stage_ntp(cfg: PipelineConfig, paths: Paths) -> None:
     """Mid-training arm 1: plain next-token prediction on the expert programs, ``K * m_steps`` steps."""
-    from ra3_lightning.data.traces import TraceDataModule
-    from ra3_lightning.modules.ntp import NTPModule
-
-    m = cfg.midtrain
-    steps = m.iterations * m.m_steps
-    module = NTPModule(
-        init_from=str(paths.ckpt("pretrain")), optim=_m_optim(m), loss_on=m.loss_on,
-    )  # fmt: skip
-    data = TraceDataModule(
-        paths.split("midtrain"), max_length=m.max_length, batch_size=m.batch_size, val_size=m.val_size, seed=cfg.seed
-    )
-    val = {"val_check_interval": steps, "check_val_every_n_epoch": None}
-    _fit_and_save(_trainer(cfg, paths, "ntp", steps, **val), module, data, paths.ckpt("ntp"))
+    ntp_run(cfg, paths).fit(paths, paths.ckpt("ntp"))
 
 
 def stage_ra3(cfg: PipelineConfig, paths: Paths) -> None:
     """Mid-training arm 2: RA3's EM loop, ``K`` x (``e_steps`` E-steps, annotation, ``m_steps`` M-steps)."""
-    from ra3_lightning.callbacks import EMScheduler
-    from ra3_lightning.data.em_data import EMDataModule
-    from ra3_lightning.estep import LatentRL
-    from ra3_lightning.modules.ra3 import AnnotationRun, RA3Module
-
-    m = cfg.midtrain
     shutil.rmtree(paths.em_work, ignore_errors=True)
-    module = RA3Module(
-        init_from=str(paths.ckpt("pretrain")), num_generations=m.num_generations,
-        latent=LatentRL(
-            think_cost=m.think_cost, max_latent_tokens=m.max_latent_tokens, temperature=m.temperature,
-            act_likelihood=m.act_likelihood, hindsight_lines=m.hindsight_lines,
-        ),
-        annotation=AnnotationRun(
-            choose=m.annotate_choose, num_samples=m.annotate_samples, batch_size=m.annotate_batch_size
-        ),
-        optim=Optim(lr=m.q_lr), m_optim=_m_optim(m), loss_on=m.loss_on, work_dir=str(paths.em_work), seed=cfg.seed,
-        log_samples_every_n_steps=max(1, m.e_steps),
-    )  # fmt: skip
-    data = EMDataModule(
-        paths.split("midtrain"), id_field="id", e_batch_size=m.e_batch_size, m_batch_size=m.batch_size,
-        max_length=m.max_length, records_per_iteration=m.records_per_iteration, val_size=m.val_size, seed=cfg.seed,
-    )  # fmt: skip
-    scheduler = EMScheduler(iterations=m.iterations, e_steps=m.e_steps, m_steps=m.m_steps)
-    trainer = _trainer(cfg, paths, "ra3", scheduler.schedule.total_steps, callbacks=[scheduler])
-    _fit_and_save(trainer, module, data, paths.ckpt("ra3"))
+    ra3_run(cfg, paths).fit(paths, paths.ckpt("ra3"))
 
 
 def rlvr_splits(cfg: PipelineConfig, paths: Paths) -> tuple[str, str | None]:
@@ -187,45 +302,11 @@ def rlvr_splits(cfg: PipelineConfig, paths: Paths) -> tuple[str, str | None]:
     return str(train), str(heldin)
 
 
-class SaveEvery(L.Callback):
-    """Save the module's weights every ``every`` optimizer steps to ``path(step)`` (for evaluation along a run)."""
-
-    def __init__(self, every: int, path: Callable[[int], Path]) -> None:
-        self.every, self.path = every, path
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        step = trainer.global_step
-        if self.every and step % self.every == 0 and step < trainer.max_steps:
-            self.path(step).parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(str(self.path(step)), weights_only=True)
-
-
 def _rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
     def run(cfg: PipelineConfig, paths: Paths) -> None:
-        from ra3_lightning.data.task_data import TaskDataModule
-        from ra3_lightning.modules.rlvr import Evaluation, RLVRModule
-        from ra3_lightning.rl.config import PolicyLoss
-
         r = cfg.rlvr
-        module = RLVRModule(
-            init_from=str(paths.ckpt(arm)), num_generations=r.num_generations,
-            max_completion_length=r.max_completion_length, optim=Optim(lr=r.lr, max_grad_norm=1.0),
-            loss=PolicyLoss(loss_type=r.loss_type, scale_rewards=r.scale_rewards, drop_zero_variance_groups=True),
-            reward_fn=_sandbox_reward(cfg), seed=cfg.seed, log_samples_every_n_steps=max(1, r.steps // 3),
-            evaluation=Evaluation(num_samples=r.val_num_samples, temperature=cfg.eval.temperature),
-        )  # fmt: skip
-        train, heldin = rlvr_splits(cfg, paths)
-        data = TaskDataModule(
-            train, val_path=heldin, batch_size=r.batch_size, val_batch_size=cfg.eval.batch_size,
-            prompt_template="plain", max_tasks=r.train_tasks or None, seed=cfg.seed,
-        )  # fmt: skip
-        stage = f"rlvr_{arm}"
-        save = SaveEvery(r.checkpoint_every, lambda step: paths.ckpt(f"{stage}_step{step}"))
-        val = {"val_check_interval": r.val_every, "check_val_every_n_epoch": None} if r.val_every and heldin else {}
-        trainer = _trainer(cfg, paths, stage, r.steps, callbacks=[save], limit_val_batches=1.0 if val else 0, **val)
-        if val:
-            trainer.validate(module, datamodule=data, verbose=False)  # held-in pass@1 before the first update
-        _fit_and_save(trainer, module, data, paths.ckpt(stage))
+        stage = rlvr_run(cfg, paths, arm)
+        stage.fit(paths, paths.ckpt(stage.name), validate_first=bool(r.val_every and r.heldin))
 
     run.__doc__ = f"RLVR (GRPO-family, sandbox rewards) from the {arm.upper()} arm on the rlvr tasks."
     return run
@@ -269,24 +350,10 @@ def check_budget(cfg: PipelineConfig, paths: Paths, tokenizer: Any) -> None:
 
 
 def evaluate_checkpoint(cfg: PipelineConfig, paths: Paths, run: EvalRun) -> dict[str, float]:
-    """pass@k and the diagnostics of one checkpoint on the held-out tasks, through ``RLVRModule.test_step``."""
-    from ra3_lightning.data.task_data import TaskDataModule
-    from ra3_lightning.modules.rlvr import Evaluation, RLVRModule
-
-    e = cfg.eval
-    n = run.num_samples or e.num_samples
-    samples = paths.eval_result(run.name).with_suffix(".samples.jsonl")
-    samples.unlink(missing_ok=True)
-    module = RLVRModule(
-        init_from=str(paths.ckpt(run.checkpoint)), max_completion_length=e.max_completion_length,
-        evaluation=Evaluation(
-            num_samples=n, temperature=e.temperature, pass_at_k=tuple(k for k in e.ks if k <= n),
-            think_bias=run.think_bias, samples_path=str(samples),
-        ),
-        reward_fn=_sandbox_reward(cfg), seed=cfg.seed,
-    )  # fmt: skip
-    data = TaskDataModule(paths.split("eval"), val_batch_size=e.batch_size, prompt_template="plain", shuffle=False)
-    results = _trainer(cfg, paths, f"eval_{run.name}", -1).test(module, datamodule=data, verbose=False)[0]
+    """pass@k and the diagnostics of one checkpoint on the held-out tasks (``ra3 test`` of the eval stage YAML)."""
+    paths.eval_result(run.name).with_suffix(".samples.jsonl").unlink(missing_ok=True)
+    cli = eval_run(cfg, paths, run).cli(paths)
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     return {k.removeprefix("test/"): float(v) for k, v in results.items()}
 
 
@@ -433,11 +500,15 @@ def parse_config(argv: Sequence[str]) -> PipelineConfig:
 
 def _build(values: dict[str, Any]) -> PipelineConfig:
     specs = {"model": TinyLMConfig, "world": WorldSpec, "pretrain": PretrainSpec, "midtrain": MidtrainSpec}
-    specs |= {"rlvr": RLVRSpec, "eval": EvalSpec}
+    specs |= {"rlvr": RLVRSpec, "eval": EvalSpec, "stages": _stage_configs}
     kwargs = {k: (specs[k](**v) if k in specs and isinstance(v, dict) else v) for k, v in values.items()}
     if isinstance(kwargs.get("eval"), EvalSpec):
         kwargs["eval"].ks = tuple(kwargs["eval"].ks)
     return PipelineConfig(**kwargs)
+
+
+def _stage_configs(**stages: Any) -> StageConfigs:
+    return StageConfigs(**{k: StageYAML(**v) if isinstance(v, dict) else v for k, v in stages.items()})
 
 
 def with_default_config(argv: Sequence[str]) -> list[str]:
