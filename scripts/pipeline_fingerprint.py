@@ -9,8 +9,11 @@ every scalar of every TensorBoard log (tag, step, value), every evaluation resul
     python scripts/pipeline_fingerprint.py run /tmp/fp_after
     python scripts/pipeline_fingerprint.py compare /tmp/fp_before/numbers.json /tmp/fp_after/numbers.json
 
-The miniature run takes about a minute on 2 CPU cores. The ``MINI`` flags are read from the checkout that runs, so
-two commits whose flag names differ still run the same pipeline. Wall-clock figures are left out.
+An older checkout run through ``PYTHONPATH`` needs its own callbacks visible first (``ln -s ../callbacks
+ra3_lightning/callbacks`` inside it): the editable install maps ``ra3_lightning.callbacks`` to *this* checkout's
+``callbacks/``. The miniature run takes about a minute on 2 CPU cores. The ``MINI`` flags are read from the
+checkout that runs, so two commits whose flag names differ still run the same pipeline. Wall-clock figures are left
+out.
 """
 
 from __future__ import annotations

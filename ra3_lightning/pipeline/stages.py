@@ -126,11 +126,11 @@ class StageRun:
         argv, sys.argv[1:] = sys.argv[1:], []  # `ra3 demo ...` is not this run's command line (LightningCLI warns)
         try:
             return RA3CLI(args=self.argv(), run=False)
-        except SystemExit as exit:  # the parser printed what is wrong; say which stage and where its command is
+        except SystemExit as error:  # the parser printed what is wrong; say which stage and where its command is
             raise ValueError(
                 f"stage {self.name!r}: {self.stage.config} with the pipeline's flags and the stage's args did not "
                 f"parse (the parser's message is above; the whole command is in {command})"
-            ) from exit
+            ) from error
         finally:
             sys.argv[1:] = argv
 
