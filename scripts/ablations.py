@@ -15,6 +15,14 @@ held-out evaluation of the RLVR models and the seed's report; ``scripts/fair_tab
     python scripts/ablations.py rlvr --base reports/full --out reports/ablations --name rlvr_tasks64 --seeds 0 1 2 \\
         -c configs/demo/pipeline_full.yaml -- --rlvr.train_tasks 64
 
+``base`` rebuilds finished seeds on a machine that lacks them, from the committed raw results: it reruns the ``data``
+and ``pretrain`` stages of each seed (deterministic on CPU), checks that the rebuilt base model scores exactly the
+committed ``eval/base.json``, and writes the committed NTP and RA3 results where ``run`` and ``table`` read them
+(run it from a checkout at the commit the raw results name)::
+
+    python scripts/ablations.py base --raw docs/fair_results/raw --base reports/full --seeds 1 2 \
+        -c configs/demo/pipeline_full.yaml
+
 ``table`` prints, for every ablation found under ``<out>``, the pass@1 of the ablated RA3 model paired by seed with
 the NTP arm and the default RA3 arm of ``<base>/seed<S>`` (mean ± sample std over seeds, and the sign count), and
 the E-step's THINK rate per EM iteration. Seeds run one after the other: each one uses the whole machine.
@@ -139,6 +147,43 @@ def cmd_rlvr(args: argparse.Namespace) -> None:
         run_pipeline(parse_config(argv), command=command)
 
 
+KEPT_RESULTS = ("base", "ntp", "ra3", "ra3_nothink")  # what a rebuilt base seed takes over from the raw results
+
+
+def restore_results(raw: dict[str, Any], seed_dir: Path) -> None:
+    """Write a seed's committed mid-training results (``raw["eval"]``) as ``<seed_dir>/eval/<model>.json``."""
+    (seed_dir / "eval").mkdir(parents=True, exist_ok=True)
+    for name in KEPT_RESULTS:
+        (seed_dir / "eval" / f"{name}.json").write_text(json.dumps(raw["eval"][name]))
+
+
+def cmd_base(args: argparse.Namespace) -> None:
+    import lightning as L
+
+    from ra3_lightning.pipeline.stages import STAGES, EvalRun, Paths, evaluate_checkpoint, parse_config
+
+    for seed in args.seeds:
+        raw = json.loads((Path(args.raw) / f"seed{seed}.json").read_text())
+        seed_dir = Path(args.base) / f"seed{seed}"
+        argv = ["-c", args.config, "--seed", str(seed), "--out", str(seed_dir), "--progress_bar", "false"]
+        cfg, paths = parse_config(argv), Paths(seed_dir)
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        for stage in STAGES[:2]:  # data, pretrain
+            if not stage.done(paths):
+                print(f"=== seed {seed}: {stage.name}", file=sys.stderr, flush=True)
+                L.seed_everything(seed, verbose=False)
+                stage.run(cfg, paths)
+        L.seed_everything(seed, verbose=False)
+        rebuilt = evaluate_checkpoint(cfg, paths, EvalRun("base", "pretrain"))
+        if rebuilt != raw["eval"]["base"]:
+            raise SystemExit(
+                f"seed {seed}: the rebuilt base model scores {rebuilt}, the committed one {raw['eval']['base']}: "
+                "not the same base model (run from a checkout at the commit the raw results came from)"
+            )
+        restore_results(raw, seed_dir)
+        print(json.dumps({"seed": seed, "base pass@1": rebuilt["pass@1"], "same as committed": True}))
+
+
 # --------------------------------------------------------------------------------------------- tables
 def paired(values: list[float]) -> str:
     """``v1, v2, ... (mean m ± s; > 0 in a of n)`` of paired differences."""
@@ -197,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
         rerun.add_argument("--seeds", type=int, nargs="+", required=True)
         rerun.add_argument("-c", "--config", required=True, help="the pipeline YAML the base seeds ran with")
         rerun.add_argument("overrides", nargs="*", help="pipeline overrides after `--`, e.g. --rlvr.train_tasks 64")
+    base = sub.add_parser("base", help="rebuild finished seeds' data + base model from the committed raw results")
+    base.add_argument("--raw", required=True, help="the folder of the committed seed<S>.json (docs/fair_results/raw)")
+    base.add_argument("--base", required=True, help="where the rebuilt seeds go (seed<S>/ inside)")
+    base.add_argument("--seeds", type=int, nargs="+", required=True)
+    base.add_argument("-c", "--config", required=True, help="the pipeline YAML the raw results ran with")
     table = sub.add_parser("table", help="paired tables of every ablation under --out")
     table.add_argument("--base", required=True)
     table.add_argument("--out", required=True)
@@ -206,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    {"run": cmd_run, "rlvr": cmd_rlvr, "table": cmd_table}[args.command](args)
+    {"run": cmd_run, "rlvr": cmd_rlvr, "base": cmd_base, "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":

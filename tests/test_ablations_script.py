@@ -43,3 +43,18 @@ def test_prepare_rlvr_keeps_midtraining_and_drops_rlvr(tmp_path):
     load_script().prepare_rlvr(base, out)  # resuming into the same folder keeps what the rerun did
     assert sorted(p.stem for p in (out / "eval").iterdir()) == ["base", "ntp", "ra3", "ra3_nothink"]
     assert json.loads((out / "stage_times.json").read_text())["rlvr_ntp"] == 9.0
+
+
+def test_restore_results_writes_the_committed_midtraining_results(tmp_path):
+    raw = {
+        "eval": {name: {"pass@1": i / 10} for i, name in enumerate(["base", "ntp", "ra3", "ra3_nothink", "rlvr_ra3"])}
+    }
+    load_script().restore_results(raw, tmp_path / "seed1")
+    written = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "seed1" / "eval").iterdir()}
+    assert written == {
+        "base": {"pass@1": 0.0},
+        "ntp": {"pass@1": 0.1},
+        "ra3": {"pass@1": 0.2},
+        "ra3_nothink": {"pass@1": 0.3},
+    }
+    assert load_script().pass1(tmp_path / "seed1", "ra3") == 0.2  # where `table` pairs an ablation with its seed
