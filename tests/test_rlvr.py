@@ -12,10 +12,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers.formats import SemicolonComment
 
 from ra3_lightning.cli import main
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.task_data import TaskDataModule
+from ra3_lightning.estep import LatentFormat
 from ra3_lightning.eval_diagnostics import comment_start_mask
 from ra3_lightning.models import TinyLMConfig
 from ra3_lightning.modules.rlvr import Evaluation, RLVRModule
@@ -307,17 +309,20 @@ def even_length_reward(completions: list[str], tasks: list) -> list[float]:
     return [float(len(c) % 2 == 0) for c in completions]
 
 
-def _test_with_diagnostics(tmp_path, tok_dir, think_bias: float | None) -> tuple[dict, list[dict]]:
-    """``trainer.test`` on 4 synthetic eval tasks x 3 samples with comments made very likely; metrics, samples."""
+def _test_with_diagnostics(
+    tmp_path, tok_dir, think_bias: float | None, fmt: LatentFormat | None = None
+) -> tuple[dict, list[dict]]:
+    """``trainer.test`` on 4 synthetic eval tasks x 3 samples with rationales (of ``fmt``) made very likely; metrics,
+    samples."""
     module = RLVRModule(
         tiny=TINY, tokenizer=tok_dir, num_generations=2, max_completion_length=12, reward_fn=even_length_reward,
         evaluation=Evaluation(
             num_samples=3, think_bias=think_bias, samples_path=str(tmp_path / "samples_{stage}_{step}.jsonl")
-        ),
+        ), latent_format=fmt,
     )  # fmt: skip
     torch.manual_seed(0)  # the weights; sampling is seeded by the module
     module.configure_model()
-    boost = 6.0 * comment_start_mask(module.tokenizer).float()  # [V]: a stand-in for a model that likes comments
+    boost = 6.0 * comment_start_mask(module.tokenizer, fmt).float()  # [V]: a stand-in for a model that likes them
     boost[module.tokenizer.eos_token_id] = 4.0  # and ends early now and then (not every sample is truncated)
     module.model.register_forward_hook(lambda m, args, out: setattr(out, "logits", out.logits + boost) or out)
     data = TaskDataModule("synthetic:eval?n=4&seed=0", prompt_template="plain", val_batch_size=2, shuffle=False)
@@ -363,3 +368,12 @@ def test_think_bias_scores_without_rationales(tmp_path, tok_dir):
     results, samples = _test_with_diagnostics(tmp_path, tok_dir, think_bias=float("-inf"))
     assert results["test/rationale_rate"] == 0.0 and all(s["num_rationales"] == 0 for s in samples)
     assert math.isnan(results["test/rationale_tokens"]) and math.isnan(results["test/rationale_matched_rate"])
+
+
+def test_the_latent_format_decides_what_the_diagnostics_count_and_the_think_bias_forbids(tmp_path, tok_dir):
+    """With ``;`` rationales (a second format), ``;`` lines are the rationales; forbidding them forbids ``;``."""
+    results, samples = _test_with_diagnostics(tmp_path, tok_dir, None, SemicolonComment())
+    lines = [[ln for ln in s["completion"].split("\n") if ln.strip().startswith(";")] for s in samples]
+    assert [s["num_rationales"] for s in samples] == [len(x) for x in lines] and sum(map(len, lines)) >= 4
+    results, samples = _test_with_diagnostics(tmp_path, tok_dir, float("-inf"), SemicolonComment())
+    assert results["test/rationale_rate"] == 0.0 and all(s["num_rationales"] == 0 for s in samples)

@@ -59,6 +59,7 @@ from torch import Tensor
 
 from ra3_lightning.data.task_data import TaskBatch
 from ra3_lightning.data.tasks import CodingTask
+from ra3_lightning.estep import LatentFormat
 from ra3_lightning.eval_diagnostics import (
     CompletionStats,
     EvalDiagnostics,
@@ -120,7 +121,8 @@ class Evaluation:
         num_samples: Samples per task for pass@k (``n``).
         temperature: Sampling temperature of the default validation backend (``0`` = greedy).
         pass_at_k: The k values of pass@k (each ``<= num_samples``).
-        think_bias: Added to the logits of comment-start tokens (text starting with ``#`` after spaces/tabs) when
+        think_bias: Added to the logits of rationale-opening tokens (text starting with the ``latent_format``'s
+            marker, ``#`` by default, after spaces/tabs) when
             sampling for validation / test: ``-inf`` (``-.inf`` in YAML and on the command line) or a large negative
             number forbids rationales, so an RA3 model can be scored without them; ``None`` or ``0`` = off.
             Training rollouts never see it.
@@ -172,6 +174,9 @@ class RLVRModule(CausalLMModule):
             ``total_steps`` defaults to ``trainer.max_steps`` (in updates).
         evaluation: The validation / test group (:class:`Evaluation`: samples per task, temperature, pass@k,
             think bias, samples file).
+        latent_format: How a rationale is written (:class:`~ra3_lightning.estep.LatentFormat`, the E-step's
+            ``latent_format``; default a ``# `` comment line): which tokens ``evaluation.think_bias`` biases and
+            which lines the diagnostics count as rationales.
         val_generation: Validation / test backend (default :class:`~ra3_lightning.generation.KVSample` at
             ``evaluation.temperature``); e.g. ``HFGenerate`` or a vLLM backend, by ``class_path`` in YAML.
         stop_strings: Also end a completion once its text contains one of these (base-model completions:
@@ -199,6 +204,7 @@ class RLVRModule(CausalLMModule):
         logprob_chunk_size: int | None = 256,
         optim: Optim = RLVR_OPTIM,
         evaluation: Evaluation = Evaluation(),
+        latent_format: LatentFormat | None = None,
         val_generation: GenerationBackend | None = None,
         stop_strings: list[str] | None = None,
         log_samples_every_n_steps: int = 50,
@@ -209,7 +215,7 @@ class RLVRModule(CausalLMModule):
         super().__init__(**kwargs)
         if num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 for a group baseline (got {num_generations})")
-        self.save_hyperparameters(ignore=["generation", "val_generation", "reward_fn"])
+        self.save_hyperparameters(ignore=["generation", "val_generation", "reward_fn", "latent_format"])
         self.automatic_optimization = False
         self.G, self.max_completion_length = num_generations, max_completion_length
         self.loss, self.evaluation = loss, evaluation  # the groups as given; estimator names resolved below
@@ -218,6 +224,7 @@ class RLVRModule(CausalLMModule):
         self.val_generation = with_stop(val_generation or KVSample(temperature=evaluation.temperature), self.stop)
         self.reward_fn = reward_fn
         self.optim = optim
+        self.latent_format = latent_format or LatentFormat()
         self.format_reward = format_reward
         self.scale_rewards = resolve(loss.scale_rewards, SCALERS, "loss.scale_rewards")
         self.advantage_baseline = resolve(loss.advantage_baseline, BASELINES, "loss.advantage_baseline")
@@ -588,7 +595,8 @@ class RLVRModule(CausalLMModule):
         passed = self.eval_passed(texts, tasks)  # [B*n] bool
         correct = passed.float().view(-1, n).sum(-1)  # [B]
         self.pass_at_k.update(torch.full_like(correct, n), correct)
-        stats = [completion_stats(self.token_pieces(ids)) for ids in completion_token_lists(rollout)]
+        marker = self.latent_format.comment_start
+        stats = [completion_stats(self.token_pieces(ids), marker) for ids in completion_token_lists(rollout)]
         self.update_diagnostics(batch, texts, passed, rollout.truncated, stats)
         self.write_samples(tasks, texts, passed, rollout.truncated, stats)
 
@@ -599,7 +607,7 @@ class RLVRModule(CausalLMModule):
         if not isinstance(self.val_generation, SamplingBackend):
             raise TypeError(f"evaluation.think_bias needs a SamplingBackend, got {type(self.val_generation).__name__}")
         if self._think_bias is None or self._think_bias.device != self.device:
-            mask = comment_start_mask(self.tokenizer)  # [V]
+            mask = comment_start_mask(self.tokenizer, self.latent_format)  # [V]
             self._think_bias = think_logit_bias(mask, self.evaluation.think_bias).to(self.device)  # [V]
         return self.val_generation.with_logit_bias(self._think_bias)
 
@@ -628,7 +636,8 @@ class RLVRModule(CausalLMModule):
             if not has_ground_truth(task.meta):
                 continue
             rows = range(b * n, (b + 1) * n)
-            rationale += [rationale_counts(texts[i], task.prompt, task.meta, self._skill_phrases) for i in rows]
+            marker = self.latent_format.comment_start
+            rationale += [rationale_counts(texts[i], task.prompt, task.meta, self._skill_phrases, marker) for i in rows]
             skills.append(len(task.meta["skills"]))
             pass_rates.append(float(passed[b * n : (b + 1) * n].float().mean()))
         self.eval_diagnostics.update(stats, truncated.tolist(), rationale, skills, pass_rates)
