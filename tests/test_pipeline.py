@@ -252,3 +252,15 @@ def test_a_stage_arg_that_does_not_parse_names_the_stage(tmp_path):
     with pytest.raises(ValueError, match="stage 'ntp': demo/ntp_tiny.yaml with the pipeline's flags"):
         ntp_run(cfg, Paths(tmp_path)).cli(Paths(tmp_path))
     assert "--model.no_such_knob=1" in (tmp_path / "tb" / "ntp" / "version_0" / "command.sh").read_text()
+
+
+def test_a_bad_stage_config_or_arg_fails_before_the_first_stage(tmp_path):
+    from ra3_lightning.pipeline.stages import check_stages, run_pipeline
+
+    base = ["-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), *MINI, "--out", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"stages.rlvr.args \{'model.loss.bta': 0.04\} do not parse with demo/rlvr"):
+        run_pipeline(parse_config([*base, "--stages.rlvr.args", '{"model.loss.bta": 0.04}']))
+    with pytest.raises(ValueError, match="stages.ntp.config: nope.yaml is neither a file"):
+        run_pipeline(parse_config([*base, "--stages.ntp.config", "nope.yaml"]))
+    assert not (tmp_path / "out").exists()  # nothing ran
+    check_stages(parse_config([*base, "--stages.rlvr.args", '{"model.loss.beta": 0.04}']))  # the right name passes

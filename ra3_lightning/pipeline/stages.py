@@ -41,8 +41,9 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,53 @@ def flag_value(value: Any, nested: bool = False) -> str:
     raise TypeError(f"no flag text for {value!r} ({type(value).__name__})")
 
 
+def render_flags(flags: dict[str, Any]) -> list[str]:
+    """``{"model.optim.lr": 1e-3}`` as ``["--model.optim.lr=0.001"]``."""
+    return [f"--{key}={flag_value(value)}" for key, value in flags.items()]
+
+
+class _ParseOnly(RA3CLI):
+    """Parses and validates a stage's command line without building its trainer, module or data."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
+def check_stages(cfg: PipelineConfig) -> None:
+    """Fail before the first stage, not hours later, when a stage YAML is missing or a stage's ``args`` do not parse
+    with its YAML (the pipeline's own flags are checked by the tests)."""
+    for entry in fields(StageConfigs):
+        stage = getattr(cfg.stages, entry.name)
+        path = stage_config_path(stage.config)
+        if not Path(path).is_file():
+            raise ValueError(
+                f"stages.{entry.name}.config: {stage.config} is neither a file nor one under {PACKAGED_CONFIGS}"
+            )
+        if not stage.args:
+            continue
+        try:
+            with alone_on_the_command_line():
+                _ParseOnly(args=["-c", path, "--seed_everything=false", *render_flags(stage.args)], run=False)
+        except SystemExit as error:  # the parser printed what is wrong
+            raise ValueError(
+                f"stages.{entry.name}.args {stage.args} do not parse with {stage.config} (the parser's message is "
+                "above)"
+            ) from error
+
+
+@contextmanager
+def alone_on_the_command_line() -> Iterator[None]:
+    """Hide ``ra3 demo ...`` from a stage's ``LightningCLI`` (it warns when it gets both ``args`` and ``sys.argv``)."""
+    argv, sys.argv[1:] = sys.argv[1:], []
+    try:
+        yield
+    finally:
+        sys.argv[1:] = argv
+
+
 def stage_config_path(config: str) -> str:
     """A stage YAML as given when it exists, else the packaged one (``demo/ntp_tiny.yaml`` or ``configs/demo/...``)."""
     return resolve_config_paths(["-c", config])[1]
@@ -110,8 +158,7 @@ class StageRun:
     subcommand: str = "fit"
 
     def argv(self) -> list[str]:
-        rendered = [f"--{key}={flag_value(value)}" for key, value in (*self.flags.items(), *self.stage.args.items())]
-        return ["-c", stage_config_path(self.stage.config), *rendered]
+        return ["-c", stage_config_path(self.stage.config), *render_flags(self.flags), *render_flags(self.stage.args)]
 
     def command(self) -> str:
         """The run as one shell command (written next to its logs as ``command.sh``)."""
@@ -123,16 +170,14 @@ class StageRun:
         command = paths.log_dir(self.name) / "command.sh"
         command.parent.mkdir(parents=True, exist_ok=True)
         command.write_text(self.command() + "\n")
-        argv, sys.argv[1:] = sys.argv[1:], []  # `ra3 demo ...` is not this run's command line (LightningCLI warns)
         try:
-            return RA3CLI(args=self.argv(), run=False)
+            with alone_on_the_command_line():
+                return RA3CLI(args=self.argv(), run=False)
         except SystemExit as error:  # the parser printed what is wrong; say which stage and where its command is
             raise ValueError(
                 f"stage {self.name!r}: {self.stage.config} with the pipeline's flags and the stage's args did not "
                 f"parse (the parser's message is above; the whole command is in {command})"
             ) from error
-        finally:
-            sys.argv[1:] = argv
 
     def fit(self, paths: Paths, ckpt: Path, validate_first: bool = False) -> None:
         """Fit, then write the checkpoint atomically: its existence marks the stage as finished."""
@@ -407,6 +452,7 @@ def run_pipeline(cfg: PipelineConfig, command: str = "ra3 demo") -> Path:
     """Run every unfinished stage, then write the report; returns the path of ``summary.md``."""
     from ra3_lightning.pipeline.report import write_report
 
+    check_stages(cfg)
     paths = Paths(Path(cfg.out))
     paths.root.mkdir(parents=True, exist_ok=True)
     timings = _read_json(paths.root / "stage_times.json")
