@@ -5,6 +5,7 @@ report it writes (``summary.md``, ``results.json``), ``--seeds`` over finished s
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -39,9 +40,15 @@ MINI = [
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "report"
-    main(["demo", "-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--out", str(out), "--seed", "1", *MINI])
-    return out
+    root, cwd = tmp_path_factory.mktemp("demo"), os.getcwd()
+    os.chdir(root)
+    try:  # a relative --out, as `ra3 demo` is run
+        main(["demo", "-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--out", "report", "--seed", "1", *MINI])
+    finally:
+        os.chdir(cwd)
+    assert sorted(p.name for p in root.iterdir()) == ["report"]  # nothing written beside the report directory
+    assert not (root / "report" / "report").exists()  # nor a second copy of its relative path inside it
+    return root / "report"
 
 
 def test_demo_writes_the_report(demo):

@@ -281,9 +281,13 @@ class PipelineConfig:
 # --------------------------------------------------------------------------------------------- paths
 @dataclass(frozen=True)
 class Paths:
-    """Where every stage reads and writes, under the report directory."""
+    """Where every stage reads and writes, under the report directory (made absolute: a stage's relative output
+    paths would be rebased under its ``trainer.default_root_dir``, the same directory, a second time)."""
 
     root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).absolute())
 
     @property
     def data(self) -> Path:
