@@ -632,11 +632,11 @@ class RLVRModule(CausalLMModule):
         """Token accounting of every completion; rationale accuracy and pass rate of tasks with ground truth."""
         n = self.evaluation.num_samples
         rationale, skills, pass_rates = [], [], []
+        marker = self.latent_format.comment_start
         for b, task in enumerate(batch.tasks):
             if not has_ground_truth(task.meta):
                 continue
             rows = range(b * n, (b + 1) * n)
-            marker = self.latent_format.comment_start
             rationale += [rationale_counts(texts[i], task.prompt, task.meta, self._skill_phrases, marker) for i in rows]
             skills.append(len(task.meta["skills"]))
             pass_rates.append(float(passed[b * n : (b + 1) * n].float().mean()))

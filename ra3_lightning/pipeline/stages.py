@@ -156,6 +156,7 @@ class StageRun:
     stage: StageYAML
     flags: dict[str, Any]
     subcommand: str = "fit"
+    validate_first: bool = False  # one validation before the first update (RLVR's held-in pass@1 at step 0)
 
     def argv(self) -> list[str]:
         return ["-c", stage_config_path(self.stage.config), *render_flags(self.flags), *render_flags(self.stage.args)]
@@ -179,10 +180,10 @@ class StageRun:
                 f"parse (the parser's message is above; the whole command is in {command})"
             ) from error
 
-    def fit(self, paths: Paths, ckpt: Path, validate_first: bool = False) -> None:
+    def fit(self, paths: Paths, ckpt: Path) -> None:
         """Fit, then write the checkpoint atomically: its existence marks the stage as finished."""
         cli = self.cli(paths)
-        if validate_first:
+        if self.validate_first:
             cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +285,7 @@ def rlvr_run(cfg: PipelineConfig, paths: Paths, arm: str) -> StageRun:
         "data.path": train, "data.val_path": heldin, "data.batch_size": r.batch_size,
         "data.val_batch_size": cfg.eval.batch_size, "data.max_tasks": r.train_tasks or None, "data.seed": cfg.seed,
     }  # fmt: skip
-    return StageRun(name, cfg.stages.rlvr, flags)
+    return StageRun(name, cfg.stages.rlvr, flags, validate_first=val)
 
 
 def eval_run(cfg: PipelineConfig, paths: Paths, run: EvalRun) -> StageRun:
@@ -349,9 +350,8 @@ def rlvr_splits(cfg: PipelineConfig, paths: Paths) -> tuple[str, str | None]:
 
 def _rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
     def run(cfg: PipelineConfig, paths: Paths) -> None:
-        r = cfg.rlvr
         stage = rlvr_run(cfg, paths, arm)
-        stage.fit(paths, paths.ckpt(stage.name), validate_first=bool(r.val_every and r.heldin))
+        stage.fit(paths, paths.ckpt(stage.name))
 
     run.__doc__ = f"RLVR (GRPO-family, sandbox rewards) from the {arm.upper()} arm on the rlvr tasks."
     return run
