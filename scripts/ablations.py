@@ -151,10 +151,18 @@ KEPT_RESULTS = ("base", "ntp", "ra3", "ra3_nothink")  # what a rebuilt base seed
 
 
 def restore_results(raw: dict[str, Any], seed_dir: Path) -> None:
-    """Write a seed's committed mid-training results (``raw["eval"]``) as ``<seed_dir>/eval/<model>.json``."""
+    """Write a seed's committed mid-training results as ``<seed_dir>/eval/<model>.json``.
+
+    ``raw["eval"]`` holds only the report's headline models; every evaluation run (``ra3_nothink`` among them) is in
+    ``raw["fairness"]["eval_runs"]``.
+    """
+    runs = raw["fairness"]["eval_runs"]
+    missing = [name for name in KEPT_RESULTS if name not in runs]
+    if missing:
+        raise SystemExit(f"the raw results have no fairness.eval_runs entry for {missing}")
     (seed_dir / "eval").mkdir(parents=True, exist_ok=True)
     for name in KEPT_RESULTS:
-        (seed_dir / "eval" / f"{name}.json").write_text(json.dumps(raw["eval"][name]))
+        (seed_dir / "eval" / f"{name}.json").write_text(json.dumps(runs[name]))
 
 
 def cmd_base(args: argparse.Namespace) -> None:

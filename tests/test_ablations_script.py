@@ -46,8 +46,10 @@ def test_prepare_rlvr_keeps_midtraining_and_drops_rlvr(tmp_path):
 
 
 def test_restore_results_writes_the_committed_midtraining_results(tmp_path):
+    names = ["base", "ntp", "ra3", "ra3_nothink", "rlvr_ra3"]
     raw = {
-        "eval": {name: {"pass@1": i / 10} for i, name in enumerate(["base", "ntp", "ra3", "ra3_nothink", "rlvr_ra3"])}
+        "eval": {"base": {"pass@1": 9.0}},
+        "fairness": {"eval_runs": {n: {"pass@1": i / 10} for i, n in enumerate(names)}},
     }
     load_script().restore_results(raw, tmp_path / "seed1")
     written = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "seed1" / "eval").iterdir()}
@@ -58,3 +60,12 @@ def test_restore_results_writes_the_committed_midtraining_results(tmp_path):
         "ra3_nothink": {"pass@1": 0.3},
     }
     assert load_script().pass1(tmp_path / "seed1", "ra3") == 0.2  # where `table` pairs an ablation with its seed
+
+
+def test_restore_results_reads_a_committed_raw_file(tmp_path):
+    raw = json.loads((ROOT / "docs" / "fair_results" / "raw" / "seed0.json").read_text())
+    load_script().restore_results(raw, tmp_path / "seed0")
+    for name in ("base", "ntp", "ra3"):
+        assert json.loads((tmp_path / "seed0" / "eval" / f"{name}.json").read_text()) == raw["eval"][name]
+    nothink = json.loads((tmp_path / "seed0" / "eval" / "ra3_nothink.json").read_text())
+    assert nothink["rationale_rate"] == 0.0  # decoded with comment starts forbidden
