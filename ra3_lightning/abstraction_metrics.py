@@ -104,13 +104,19 @@ def skill_at_line(line: int, skills: Sequence[str], skill_starts: Sequence[int],
     return OUTSIDE
 
 
-def rationale_key(comment: str, key: RationaleKey = "text") -> str:
-    """Normalise a rationale line for NMI: without ``#`` and surrounding space, lower-cased; or its first word."""
-    text = comment.strip().lstrip("#").strip().lower()
+def rationale_key(comment: str, key: RationaleKey = "text", marker: str = "#") -> str:
+    """Normalise a rationale line for NMI: without its leading ``marker`` (repeats too) and surrounding space,
+    lower-cased; or its first word. ``marker`` is the latent format's ``comment_start``."""
+    text = comment.strip()
+    while marker and text.startswith(marker):
+        text = text[len(marker) :]
+    text = text.strip().lower()
     return text if key == "text" else (text.split() or [""])[0]
 
 
-def think_labels(trace: Mapping, truth: Mapping, key: RationaleKey = "text") -> tuple[list[str], list[str]]:
+def think_labels(
+    trace: Mapping, truth: Mapping, key: RationaleKey = "text", marker: str = "#"
+) -> tuple[list[str], list[str]]:
     """For each THINK of an annotated trace: (its rationale key, the true skill id of the line it precedes)."""
     lines, spans = list(trace["think_lines"]), list(trace["rationale_spans"])
     if len(lines) != len(spans):
@@ -118,17 +124,20 @@ def think_labels(trace: Mapping, truth: Mapping, key: RationaleKey = "text") -> 
             f"trace {trace.get('id')!r}: {len(lines)} think_lines but {len(spans)} rationale_spans; they must pair up"
         )
     text = trace["text"]
-    rationales = [rationale_key(text[start:end], key) for start, end in spans]
+    rationales = [rationale_key(text[start:end], key, marker) for start, end in spans]
     gold = [skill_at_line(t, truth["skills"], truth["skill_starts"], truth["skill_ends"]) for t in lines]
     return rationales, gold
 
 
-def recovery_metrics(annotated: Iterable[Mapping], truth_by_id: Mapping[str, Mapping]) -> dict[str, float]:
+def recovery_metrics(
+    annotated: Iterable[Mapping], truth_by_id: Mapping[str, Mapping], marker: str = "#"
+) -> dict[str, float]:
     """Boundary precision/recall/F1 and NMI (full rationale text and first word) of annotated traces.
 
     Args:
         annotated: Annotated-trace records (``id``, ``text``, ``think_lines``, ``rationale_spans``).
         truth_by_id: Synthetic ground-truth records (``skills``, ``skill_starts``, ``skill_ends``) by ``id``.
+        marker: The latent format's comment marker (``LatentFormat.comment_start``), stripped from each rationale.
 
     Returns:
         ``precision``, ``recall``, ``f1`` (see :func:`boundary_precision_recall`), ``nmi_text`` and
@@ -141,7 +150,7 @@ def recovery_metrics(annotated: Iterable[Mapping], truth_by_id: Mapping[str, Map
             raise KeyError(f"trace {trace['id']!r} has no ground-truth record (is it from the synthetic world?)")
         predicted.append(list(trace["think_lines"]))
         gold_starts.append(list(truth["skill_starts"]))
-        rationales, gold = think_labels(trace, truth, "text")
+        rationales, gold = think_labels(trace, truth, "text", marker)
         texts += rationales
         firsts += [rationale_key(r, "first_token") for r in rationales]
         skills += gold

@@ -163,7 +163,7 @@ def rationale_counts(
     matched = correct = 0
     pairs = commented_code_lines(prompt, completion, marker)
     for comment, line in pairs:
-        named = phrases.get(rationale_key(comment.strip().removeprefix(marker)))
+        named = phrases.get(rationale_key(comment, marker=marker))
         if named is None:
             continue
         matched += 1

@@ -79,6 +79,15 @@ def test_skill_at_line_and_rationale_key():
     assert rationale_key("    # Sum the values\n") == "sum the values"
     assert rationale_key("    # Sum the values\n", "first_token") == "sum"
     assert rationale_key("#\n", "first_token") == ""
+    assert rationale_key("  ## Sum the values\n") == "sum the values"  # a repeated marker goes too
+
+
+def test_rationale_key_strips_another_formats_marker():
+    assert rationale_key("    // Sum the values\n", marker="//") == "sum the values"
+    assert rationale_key("    ; Sum the values\n", "first_token", marker=";") == "sum"
+    # a multi-character marker is stripped as a whole, not as a set of characters
+    assert rationale_key("<think> think of the sum", marker="<think>") == "think of the sum"
+    assert rationale_key("    // Sum the values\n") == "// sum the values"  # the default marker is "#"
 
 
 def _annotate(record, choose):

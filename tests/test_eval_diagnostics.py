@@ -87,6 +87,9 @@ def test_comments_are_aligned_to_the_code_line_that_follows():
 def test_rationale_counts_by_hand():
     # 5 comments; matched: "keep even values", "sum the values" (twice); correct: the first and the last of those
     assert rationale_counts(COMPLETION, PROMPT, TRUTH, skill_phrases()) == RationaleCounts(5, 3, 2)
+    # the same completion written in a "; " format scores the same under marker ";"
+    semicolon = COMPLETION.replace("# ", "; ")
+    assert rationale_counts(semicolon, PROMPT, TRUTH, skill_phrases(), marker=";") == RationaleCounts(5, 3, 2)
 
 
 def test_skill_phrases_map_each_ground_truth_comment_to_its_skill():
