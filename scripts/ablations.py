@@ -186,7 +186,8 @@ def cmd_base(args: argparse.Namespace) -> None:
         if rebuilt != raw["eval"]["base"]:
             raise SystemExit(
                 f"seed {seed}: the rebuilt base model scores {rebuilt}, the committed one {raw['eval']['base']}: "
-                "not the same base model (run from a checkout at the commit the raw results came from)"
+                "not the same base model (run from a checkout at the commit the raw results came from, on a machine "
+                "with the same CPU: another CPU's float rounding trains another model)"
             )
         restore_results(raw, seed_dir)
         print(json.dumps({"seed": seed, "base pass@1": rebuilt["pass@1"], "same as committed": True}))
