@@ -23,6 +23,12 @@ committed ``eval/base.json``, and writes the committed NTP and RA3 results where
     python scripts/ablations.py base --raw docs/fair_results/raw --base reports/full --seeds 1 2 \
         -c configs/demo/pipeline_full.yaml
 
+``pair`` builds a new pairing of a seed on this machine, for when ``base`` cannot (another CPU trains another base
+model from the same seed): it runs the ``data``, ``pretrain``, ``ntp`` and ``ra3`` stages of each seed and evaluates
+the base, NTP and RA3 models (RA3 also with its rationales forbidden), so that ``run`` and ``table`` pair with it::
+
+    python scripts/ablations.py pair --base reports/pair_cpu2 --seeds 2 -c configs/demo/pipeline_full.yaml
+
 ``table`` prints, for every ablation found under ``<out>``, the pass@1 of the ablated RA3 model paired by seed with
 the NTP arm and the default RA3 arm of ``<base>/seed<S>`` (mean ± sample std over seeds, and the sign count), and
 the E-step's THINK rate per EM iteration. Seeds run one after the other: each one uses the whole machine.
@@ -193,6 +199,41 @@ def cmd_base(args: argparse.Namespace) -> None:
         print(json.dumps({"seed": seed, "base pass@1": rebuilt["pass@1"], "same as committed": True}))
 
 
+PAIRED_RUNS = (  # result name, checkpoint, decode-time THINK bias: what ``run`` and ``table`` pair an ablation with
+    ("base", "pretrain", None), ("ntp", "ntp", None), ("ra3", "ra3", None), ("ra3_nothink", "ra3", float("-inf")),
+)  # fmt: skip
+
+
+def cmd_pair(args: argparse.Namespace) -> None:
+    import lightning as L
+
+    from ra3_lightning.pipeline.stages import STAGES, EvalRun, Paths, evaluate_checkpoint, parse_config
+
+    for seed in args.seeds:
+        seed_dir = Path(args.base) / f"seed{seed}"
+        argv = ["-c", args.config, "--seed", str(seed), "--out", str(seed_dir), "--progress_bar", "false"]
+        cfg, paths = parse_config(argv), Paths(seed_dir)
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        times_file = seed_dir / "stage_times.json"
+        times = json.loads(times_file.read_text()) if times_file.exists() else {}
+        for stage in STAGES[:4]:  # data, pretrain, ntp, ra3
+            if not stage.done(paths):
+                print(f"=== seed {seed}: {stage.name}", file=sys.stderr, flush=True)
+                L.seed_everything(seed, verbose=False)
+                start = time.perf_counter()
+                stage.run(cfg, paths)
+                times[stage.name] = round(time.perf_counter() - start, 1)
+                times_file.write_text(json.dumps(times, indent=1))
+        for name, checkpoint, bias in PAIRED_RUNS:
+            path = paths.eval_result(name)
+            if not path.exists():
+                L.seed_everything(seed, verbose=False)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(evaluate_checkpoint(cfg, paths, EvalRun(name, checkpoint, bias))))
+        scores = {name: json.loads(paths.eval_result(name).read_text())["pass@1"] for name, _, _ in PAIRED_RUNS}
+        print(json.dumps({"seed": seed, "commit": commit(), "pass@1": scores, "times": times}))
+
+
 # --------------------------------------------------------------------------------------------- tables
 def paired(values: list[float]) -> str:
     """``v1, v2, ... (mean m ± s; > 0 in a of n)`` of paired differences."""
@@ -256,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--base", required=True, help="where the rebuilt seeds go (seed<S>/ inside)")
     base.add_argument("--seeds", type=int, nargs="+", required=True)
     base.add_argument("-c", "--config", required=True, help="the pipeline YAML the raw results ran with")
+    pair = sub.add_parser("pair", help="a new pairing on this machine: data, base model, NTP and RA3 arms, evaluated")
+    pair.add_argument("--base", required=True, help="where the seeds go (seed<S>/ inside)")
+    pair.add_argument("--seeds", type=int, nargs="+", required=True)
+    pair.add_argument("-c", "--config", required=True, help="the pipeline YAML")
     table = sub.add_parser("table", help="paired tables of every ablation under --out")
     table.add_argument("--base", required=True)
     table.add_argument("--out", required=True)
@@ -265,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    {"run": cmd_run, "rlvr": cmd_rlvr, "base": cmd_base, "table": cmd_table}[args.command](args)
+    {"run": cmd_run, "rlvr": cmd_rlvr, "base": cmd_base, "pair": cmd_pair, "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":

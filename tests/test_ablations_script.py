@@ -69,3 +69,40 @@ def test_restore_results_reads_a_committed_raw_file(tmp_path):
         assert json.loads((tmp_path / "seed0" / "eval" / f"{name}.json").read_text()) == raw["eval"][name]
     nothink = json.loads((tmp_path / "seed0" / "eval" / "ra3_nothink.json").read_text())
     assert nothink["rationale_rate"] == 0.0  # decoded with comment starts forbidden
+
+
+def test_pair_runs_the_unfinished_stages_and_evaluates_what_run_and_table_pair_with(tmp_path, monkeypatch):
+    import math
+
+    from ra3_lightning.pipeline import stages
+
+    ran, evaluated = [], []
+
+    def fake_stage(name):
+        def run(cfg, paths):
+            ran.append(name)
+            paths.ckpt(name).parent.mkdir(parents=True, exist_ok=True)
+            paths.ckpt(name).write_text(name)
+
+        return stages.Stage(name, run, lambda p: [p.ckpt(name)])
+
+    def fake_evaluate(cfg, paths, run):
+        evaluated.append((run.name, run.checkpoint, run.think_bias))
+        return {"pass@1": {"pretrain": 0.1, "ntp": 0.3}.get(run.checkpoint, 0.2 if run.think_bias is None else 0.25)}
+
+    fake = tuple(fake_stage(n) for n in ("data", "pretrain", "ntp", "ra3", "rlvr_ntp"))
+    monkeypatch.setattr(stages, "STAGES", fake)
+    monkeypatch.setattr(stages, "evaluate_checkpoint", fake_evaluate)
+    monkeypatch.setattr(stages, "parse_config", lambda argv: argv)
+    (tmp_path / "seed2" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "seed2" / "checkpoints" / "data.ckpt").write_text("data")  # finished before: not run again
+    script = load_script()
+    script.main(["pair", "--base", str(tmp_path), "--seeds", "2", "-c", "unused.yaml"])
+    assert ran == ["pretrain", "ntp", "ra3"]  # never an RLVR stage
+    assert [e[:2] for e in evaluated] == [("base", "pretrain"), ("ntp", "ntp"), ("ra3", "ra3"), ("ra3_nothink", "ra3")]
+    assert evaluated[2][2] is None and evaluated[3][2] == -math.inf  # rationales forbidden only in ra3_nothink
+    seed = tmp_path / "seed2"
+    assert [script.pass1(seed, m) for m in ("base", "ntp", "ra3", "ra3_nothink")] == [0.1, 0.3, 0.2, 0.25]
+    assert sorted(json.loads((seed / "stage_times.json").read_text())) == ["ntp", "pretrain", "ra3"]
+    script.main(["pair", "--base", str(tmp_path), "--seeds", "2", "-c", "unused.yaml"])  # resumed: nothing to redo
+    assert len(ran) == 3 and len(evaluated) == 4
