@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,33 @@ def commit() -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip() or "unknown"
 
 
+def seeded(seed: int, work: Callable[..., object], *args: Any) -> float:
+    """``work(*args)`` under ``seed`` (what every stage and evaluation of a pipeline seed starts from); its seconds."""
+    import lightning as L
+
+    L.seed_everything(seed, verbose=False)
+    start = time.perf_counter()
+    work(*args)
+    return round(time.perf_counter() - start, 1)
+
+
+def evaluate_once(cfg: Any, paths: Any, seed: int, name: str, checkpoint: str, bias: float | None) -> float | None:
+    """Write ``eval/<name>.json`` of ``checkpoint`` unless it exists (resumable); its seconds, ``None`` if skipped."""
+    from ra3_lightning.pipeline.stages import EvalRun, evaluate_checkpoint
+
+    path = paths.eval_result(name)
+    if path.exists():
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run = EvalRun(name, checkpoint, bias)
+    return seeded(seed, lambda: path.write_text(json.dumps(evaluate_checkpoint(cfg, paths, run))))
+
+
 def run_seed(config: str, base: Path, out: Path, seed: int, overrides: list[str]) -> dict[str, Any]:
     """The ``ra3`` stage and the RA3 evaluations of one seed under ``overrides``; returns what ``ablation.json``
     holds."""
-    import lightning as L
-
     from ra3_lightning.pipeline.report import recovery_rows
-    from ra3_lightning.pipeline.stages import EvalRun, Paths, evaluate_checkpoint, parse_config, stage_ra3
+    from ra3_lightning.pipeline.stages import Paths, parse_config, stage_ra3
 
     argv = ["-c", config, "--seed", str(seed), "--out", str(out), "--progress_bar", "false", *overrides]
     cfg, paths = parse_config(argv), Paths(out)
@@ -109,22 +130,15 @@ def run_seed(config: str, base: Path, out: Path, seed: int, overrides: list[str]
     times_file = out / "stage_times.json"
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
     if not paths.ckpt("ra3").exists():
-        L.seed_everything(seed, verbose=False)
-        start = time.perf_counter()
-        stage_ra3(cfg, paths)
-        times["ra3"] = round(time.perf_counter() - start, 1)
+        times["ra3"] = seeded(seed, stage_ra3, cfg, paths)
         times_file.write_text(json.dumps(times, indent=1))
     results = {}
     for name, bias in RUNS:
-        path = paths.eval_result(name)
-        if not path.exists():
-            L.seed_everything(seed, verbose=False)
-            start = time.perf_counter()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(evaluate_checkpoint(cfg, paths, EvalRun(name, "ra3", bias))))
-            times[f"eval_{name}"] = round(time.perf_counter() - start, 1)
+        seconds = evaluate_once(cfg, paths, seed, name, "ra3", bias)
+        if seconds is not None:
+            times[f"eval_{name}"] = seconds
             times_file.write_text(json.dumps(times, indent=1))
-        results[name] = json.loads(path.read_text())
+        results[name] = json.loads(paths.eval_result(name).read_text())
     record = {
         "seed": seed, "overrides": overrides, "config": config, "commit": commit(), "eval": results,
         "recovery": recovery_rows(paths, cfg.midtrain.iterations), "stage_times": times,
@@ -185,8 +199,7 @@ def cmd_base(args: argparse.Namespace) -> None:
         for stage in STAGES[:2]:  # data, pretrain
             if not stage.done(paths):
                 print(f"=== seed {seed}: {stage.name}", file=sys.stderr, flush=True)
-                L.seed_everything(seed, verbose=False)
-                stage.run(cfg, paths)
+                seeded(seed, stage.run, cfg, paths)
         L.seed_everything(seed, verbose=False)
         rebuilt = evaluate_checkpoint(cfg, paths, EvalRun("base", "pretrain"))
         if rebuilt != raw["eval"]["base"]:
@@ -200,14 +213,12 @@ def cmd_base(args: argparse.Namespace) -> None:
 
 
 PAIRED_RUNS = (  # result name, checkpoint, decode-time THINK bias: what ``run`` and ``table`` pair an ablation with
-    ("base", "pretrain", None), ("ntp", "ntp", None), ("ra3", "ra3", None), ("ra3_nothink", "ra3", float("-inf")),
+    ("base", "pretrain", None), ("ntp", "ntp", None), *((name, "ra3", bias) for name, bias in RUNS),
 )  # fmt: skip
 
 
 def cmd_pair(args: argparse.Namespace) -> None:
-    import lightning as L
-
-    from ra3_lightning.pipeline.stages import STAGES, EvalRun, Paths, evaluate_checkpoint, parse_config
+    from ra3_lightning.pipeline.stages import STAGES, Paths, parse_config
 
     for seed in args.seeds:
         seed_dir = Path(args.base) / f"seed{seed}"
@@ -219,17 +230,10 @@ def cmd_pair(args: argparse.Namespace) -> None:
         for stage in STAGES[:4]:  # data, pretrain, ntp, ra3
             if not stage.done(paths):
                 print(f"=== seed {seed}: {stage.name}", file=sys.stderr, flush=True)
-                L.seed_everything(seed, verbose=False)
-                start = time.perf_counter()
-                stage.run(cfg, paths)
-                times[stage.name] = round(time.perf_counter() - start, 1)
+                times[stage.name] = seeded(seed, stage.run, cfg, paths)
                 times_file.write_text(json.dumps(times, indent=1))
-        for name, checkpoint, bias in PAIRED_RUNS:
-            path = paths.eval_result(name)
-            if not path.exists():
-                L.seed_everything(seed, verbose=False)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(evaluate_checkpoint(cfg, paths, EvalRun(name, checkpoint, bias))))
+        for run in PAIRED_RUNS:
+            evaluate_once(cfg, paths, seed, *run)
         scores = {name: json.loads(paths.eval_result(name).read_text())["pass@1"] for name, _, _ in PAIRED_RUNS}
         print(json.dumps({"seed": seed, "commit": commit(), "pass@1": scores, "times": times}))
 
