@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1) -> float:
@@ -45,12 +46,37 @@ def adamw_warmup_cosine(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.95),
 ) -> dict[str, Any]:
-    """A Lightning ``configure_optimizers`` return value: AdamW + per-step warm-up/cosine schedule."""
-    optimizer = torch.optim.AdamW(param_groups(named_params, weight_decay), lr=lr, betas=betas)
+    """A Lightning ``configure_optimizers`` return value: AdamW + per-step warm-up/cosine schedule.
+
+    Warns when it is asked to train 16-bit weights (see :func:`low_precision_warning`).
+    """
+    groups = param_groups(named_params, weight_decay)
+    warning = low_precision_warning([p for group in groups for p in group["params"]], lr)
+    if warning is not None:
+        rank_zero_warn(warning)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def low_precision_warning(params: list[torch.Tensor], lr: float) -> str | None:
+    """Why plain AdamW on these parameters may not learn (``None`` if all trainable ones are fp32 or wider).
+
+    AdamW's update is about ``lr`` per weight; a 16-bit weight only changes when the update exceeds half its ulp
+    (bf16: between ``|w| · 2^-9`` and ``|w| · 2^-8``, ≈ 6e-5 at ``|w| = 0.02``), so at the learning rates of
+    fine-tuning (1e-6 … 2e-5) most bf16 weights never move — silently. Mixed precision (fp32 weights, bf16
+    compute) keeps every update.
+    """
+    low = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.dtype in (torch.bfloat16, torch.float16)})
+    if not low:
+        return None
+    return (
+        f"training {'/'.join(low)} weights with AdamW at lr={lr:g}: an update smaller than half a 16-bit ulp of its "
+        "weight rounds away (bf16 at |w| = 0.02: updates below ~6e-5), so most weights may never change. Keep fp32 "
+        "master weights: `--trainer.precision bf16-mixed --model.dtype float32`."
+    )
 
 
 def schedule_length(total_steps: int | None, trainer: Any) -> int:

@@ -17,6 +17,7 @@ import datasets
 import pytest
 import torch
 import yaml
+from helpers.rank_sync import FSDP2_OVERLAY, RANK_WEIGHTS, assert_ranks_in_sync
 
 from ra3_lightning.cli import RA3CLI
 from ra3_lightning.estep import strip_rationales
@@ -92,11 +93,7 @@ def test_two_em_iterations_through_the_cli(tmp_path, monkeypatch):
     assert set(annotated(tmp_path, 0)["id"]) != set(annotated(tmp_path, 1)["id"])
 
 
-FSDP2 = (
-    *("--trainer.devices", "2", "--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy"),
-    *("--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1"),
-    *("--trainer.strategy.save_distributed_checkpoint", "false"),
-)
+FSDP2 = (*FSDP2_OVERLAY, *RANK_WEIGHTS)  # configs/fsdp2.yaml on 2 CPU processes, and each rank's weight digest
 LORA = ("--model.init_args.lora.r", "4", "--model.init_args.lora.alpha", "8")
 
 
@@ -157,6 +154,7 @@ def test_em_on_two_cpu_processes_with_fsdp2(tmp_path, lora):
     proc = run_fit(tmp_path, tiny_em_config(tmp_path), *FSDP2, *(LORA if lora else ()))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "distributed_backend=gloo" in proc.stdout + proc.stderr
+    assert_ranks_in_sync(tmp_path)
     ranks = param_bytes(tmp_path)
     assert len(ranks) == 2
     total = {key: ranks[0][key] + ranks[1][key] for key in ("q", "pi")}

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers.rank_sync import FSDP2_OVERLAY, RANK_WEIGHTS, assert_ranks_in_sync
 from transformers import AutoModelForCausalLM
 
 from ra3_lightning.modules.base import load_lm_source
@@ -21,7 +22,7 @@ STEPS = 4
 
 def ra3_fit(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "ra3_lightning.cli", "fit", "-c", str(DEMO), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on a small machine: no thread oversubscription
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}  # 2 ranks: 1 thread each
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -33,13 +34,12 @@ def test_fsdp2_fit_on_two_cpu_processes(code_jsonl, tmp_path):
         *("--data.path", code_jsonl, "--model.tiny.tokenizer_corpus", code_jsonl, "--model.tiny.vocab_size", "300"),
         *("--data.max_length", "32", "--data.batch_size", "2", "--data.val_size", "8"),
         *("--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1"),
-        *("--trainer.devices", "2", "--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy"),
-        *("--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1"),
-        *("--trainer.strategy.save_distributed_checkpoint", "false", "--trainer.enable_progress_bar", "false"),
+        *FSDP2_OVERLAY, *RANK_WEIGHTS, "--trainer.enable_progress_bar", "false",
     )
     out = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
     assert "FSDPQwen2ForCausalLM" in out  # the model summary shows the fully_shard-ed class
+    assert_ranks_in_sync(tmp_path)  # one model sharded over both ranks, not two copies
 
     ckpt_path = tmp_path / "lightning_logs" / "ntp_tiny" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)

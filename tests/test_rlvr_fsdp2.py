@@ -1,5 +1,6 @@
 """RLVR under ModelParallelStrategy (FSDP2) on 2 CPU processes (gloo) through the real CLI, with ranks that need
-different numbers of decoding steps, and validation with an uneven number of tasks per rank.
+different numbers of decoding steps, and validation with an uneven number of tasks per rank whose samples end up
+in one merged samples file.
 
 Rank r generates at most ``max_new_tokens - 3 r`` tokens (:class:`RankSkewed`, with either backend), so rank 1
 stops decoding while rank 0 still runs forward passes: with per-step all-gathers this would deadlock (the test's
@@ -9,6 +10,7 @@ timeout fails it); with the model unsharded once per rollout it completes.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+from helpers.rank_sync import FSDP2_OVERLAY, RANK_WEIGHTS, assert_ranks_in_sync
 from test_rlvr import write_solvable_tasks  # sibling test module (tests/ is on sys.path)
 
 from ra3_lightning.generation import HFGenerate, KVSample
@@ -76,19 +79,24 @@ def test_rlvr_fit_and_validate_on_two_fsdp2_cpu_processes(tmp_path, tiny_tokeniz
         *("--model.generation", f"test_rlvr_fsdp2.{backend}", *MICRO_BATCHES[backend]),
         *("--model.loss.loss_type", "dapo", "--model.reward_fn.init_args.workers", "1"),
         *("--data.path", tasks, "--data.val_path", val, "--data.batch_size", "2", "--data.val_batch_size", "1"),
-        *("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.devices", "2"),
-        *("--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy"),
-        *("--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1"),
-        *("--trainer.strategy.save_distributed_checkpoint", "false", "--trainer.enable_progress_bar", "false"),
+        *("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", *FSDP2_OVERLAY),
+        *("--trainer.enable_progress_bar", "false"),
         *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)),
-        *("--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"),
+        *("--trainer.callbacks", "[]", *RANK_WEIGHTS, "--trainer.enable_checkpointing", "false"),
+        *("--model.evaluation.samples_path", str(tmp_path / "samples" / "{stage}_{step}.jsonl")),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "distributed_backend=gloo" in out and "FSDPQwen2ForCausalLM" in out
+    assert_ranks_in_sync(tmp_path)  # one policy sharded over both ranks, not two
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
     assert sum(1 for r in rows if r.get("train/reward_mean")) == 2
     assert any(r.get("val/pass@1") for r in rows)
     assert any(r.get("val/completion_tokens") for r in rows)  # the diagnostics sync over both ranks too
+    # one samples file, merged by rank 0 from both ranks' parts (deleted): every val task's 4 samples once, in order
+    (samples,) = (tmp_path / "samples").iterdir()
+    assert samples.name == "val_2.jsonl"
+    ids = [json.loads(line)["task_id"] for line in samples.read_text().splitlines()]
+    assert ids == [f"solvable/{i}" for i in range(3) for _ in range(4)]

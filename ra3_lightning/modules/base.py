@@ -31,6 +31,7 @@ from ra3_lightning.models import (
     tokenizer_from_files,
 )
 from ra3_lightning.optim import Optim
+from ra3_lightning.strategies import check_strategy
 
 TOKENIZER_KEY = "ra3_tokenizer"
 MODEL_CONFIG_KEY = "ra3_model_config"  # the LM's own ``config.to_dict()``: a checkpoint rebuilds without its parents
@@ -102,7 +103,12 @@ class CausalLMModule(L.LightningModule):
         return apply_lora(model, self.lora) if self.lora is not None else model
 
     def configure_model(self) -> None:
-        """Build the LM, then shard it with FSDP2 when the strategy is ``ModelParallelStrategy``."""
+        """Build the LM, then shard it with FSDP2 when the strategy is ``ModelParallelStrategy``.
+
+        A strategy the module cannot train under (:func:`~ra3_lightning.strategies.check_strategy`) is refused first.
+        """
+        if self._trainer is not None:
+            check_strategy(self)
         if self.model is None:
             self.model = self.build_model()
         if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
