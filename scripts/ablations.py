@@ -1,4 +1,4 @@
-"""RA3 ablations paired with finished ``ra3 demo`` seeds: rerun only the RA3 arm with changed knobs, then compare.
+"""Ablations paired with finished ``ra3 demo`` seeds: rerun only one arm with changed knobs, then compare.
 
 An ablation reuses everything of a finished seed directory that it does not change — the synthetic splits, the
 pre-trained base model, the NTP arm and its evaluation — and reruns the ``ra3`` stage and the evaluation of the RA3
@@ -9,6 +9,13 @@ model (with and without its rationales) under the same seed, config and code, wi
     python scripts/ablations.py table --base reports/full --out reports/ablations
 
 ``run`` writes ``<out>/<name>/seed<S>/ablation.json`` (resumable: a finished stage or evaluation is skipped).
+``ntp`` does the same for the NTP arm: it reruns the ``ntp`` stage and its evaluation (``ntp``, no THINK bias) under
+the overrides. With a stage argument that changes only the order of the NTP arm's training batches, it measures how
+far the NTP arm's pass@1 moves with the batch order alone::
+
+    python scripts/ablations.py ntp --base reports/full --out reports/ablations --name ntp_order1 --seeds 3 4 \\
+        -c configs/demo/pipeline_full.yaml -- --stages.ntp.args '{"data.shuffle_seed": 1}'
+
 ``rlvr`` reruns instead both RLVR stages from the seed's own NTP and RA3 checkpoints under the overrides, with the
 held-out evaluation of the RLVR models and the seed's report; ``scripts/fair_tables.py`` reads the new seed folders::
 
@@ -20,7 +27,7 @@ and ``pretrain`` stages of each seed (deterministic on CPU), checks that the reb
 committed ``eval/base.json``, and writes the committed NTP and RA3 results where ``run`` and ``table`` read them
 (run it from a checkout at the commit the raw results name)::
 
-    python scripts/ablations.py base --raw docs/fair_results/raw --base reports/full --seeds 1 2 \
+    python scripts/ablations.py base --raw docs/fair_results/raw --base reports/full --seeds 1 2 \\
         -c configs/demo/pipeline_full.yaml
 
 ``pair`` builds a new pairing of a seed on this machine, for when ``base`` cannot (another CPU trains another base
@@ -31,7 +38,8 @@ the base, NTP and RA3 models (RA3 also with its rationales forbidden), so that `
 
 ``table`` prints, for every ablation found under ``<out>``, the pass@1 of the ablated RA3 model paired by seed with
 the NTP arm and the default RA3 arm of ``<base>/seed<S>`` (mean ± sample std over seeds, and the sign count), and
-the E-step's THINK rate per EM iteration. Seeds run one after the other: each one uses the whole machine.
+the E-step's THINK rate per EM iteration; for an ``ntp`` rerun, its pass@1 paired with the seed's NTP and RA3 arms.
+Seeds run one after the other: each one uses the whole machine.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 RUNS = (("ra3", None), ("ra3_nothink", float("-inf")))  # result name, decode-time THINK bias
+RA3_RUNS = tuple((name, "ra3", bias) for name, bias in RUNS)  # result name, checkpoint, THINK bias: what `run` scores
+NTP_RUNS = (("ntp", "ntp", None),)  # what `ntp` scores
 
 
 def prepare(base: Path, out: Path) -> None:
@@ -118,41 +128,65 @@ def evaluate_once(cfg: Any, paths: Any, seed: int, name: str, checkpoint: str, b
     return seeded(seed, lambda: path.write_text(json.dumps(evaluate_checkpoint(cfg, paths, run))))
 
 
-def run_seed(config: str, base: Path, out: Path, seed: int, overrides: list[str]) -> dict[str, Any]:
-    """The ``ra3`` stage and the RA3 evaluations of one seed under ``overrides``; returns what ``ablation.json``
-    holds."""
-    from ra3_lightning.pipeline.report import recovery_rows
-    from ra3_lightning.pipeline.stages import Paths, parse_config, stage_ra3
+def rerun_seed(
+    config: str, base: Path, out: Path, seed: int, overrides: list[str], stage: str, runs: tuple[tuple, ...]
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Stage ``stage`` of one seed rerun into ``out`` under ``overrides``, then the evaluations ``runs`` (result name,
+    checkpoint, THINK bias), each skipped when done before; returns the config, the paths and the record."""
+    from ra3_lightning.pipeline.stages import STAGES, Paths, parse_config
 
     argv = ["-c", config, "--seed", str(seed), "--out", str(out), "--progress_bar", "false", *overrides]
     cfg, paths = parse_config(argv), Paths(out)
     prepare(base, out)
     times_file = out / "stage_times.json"
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
-    if not paths.ckpt("ra3").exists():
-        times["ra3"] = seeded(seed, stage_ra3, cfg, paths)
+    rerun = next(s for s in STAGES if s.name == stage)
+    if not rerun.done(paths):
+        times[stage] = seeded(seed, rerun.run, cfg, paths)
         times_file.write_text(json.dumps(times, indent=1))
     results = {}
-    for name, bias in RUNS:
-        seconds = evaluate_once(cfg, paths, seed, name, "ra3", bias)
+    for name, checkpoint, bias in runs:
+        seconds = evaluate_once(cfg, paths, seed, name, checkpoint, bias)
         if seconds is not None:
             times[f"eval_{name}"] = seconds
             times_file.write_text(json.dumps(times, indent=1))
         results[name] = json.loads(paths.eval_result(name).read_text())
     record = {
-        "seed": seed, "overrides": overrides, "config": config, "commit": commit(), "eval": results,
-        "recovery": recovery_rows(paths, cfg.midtrain.iterations), "stage_times": times,
+        "seed": seed, "stage": stage, "overrides": overrides, "config": config, "commit": commit(), "eval": results,
+        "stage_times": times,
     }  # fmt: skip
+    return cfg, paths, record
+
+
+def run_seed(config: str, base: Path, out: Path, seed: int, overrides: list[str]) -> dict[str, Any]:
+    """The ``ra3`` stage and the RA3 evaluations of one seed under ``overrides``; returns what ``ablation.json``
+    holds."""
+    from ra3_lightning.pipeline.report import recovery_rows
+
+    cfg, paths, record = rerun_seed(config, base, out, seed, overrides, "ra3", RA3_RUNS)
+    record["recovery"] = recovery_rows(paths, cfg.midtrain.iterations)
     (out / "ablation.json").write_text(json.dumps(record, indent=1))
     return record
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def ntp_seed(config: str, base: Path, out: Path, seed: int, overrides: list[str]) -> dict[str, Any]:
+    """The ``ntp`` stage and the NTP evaluation of one seed under ``overrides``; returns what ``ablation.json``
+    holds."""
+    record = rerun_seed(config, base, out, seed, overrides, "ntp", NTP_RUNS)[2]
+    (out / "ablation.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+RERUNS = {"run": (run_seed, "ra3"), "ntp": (ntp_seed, "ntp")}  # subcommand: one seed's rerun, its headline result
+
+
+def cmd_rerun(args: argparse.Namespace) -> None:
+    rerun, result = RERUNS[args.command]
     for seed in args.seeds:
         base, out = Path(args.base) / f"seed{seed}", Path(args.out) / args.name / f"seed{seed}"
         print(f"=== {args.name} seed {seed}: {' '.join(args.overrides)} -> {out}", file=sys.stderr, flush=True)
-        record = run_seed(args.config, base, out, seed, args.overrides)
-        print(json.dumps({"seed": seed, "pass@1": record["eval"]["ra3"]["pass@1"], "times": record["stage_times"]}))
+        record = rerun(args.config, base, out, seed, args.overrides)
+        print(json.dumps({"seed": seed, "pass@1": record["eval"][result]["pass@1"], "times": record["stage_times"]}))
 
 
 def cmd_rlvr(args: argparse.Namespace) -> None:
@@ -212,9 +246,7 @@ def cmd_base(args: argparse.Namespace) -> None:
         print(json.dumps({"seed": seed, "base pass@1": rebuilt["pass@1"], "same as committed": True}))
 
 
-PAIRED_RUNS = (  # result name, checkpoint, decode-time THINK bias: what ``run`` and ``table`` pair an ablation with
-    ("base", "pretrain", None), ("ntp", "ntp", None), *((name, "ra3", bias) for name, bias in RUNS),
-)  # fmt: skip
+PAIRED_RUNS = (("base", "pretrain", None), *NTP_RUNS, *RA3_RUNS)  # what `run`, `ntp` and `table` pair with
 
 
 def cmd_pair(args: argparse.Namespace) -> None:
@@ -256,6 +288,34 @@ def ablation_rows(base: Path, folder: Path) -> list[str]:
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*/ablation.json"))]
     if not records:
         return []
+    rows = ntp_rows if records[0].get("stage") == "ntp" else ra3_rows  # records before `ntp` existed are RA3's
+    seeds = ", ".join(str(r["seed"]) for r in records)
+    return [
+        f"### {folder.name}: `{' '.join(records[0]['overrides'])}` (seeds {seeds}; "
+        f"commit {', '.join(sorted({r['commit'] for r in records}))})",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        *rows(base, records),
+        "",
+    ]
+
+
+def ntp_rows(base: Path, records: list[dict[str, Any]]) -> list[str]:
+    """A rerun NTP arm paired by seed with the seed's own NTP and RA3 arms."""
+    own = [r["eval"]["ntp"]["pass@1"] for r in records]
+    ntp = [pass1(base / f"seed{r['seed']}", "ntp") for r in records]
+    ra3 = [pass1(base / f"seed{r['seed']}", "ra3") for r in records]
+    return [
+        f"| pass@1 rerun NTP | {', '.join(f'{v:.3f}' for v in own)} |",
+        f"| rerun NTP − NTP | {paired([a - b for a, b in zip(own, ntp, strict=True)])} |",
+        f"| RA3 − rerun NTP | {paired([a - b for a, b in zip(ra3, own, strict=True)])} |",
+        f"| RA3 − NTP (the seeds' pairing) | {paired([a - b for a, b in zip(ra3, ntp, strict=True)])} |",
+    ]
+
+
+def ra3_rows(base: Path, records: list[dict[str, Any]]) -> list[str]:
+    """An ablated RA3 arm paired by seed with the seed's NTP and default RA3 arms, and its THINK rates."""
     seeds = [r["seed"] for r in records]
     own = [r["eval"]["ra3"]["pass@1"] for r in records]
     nothink = [r["eval"]["ra3_nothink"]["pass@1"] for r in records]
@@ -264,18 +324,12 @@ def ablation_rows(base: Path, folder: Path) -> list[str]:
     think = [" → ".join(f"{row['think_rate']:.3f}" for row in r["recovery"]) for r in records]
     rate = [r["eval"]["ra3"].get("rationale_rate", float("nan")) for r in records]
     return [
-        f"### {folder.name}: `{' '.join(records[0]['overrides'])}` (seeds {', '.join(map(str, seeds))}; "
-        f"commit {', '.join(sorted({r['commit'] for r in records}))})",
-        "",
-        "| quantity | value |",
-        "|---|---|",
         f"| pass@1 ablated RA3 | {', '.join(f'{v:.3f}' for v in own)} |",
         f"| ablated − NTP | {paired([a - b for a, b in zip(own, ntp, strict=True)])} |",
         f"| ablated − default RA3 | {paired([a - b for a, b in zip(own, ra3, strict=True)])} |",
         f"| ablated, comments forbidden − ablated | {paired([a - b for a, b in zip(nothink, own, strict=True)])} |",
         f"| E-step THINK rate by EM iteration | {'; '.join(think)} |",
         f"| eval rationale rate | {', '.join(f'{v:.3f}' for v in rate)} |",
-        "",
     ]
 
 
@@ -288,7 +342,7 @@ def cmd_table(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, what in (("run", "the RA3 arm"), ("rlvr", "both RLVR stages")):
+    for name, what in (("run", "the RA3 arm"), ("ntp", "the NTP arm"), ("rlvr", "both RLVR stages")):
         rerun = sub.add_parser(name, help=f"rerun {what} of finished seeds with overrides")
         rerun.add_argument("--base", required=True, help="the finished `ra3 demo --seeds` directory (seed<S>/ inside)")
         rerun.add_argument("--out", required=True, help="where ablations go (<out>/<name>/seed<S>)")
@@ -314,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    {"run": cmd_run, "rlvr": cmd_rlvr, "base": cmd_base, "pair": cmd_pair, "table": cmd_table}[args.command](args)
+    commands = {
+        "run": cmd_rerun, "ntp": cmd_rerun, "rlvr": cmd_rlvr, "base": cmd_base, "pair": cmd_pair, "table": cmd_table,
+    }  # fmt: skip
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

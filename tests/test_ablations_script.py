@@ -71,12 +71,12 @@ def test_restore_results_reads_a_committed_raw_file(tmp_path):
     assert nothink["rationale_rate"] == 0.0  # decoded with comment starts forbidden
 
 
-def test_pair_runs_the_unfinished_stages_and_evaluates_what_run_and_table_pair_with(tmp_path, monkeypatch):
-    import math
-
+def fake_pipeline(monkeypatch, score) -> tuple[list, list, list]:
+    """Stages that only write their checkpoint, an evaluator that returns ``score(run)`` as pass@1, and a config
+    parser that returns its argv; returns the stages run, the evaluations (name, checkpoint, bias) and the argvs."""
     from ra3_lightning.pipeline import stages
 
-    ran, evaluated = [], []
+    ran, evaluated, argvs = [], [], []
 
     def fake_stage(name):
         def run(cfg, paths):
@@ -88,12 +88,22 @@ def test_pair_runs_the_unfinished_stages_and_evaluates_what_run_and_table_pair_w
 
     def fake_evaluate(cfg, paths, run):
         evaluated.append((run.name, run.checkpoint, run.think_bias))
-        return {"pass@1": {"pretrain": 0.1, "ntp": 0.3}.get(run.checkpoint, 0.2 if run.think_bias is None else 0.25)}
+        return {"pass@1": score(run)}
 
     fake = tuple(fake_stage(n) for n in ("data", "pretrain", "ntp", "ra3", "rlvr_ntp"))
     monkeypatch.setattr(stages, "STAGES", fake)
     monkeypatch.setattr(stages, "evaluate_checkpoint", fake_evaluate)
-    monkeypatch.setattr(stages, "parse_config", lambda argv: argv)
+    monkeypatch.setattr(stages, "parse_config", lambda argv: argvs.append(argv) or argv)
+    return ran, evaluated, argvs
+
+
+def test_pair_runs_the_unfinished_stages_and_evaluates_what_run_and_table_pair_with(tmp_path, monkeypatch):
+    import math
+
+    def score(run):
+        return {"pretrain": 0.1, "ntp": 0.3}.get(run.checkpoint, 0.2 if run.think_bias is None else 0.25)
+
+    ran, evaluated, _ = fake_pipeline(monkeypatch, score)
     (tmp_path / "seed2" / "checkpoints").mkdir(parents=True)
     (tmp_path / "seed2" / "checkpoints" / "data.ckpt").write_text("data")  # finished before: not run again
     script = load_script()
@@ -106,3 +116,57 @@ def test_pair_runs_the_unfinished_stages_and_evaluates_what_run_and_table_pair_w
     assert sorted(json.loads((seed / "stage_times.json").read_text())) == ["ntp", "pretrain", "ra3"]
     script.main(["pair", "--base", str(tmp_path), "--seeds", "2", "-c", "unused.yaml"])  # resumed: nothing to redo
     assert len(ran) == 3 and len(evaluated) == 4
+
+
+def test_ntp_reruns_only_the_ntp_arm_and_tables_it_against_the_seeds_arms(tmp_path, monkeypatch, capsys):
+    base, out = tmp_path / "base", tmp_path / "abl"
+    seed = finished_seed(base / "seed3")
+    (seed / "eval" / "ntp.json").write_text(json.dumps({"pass@1": 0.5}))
+    (seed / "eval" / "ra3.json").write_text(json.dumps({"pass@1": 0.375}))
+    ran, evaluated, argvs = fake_pipeline(monkeypatch, lambda run: 0.25)
+    overrides = ["--stages.ntp.args", '{"data.shuffle_seed": 1}']
+    argv = ["ntp", "--base", str(base), "--out", str(out), "--name", "ntp_order1", "--seeds", "3", "-c", "p.yaml"]
+    script = load_script()
+    script.main([*argv, "--", *overrides])
+    assert ran == ["ntp"] and evaluated == [("ntp", "ntp", None)]  # no THINK bias
+    assert argvs[0][:4] == ["-c", "p.yaml", "--seed", "3"] and argvs[0][-2:] == overrides
+    rerun = out / "ntp_order1" / "seed3"
+    assert (rerun / "checkpoints" / "pretrain.ckpt").read_text() == "pretrain" and (rerun / "data" / "DONE").exists()
+    record = json.loads((rerun / "ablation.json").read_text())
+    assert {k: record[k] for k in ("seed", "stage", "overrides", "eval")} == {
+        "seed": 3, "stage": "ntp", "overrides": overrides, "eval": {"ntp": {"pass@1": 0.25}},
+    }  # fmt: skip
+    assert sorted(record["stage_times"]) == ["eval_ntp", "ntp"] and record["commit"]
+    script.main([*argv, "--", *overrides])  # resumed: nothing to redo
+    assert len(ran) == 1 and len(evaluated) == 1
+    old = {"seed": 3, "overrides": ["--midtrain.hindsight_lines", "2"], "commit": "abc", "recovery": [],
+           "eval": {"ra3": {"pass@1": 0.5}, "ra3_nothink": {"pass@1": 0.5}}}  # fmt: skip
+    (out / "hindsight2" / "seed3").mkdir(parents=True)
+    (out / "hindsight2" / "seed3" / "ablation.json").write_text(json.dumps(old))  # an RA3 record, before `ntp`
+    capsys.readouterr()
+    script.main(["table", "--base", str(base), "--out", str(out)])
+    table = capsys.readouterr().out
+    assert "| ablated − default RA3 | +0.125 (mean +0.125; > 0 in 1 of 1) |" in table
+    # rerun 0.25, the seed's NTP 0.5 and RA3 0.375
+    assert "| pass@1 rerun NTP | 0.250 |" in table
+    assert "| rerun NTP − NTP | -0.250 (mean -0.250; > 0 in 0 of 1) |" in table
+    assert "| RA3 − rerun NTP | +0.125 (mean +0.125; > 0 in 1 of 1) |" in table
+    assert "| RA3 − NTP (the seeds' pairing) | -0.125 (mean -0.125; > 0 in 0 of 1) |" in table
+
+
+def test_run_reruns_only_the_ra3_arm_with_and_without_rationales(tmp_path, monkeypatch):
+    import math
+    from types import SimpleNamespace
+
+    from ra3_lightning.pipeline import report, stages
+
+    finished_seed(tmp_path / "base" / "seed0")
+    ran, evaluated, _ = fake_pipeline(monkeypatch, lambda run: 0.25)
+    monkeypatch.setattr(stages, "parse_config", lambda argv: SimpleNamespace(midtrain=SimpleNamespace(iterations=2)))
+    monkeypatch.setattr(report, "recovery_rows", lambda paths, iterations: [{"think_rate": 0.1}] * iterations)
+    argv = ["run", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "abl"), "--name", "x", "--seeds", "0"]
+    load_script().main([*argv, "-c", "p.yaml", "--", "--midtrain.hindsight_lines", "2"])
+    assert ran == ["ra3"] and evaluated == [("ra3", "ra3", None), ("ra3_nothink", "ra3", -math.inf)]
+    record = json.loads((tmp_path / "abl" / "x" / "seed0" / "ablation.json").read_text())
+    assert record["stage"] == "ra3" and len(record["recovery"]) == 2
+    assert sorted(record["eval"]) == ["ra3", "ra3_nothink"]

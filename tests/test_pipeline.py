@@ -271,3 +271,22 @@ def test_a_bad_stage_config_or_arg_fails_before_the_first_stage(tmp_path):
         run_pipeline(parse_config([*base, "--stages.ntp.config", "nope.yaml"]))
     assert not (tmp_path / "out").exists()  # nothing ran
     check_stages(parse_config([*base, "--stages.rlvr.args", '{"model.loss.beta": 0.04}']))  # the right name passes
+
+
+def test_an_ntp_stage_arg_reaches_only_the_ntp_arms_data_module(tmp_path):
+    """``--stages.ntp.args '{"data.shuffle_seed": 1}'`` (the order-only rerun of ``scripts/ablations.py ntp``) gets to
+    the NTP arm's ``TraceDataModule`` and nowhere else; its split ``seed`` stays the pipeline's."""
+    from ra3_lightning.pipeline.spec import Paths
+    from ra3_lightning.pipeline.stages import _ParseOnly, alone_on_the_command_line, check_stages, ntp_run, pretrain_run
+
+    args = ["--stages.ntp.args", '{"data.shuffle_seed": 1}']
+    cfg = parse_config(["-c", str(ROOT / "configs" / "demo" / "pipeline_full.yaml"), "--seed", "4", *args])
+    check_stages(cfg)
+    assert cfg.stages.ntp.config == "demo/ntp_tiny.yaml"  # the YAML's stage config survives the args override
+    data = {}
+    for run in (ntp_run, pretrain_run):
+        with alone_on_the_command_line():
+            parsed = _ParseOnly(args=run(cfg, Paths(tmp_path)).argv(), run=False).config
+        data[run.__name__] = parsed["data"]["init_args"]
+    assert data["ntp_run"]["shuffle_seed"] == 1 and data["ntp_run"]["seed"] == 4
+    assert data["pretrain_run"]["shuffle_seed"] is None and data["pretrain_run"]["seed"] == 4

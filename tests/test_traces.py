@@ -135,3 +135,35 @@ def test_workers_and_epoch_shuffle(tmp_path, tiny_tokenizer, code_snippets):
     loader.sampler.set_epoch(1)
     other = torch.cat([b["input_ids"] for b in loader])
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def served_blocks(dm: TraceDataModule) -> list[tuple[int, ...]]:
+    """The training blocks in the order the first epoch's batches serve them (padding stripped)."""
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    return [
+        tuple(ids[mask.bool()].tolist())
+        for batch in loader
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    ]
+
+
+def blocks(ds) -> list[tuple[int, ...]]:
+    return [tuple(ids) for ids in ds.with_format(None)["input_ids"]]
+
+
+def test_shuffle_seed_changes_only_the_batch_order(tmp_path, tiny_tokenizer, code_snippets):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": f"{t}# {i}\n"} for i, t in enumerate(code_snippets * 8)])
+    kw = {"max_length": 16, "val_size": 0.2, "batch_size": 4, "seed": 3}
+    today, reordered = make_dm(path, tiny_tokenizer, **kw), make_dm(path, tiny_tokenizer, shuffle_seed=1, **kw)
+    train = blocks(today.train_set)
+    assert len(train) >= 16 and len(today.val_set) > 0
+    assert blocks(reordered.val_set) == blocks(today.val_set)  # the split is seed's
+    assert blocks(reordered.train_set) == train  # so is the packing
+    # EpochSeededSampler draws randperm(n) from a generator seeded with seed * 1_000_003 + epoch (epoch 0 here)
+    seed_order = torch.randperm(len(train), generator=torch.Generator().manual_seed(3 * 1_000_003)).tolist()
+    assert served_blocks(today) == [train[i] for i in seed_order]  # shuffle_seed=None: today's order, from seed
+    shuffle_order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1 * 1_000_003)).tolist()
+    assert served_blocks(reordered) == [train[i] for i in shuffle_order]
+    assert served_blocks(reordered) != served_blocks(today)
+    assert sorted(served_blocks(reordered)) == sorted(train)  # every block once per epoch

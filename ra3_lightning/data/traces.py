@@ -45,13 +45,17 @@ class TraceDataModule(L.LightningDataModule):
         val_size: Validation records: a fraction of the corpus (< 1) or a count (>= 1). The split is deterministic
             given ``seed``.
         num_workers: DataLoader worker processes.
-        seed: Seed of the train/val split and of the per-epoch shuffle.
+        seed: Seed of the train/val split and, unless ``shuffle_seed`` is given, of the per-epoch shuffle.
         id_field: Optional record id field, used in error messages.
         rationale_spans_field: Field with ``[start, end)`` character spans of inserted rationales (annotated
             traces from the E-step); tokens inside them get ``rationale_mask = True``.
         max_records: Read at most this many records (before the split).
         split: Split of a hub dataset or saved ``DatasetDict`` to read.
         pack_chunk_docs: Documents packed together per chunk (memory / padding trade-off, see module docstring).
+        shuffle_seed: Seed of the per-epoch shuffle of the training blocks only (``None``: ``seed``). Changes the
+            batch order and nothing else: the split, the packing and the validation set stay those of ``seed``.
+            Under a distributed strategy Lightning swaps in its own sampler (seeded by ``seed_everything``) and
+            neither seed orders the batches.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class TraceDataModule(L.LightningDataModule):
         max_records: int | None = None,
         split: str = "train",
         pack_chunk_docs: int = 10_000,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if max_length < 2:
@@ -79,6 +84,7 @@ class TraceDataModule(L.LightningDataModule):
         self.packing, self.val_size, self.num_workers, self.seed = packing, val_size, num_workers, seed
         self.id_field, self.rationale_spans_field = id_field, rationale_spans_field
         self.max_records, self.split, self.pack_chunk_docs = max_records, split, pack_chunk_docs
+        self.shuffle_seed = shuffle_seed
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
@@ -145,7 +151,8 @@ class TraceDataModule(L.LightningDataModule):
         return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
 
     def _loader(self, ds: datasets.Dataset, shuffle: bool) -> DataLoader:
-        sampler = EpochSeededSampler(ds, seed=self.seed) if shuffle else None
+        order_seed = self.seed if self.shuffle_seed is None else self.shuffle_seed
+        sampler = EpochSeededSampler(ds, seed=order_seed) if shuffle else None
         return DataLoader(
             ds,
             batch_size=self.batch_size,
