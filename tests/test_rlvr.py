@@ -22,6 +22,7 @@ from ra3_lightning.eval_diagnostics import comment_start_mask
 from ra3_lightning.models import TinyLMConfig
 from ra3_lightning.modules.rlvr import Evaluation, RLVRModule
 from ra3_lightning.optim import Optim
+from ra3_lightning.rewards import SandboxReward
 from ra3_lightning.rl.config import PolicyLoss
 from ra3_lightning.rl.losses import LossNormaliser
 
@@ -274,6 +275,23 @@ def test_prompt_templates_and_overlong_prompts(tmp_path, tiny_tokenizer):
         short.setup("fit")
 
 
+def test_default_prompt_is_plain_even_when_the_tokenizer_has_a_chat_template(tmp_path, tiny_tokenizer):
+    """A base Qwen2.5 tokenizer ships a chat template too: only an explicit "chat" / "auto" may use it."""
+    tasks = write_solvable_tasks(tmp_path / "tasks.jsonl", n=1)
+    tiny_tokenizer.chat_template = "{% for m in messages %}<user>{{ m['content'] }}{% endfor %}<assistant>"
+    try:
+        prompts = {}
+        for template in (None, "auto"):
+            data = TaskDataModule(tasks, batch_size=1, **({"prompt_template": template} if template else {}))
+            data.connect(tiny_tokenizer)
+            data.setup("fit")
+            prompts[template] = data.collate(data.train_tasks).prompts
+    finally:
+        tiny_tokenizer.chat_template = None
+    assert prompts[None] == ["def f0():\n    return 0 "]  # the default: the base model continues the function
+    assert prompts["auto"][0].startswith("<user>") and prompts["auto"][0].endswith("<assistant>")
+
+
 def test_bad_configuration_is_rejected(tok_dir):
     with pytest.raises(ValueError, match="num_generations"):
         RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=1)
@@ -302,6 +320,17 @@ def test_fewer_torch_threads_while_the_sandbox_scores_on_cpu(tok_dir):
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def test_setup_gives_each_rank_its_share_of_the_cpus_for_the_sandbox(tok_dir, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    for reward, expected in ((SandboxReward(), 4), (SandboxReward(workers=3), 3)):  # 16 CPUs / 4 ranks; given wins
+        module = RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=2, reward_fn=reward)
+        module.trainer = L.Trainer(accelerator="cpu", devices=4, strategy="ddp", logger=False)  # 4 ranks per node
+        module.setup("fit")
+        assert reward.workers == expected
+    module.reward_fn = None
+    assert module.default_reward_fn().workers == 4
 
 
 def even_length_reward(completions: list[str], tasks: list) -> list[float]:

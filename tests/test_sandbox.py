@@ -209,6 +209,36 @@ def test_humaneval_canonical_solutions_pass_and_return_none_fails(sandbox):
     assert {r.status for r in nones} <= {"failed", "error"}
 
 
+# ------------------------------------------------------------------------------------ workers per rank
+
+
+def test_each_rank_of_a_node_gets_its_share_of_the_cpus():
+    assert sandbox_pool.workers_per_rank(cpus=64, ranks_on_node=8) == 8  # 8 GPUs' ranks on one 64-core node
+    assert sandbox_pool.workers_per_rank(cpus=6, ranks_on_node=4) == 1  # 6 // 4
+    assert sandbox_pool.workers_per_rank(cpus=3, ranks_on_node=8) == 1  # fewer CPUs than ranks: still one worker
+    assert sandbox_pool.workers_per_rank(cpus=16, ranks_on_node=0) == 16  # no rank count: the process alone
+    # 8 CPUs, 2 workers per rank: ranks 0..3 pin to disjoint pairs; a 3-CPU node wraps around
+    assert [sandbox_pool.worker_cpus(list(range(8)), 2, r) for r in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert sandbox_pool.worker_cpus([0, 1, 2], 2, local_rank=1) == [2, 0]
+
+
+def test_default_workers_divide_the_usable_cpus_by_the_local_world_size(monkeypatch):
+    monkeypatch.setattr(sandbox_pool.os, "sched_getaffinity", lambda pid: set(range(4, 16)))  # 12 usable CPUs
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert sandbox_pool.default_workers() == 12  # one process: every usable CPU
+    assert sandbox_pool.default_workers(ranks_on_node=6) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, 4 ranks on this node
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no namespaces: nothing runs here
+        sb, given = Sandbox(isolation="none"), Sandbox(workers=5, isolation="none")
+    assert sb.workers == 3 and [w.cpu for w in sb._all] == [7, 8, 9]  # 12 // 4; rank 1 takes CPUs 4+3 .. 4+5
+    assert given.workers == 5  # an explicit number wins
+    sb.close()
+    given.close()
+
+
 # ------------------------------------------------------------------------------------ isolation modes
 
 

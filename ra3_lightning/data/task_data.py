@@ -7,9 +7,11 @@ one rank with one group id (the distributed sampler splits prompts, never sample
 
 Prompt templates (:data:`PROMPT_TEMPLATES`, chosen by name, or override :meth:`TaskDataModule.format_prompt`):
 
-* ``"plain"`` — the task's prompt as a completion prompt (base models continue the function);
-* ``"chat"`` — the tokenizer's chat template around ``chat_instruction`` + the prompt (instruct models);
-* ``"auto"`` — ``"chat"`` when the tokenizer has a chat template, else ``"plain"``.
+* ``"plain"`` (the default) — the task's prompt as a completion prompt: base models continue the function;
+* ``"chat"`` — the tokenizer's chat template around ``chat_instruction`` + the prompt: use it for instruct models;
+* ``"auto"`` — ``"chat"`` if the tokenizer has a chat template, else ``"plain"``. Not a base/instruct detector: base
+  checkpoints often ship a chat template too (Qwen2.5 and Qwen2.5-Coder base models do), so ``"auto"`` gives them
+  chat prompts; say ``"plain"`` or ``"chat"`` for a real model.
 
 Resuming: the data module's ``state_dict`` records the epoch and how many batches of it the *training step* has
 consumed (updated in ``on_after_batch_transfer``, i.e. after Lightning's one-batch prefetch, so the prefetched
@@ -165,7 +167,9 @@ class TaskDataModule(L.LightningDataModule):
         val_split: Split of ``val_path`` on the hub.
         batch_size: Prompts per training step per rank (each is sampled ``num_generations`` times by the module).
         val_batch_size: Prompts per validation batch (default ``batch_size``).
-        prompt_template: ``"auto"`` | ``"plain"`` | ``"chat"`` (see the module docstring).
+        prompt_template: ``"plain"`` (base models: continue the prompt) | ``"chat"`` (instruct models: the
+            tokenizer's chat template) | ``"auto"`` (``"chat"`` if the tokenizer has a chat template, which base
+            Qwen2.5 tokenizers have too); see the module docstring.
         chat_instruction: Text placed before the task prompt in the chat user turn.
         max_prompt_length: Prompts longer than this (tokens) raise a :class:`DataError` naming the task, or are
             dropped with a warning when ``drop_overlong`` is set.
@@ -186,7 +190,7 @@ class TaskDataModule(L.LightningDataModule):
         val_split: str = "test",
         batch_size: int = 8,
         val_batch_size: int | None = None,
-        prompt_template: TemplateName = "auto",
+        prompt_template: TemplateName = "plain",
         chat_instruction: str = DEFAULT_CHAT_INSTRUCTION,
         max_prompt_length: int = 1024,
         drop_overlong: bool = False,

@@ -36,7 +36,10 @@ Evaluation explains itself (:mod:`ra3_lightning.eval_diagnostics`): besides pass
 ``completion_tokens``, ``code_tokens``; for tasks with ground truth (the synthetic world) ``rationale_matched_rate``,
 ``rationale_accuracy``, ``pass@1_skills{n}`` and ``tasks_skills{n}``. ``evaluation.think_bias`` biases (``-inf``:
 forbids) comment-start tokens while sampling for evaluation; ``evaluation.samples_path`` writes one JSON line per
-sample.
+sample (one file, also with several processes: rank 0 merges the ranks' parts at the end of the evaluation).
+
+Each rank's sandbox gets its share of the node's CPUs (:meth:`RLVRModule.setup`): ``trainer.devices`` ranks per
+node each start ``usable CPUs // devices`` workers unless ``reward_fn.workers`` is given.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -66,6 +70,8 @@ from ra3_lightning.eval_diagnostics import (
     comment_start_mask,
     completion_stats,
     has_ground_truth,
+    merge_sample_files,
+    rank_samples_path,
     rationale_counts,
     sample_record,
     skill_phrases,
@@ -129,9 +135,12 @@ class Evaluation:
         samples_path: Write one JSON line per validation / test sample here: ``task_id``, ``completion``,
             ``passed``, ``truncated``, ``num_tokens``, ``num_code_tokens``, ``num_rationales`` (and ``skills`` when
             the task has them). ``{stage}`` (``val`` / ``test``) and ``{step}`` (global step) in the path are
-            filled in; each evaluation rewrites its file; with several processes each rank writes
-            ``<stem>.rank<r><suffix>``. Not written during the sanity check. ``None`` = no file. A relative path
-            follows ``--trainer.default_root_dir``.
+            filled in; each evaluation rewrites its file. With several processes each rank writes its part,
+            ``<stem>.rank<r><suffix>``, and at the end of the evaluation (after a barrier) rank 0 merges the parts
+            into the one ``samples_path`` file — ordered by task id, then sample — and deletes them
+            (:func:`~ra3_lightning.eval_diagnostics.merge_sample_files`); the ranks must share the file system
+            (else the parts are kept and a warning says so). Not written during the sanity check. ``None`` = no
+            file. A relative path follows ``--trainer.default_root_dir``.
     """
 
     num_samples: int = 4
@@ -179,11 +188,14 @@ class RLVRModule(CausalLMModule):
             which lines the diagnostics count as rationales.
         val_generation: Validation / test backend (default :class:`~ra3_lightning.generation.KVSample` at
             ``evaluation.temperature``); e.g. ``HFGenerate`` or a vLLM backend, by ``class_path`` in YAML.
-        stop_strings: Also end a completion once its text contains one of these (base-model completions:
-            ``["\ndef ", "\nclass ", "\nif __name__", "\nprint("]``, :data:`~ra3_lightning.generation.BASE_MODEL_STOP`);
-            the text the sandbox scores is cut before the stop string. ``None`` = EOS and the budget only. Both
-            backends get it (they must be ``SamplingBackend`` s). Every EOS id of the tokenizer and of the model's
-            ``generation_config`` (e.g. ``<|endoftext|>`` and ``<|im_end|>``) ends a completion.
+        stop_strings: Also end a completion once its text contains one of these (base-model completions of
+            HumanEval-style prompts: ``["\\ndef ", "\\nclass ", "\\nif __name__", "\\nprint(", "\\n#"]``,
+            :data:`~ra3_lightning.generation.HUMANEVAL_STOP`; of MBPP-style prompts, which the completion answers
+            with a whole program: :data:`~ra3_lightning.generation.MBPP_STOP`). They match the decoded text, so an
+            indented comment (``"\\n    #"``, a rationale) is no ``"\\n#"``. The text the sandbox scores is cut
+            before the stop string. ``None`` = EOS and the budget only. Both backends get it (they must be
+            ``SamplingBackend`` s). Every EOS id of the tokenizer and of the model's ``generation_config`` (e.g.
+            ``<|endoftext|>`` and ``<|im_end|>``) ends a completion.
         log_samples_every_n_steps: Write sample prompts / completions as TensorBoard text this often (0 = never).
         num_logged_samples: How many samples to write each time.
         seed: Seed of the per-step rollout RNG.
@@ -238,7 +250,8 @@ class RLVRModule(CausalLMModule):
         self.eval_diagnostics = EvalDiagnostics()
         self._token_pieces: dict[int, str] = {}  # token id -> its text ("" for special tokens), filled lazily
         self._skill_phrases = skill_phrases()
-        self._samples_file: str | None = None  # this evaluation's samples file (set at epoch start)
+        self._samples_file: str | None = None  # this rank's samples file of this evaluation (set at epoch start)
+        self._merged_samples_file: str | None = None  # the file rank 0 merges the ranks' parts into (several ranks)
         self._think_bias: Tensor | None = None  # [V], built on first use
         self.ref_model: torch.nn.Module | None = None  # set in configure_model only when beta > 0
         self._executor: ThreadPoolExecutor | None = None
@@ -265,12 +278,31 @@ class RLVRModule(CausalLMModule):
         total = self.optim.total_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000)
         return self.optim.build(self.model.named_parameters(), total)
 
-    # ----------------------------------------------------------------------------------------- hooks
-    def default_reward_fn(self) -> RewardFn:
-        """Hook: the reward used when none is configured (a binary :class:`~ra3_lightning.rewards.SandboxReward`)."""
+    def setup(self, stage: str) -> None:
+        """Give a :class:`~ra3_lightning.rewards.SandboxReward` left at ``workers=None`` this rank's share of the
+        CPUs (:meth:`sandbox_workers`): every rank of the node starts its own sandbox, and Lightning's own launcher
+        does not set ``LOCAL_WORLD_SIZE``, from which the sandbox alone would read the number of ranks."""
         from ra3_lightning.rewards import SandboxReward
 
-        return SandboxReward(mode="binary")
+        if isinstance(self.reward_fn, SandboxReward) and self.reward_fn.workers is None:
+            self.reward_fn.workers = self.sandbox_workers()
+
+    def sandbox_workers(self) -> int | None:
+        """Sandbox workers of this rank: the CPUs this process may use divided by the trainer's ranks per node
+        (``trainer.num_devices``); ``None`` without a trainer (the sandbox's own default then)."""
+        if self._trainer is None:
+            return None
+        from ra3_lightning.sandbox.pool import default_workers
+
+        return default_workers(ranks_on_node=self.trainer.num_devices)
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def default_reward_fn(self) -> RewardFn:
+        """Hook: the reward used when none is configured (a binary :class:`~ra3_lightning.rewards.SandboxReward`
+        with :meth:`sandbox_workers` workers)."""
+        from ra3_lightning.rewards import SandboxReward
+
+        return SandboxReward(mode="binary", workers=self.sandbox_workers())
 
     def submit_rewards(self, completions: list[str], tasks: list[CodingTask]) -> Future[list[float]]:
         """Hook: start scoring ``completions`` and return a future (the trainer keeps working meanwhile)."""
@@ -649,13 +681,14 @@ class RLVRModule(CausalLMModule):
         self.start_samples_file("test")
 
     def start_samples_file(self, stage: str) -> None:
-        """Empty this evaluation's ``samples_path`` file (none during the sanity check)."""
-        self._samples_file = None
+        """Empty this evaluation's ``samples_path`` file, or this rank's part of it (none during the sanity check)."""
+        self._samples_file = self._merged_samples_file = None
         if self.evaluation.samples_path is None or self.trainer.sanity_checking:
             return
         path = Path(self.evaluation.samples_path.format(stage=stage, step=self.global_step))
         if self.trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{self.global_rank}{path.suffix}")
+            self._merged_samples_file = str(path)
+            path = rank_samples_path(path, self.global_rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")
         self._samples_file = str(path)
@@ -675,13 +708,32 @@ class RLVRModule(CausalLMModule):
         with open(self._samples_file, "a") as f:
             f.writelines(json.dumps(sample_record(*row)) + "\n" for row in rows)
 
+    def merge_samples_files(self) -> None:
+        """With several processes: once every rank has written its part (a barrier), rank 0 merges the parts into
+        the one ``samples_path`` file and deletes them; parts it cannot see (no shared file system) are kept, with
+        a warning."""
+        merged, self._merged_samples_file = self._merged_samples_file, None
+        if merged is None:
+            return
+        self.trainer.strategy.barrier("ra3-samples-file")
+        if not self.trainer.is_global_zero:
+            return
+        parts = [rank_samples_path(merged, r) for r in range(self.trainer.world_size)]
+        missing = [str(p) for p in parts if not p.exists()]
+        if missing:
+            warnings.warn(f"samples file not merged: rank 0 does not see {missing}; the parts are kept", stacklevel=1)
+            return
+        merge_sample_files(parts, merged)
+
     def on_validation_epoch_end(self) -> None:
         self.log_pass_at_k("val")
         self.log_diagnostics("val")
+        self.merge_samples_files()
 
     def on_test_epoch_end(self) -> None:
         self.log_pass_at_k("test")
         self.log_diagnostics("test")
+        self.merge_samples_files()
 
     def log_pass_at_k(self, prefix: str) -> None:
         results = self.pass_at_k.compute()

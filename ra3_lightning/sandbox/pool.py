@@ -349,6 +349,50 @@ def _close_workers(workers: list[_Worker]) -> None:
         w.close()
 
 
+# --------------------------------------------------------------------------------------------------- worker count
+
+
+def workers_per_rank(cpus: int, ranks_on_node: int) -> int:
+    """One rank's share of the node's CPUs as sandbox workers: ``cpus // ranks_on_node``, at least 1.
+
+    Example:
+        >>> workers_per_rank(cpus=64, ranks_on_node=8), workers_per_rank(cpus=6, ranks_on_node=4)
+        (8, 1)
+    """
+    return max(1, cpus // max(1, ranks_on_node))
+
+
+def worker_cpus(cpus: Sequence[int], workers: int, local_rank: int) -> list[int]:
+    """The CPU each of a rank's ``workers`` is pinned to: local rank ``r`` takes ``cpus[r*workers : (r+1)*workers]``
+    (wrapping around), so the ranks of a node pin their workers to different CPUs, not all to the first ones.
+
+    Example:
+        >>> worker_cpus([0, 1, 2, 3, 4, 5, 6, 7], workers=2, local_rank=1), worker_cpus([0, 1, 2], 2, local_rank=1)
+        ([2, 3], [2, 0])
+    """
+    return [cpus[(local_rank * workers + i) % len(cpus)] for i in range(workers)]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one, else ``os.cpu_count()``."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def default_workers(ranks_on_node: int | None = None) -> int:
+    """Sandbox workers of one rank when none are given: :func:`usable_cpus` shared among ``ranks_on_node`` ranks
+    (default ``LOCAL_WORLD_SIZE``, which torchrun sets; 1 when it is unset)."""
+    return workers_per_rank(usable_cpus(), ranks_on_node or _env_int("LOCAL_WORLD_SIZE", 1))
+
+
 # --------------------------------------------------------------------------------------------------- the sandbox
 
 
@@ -375,7 +419,9 @@ class Sandbox:
     """Run untrusted Python programs against tests in a pool of isolated worker processes.
 
     Args:
-        workers: parallel worker processes (default: number of CPUs). Each starts on first use.
+        workers: parallel worker processes (default :func:`default_workers`: the CPUs this process may use, divided
+            by the ranks on this node, ``LOCAL_WORLD_SIZE``). Each starts on first use. Worker ``i`` of local rank
+            ``r`` (``LOCAL_RANK``) is pinned to one CPU, :func:`worker_cpus`.
         limits: default resource limits per program (one program = its whole test suite).
         isolation: ``"bwrap"`` requires bubblewrap; ``"none"`` runs without namespaces (rlimits and process-group
             kill only, with a loud warning); ``"auto"`` uses bubblewrap when it works here, else ``"none"``.
@@ -400,12 +446,12 @@ class Sandbox:
         self.isolation: Literal["bwrap", "none"] = "bwrap" if isolation != "none" and not problem else "none"
         if self.isolation == "none":
             _warn_no_isolation(problem or "isolation='none' was requested")
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or default_workers()
         self.limits = limits
         scratch_mb = max(64, 4 * limits.max_file_mb)
         judge_mb = 2 * limits.memory_mb + 512  # the judge holds the tests and the values the program returns
-        cpus = sorted(os.sched_getaffinity(0))
-        self._all = [_Worker(self.isolation, scratch_mb, judge_mb, cpus[i % len(cpus)]) for i in range(self.workers)]
+        cpus = worker_cpus(sorted(os.sched_getaffinity(0)), self.workers, _env_int("LOCAL_RANK", 0))
+        self._all = [_Worker(self.isolation, scratch_mb, judge_mb, cpu) for cpu in cpus]
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for w in self._all:
             self._idle.put(w)
