@@ -20,8 +20,10 @@ the loss recomputes ``log q`` on ``Rollout.q_layout`` (groups included, a 4-D at
 attention), and the KL reference is ``π`` on its own layout (the prior ``p(z_t | s_t)``). See docs/estep.md.
 
 Deviations from the paper / known limits: the KL of ``q`` to its initial policy (= ``π``) is a loss term, not a
-reward; ``π`` is kept as a full frozen copy (no LoRA option yet) and is not FSDP-sharded (it is replicated on every
-rank).
+reward. ``π`` takes memory of its own only without ``lora``: it is then a full frozen copy of ``q`` made before
+sharding, and under FSDP2 it is sharded like ``q`` (each rank holds 1/world of its bytes; both are unsharded once
+while annotating). With ``lora`` (:mod:`ra3_lightning.lora`) ``π`` is no copy: it is ``q``'s frozen base weights
+with the adapter switched off (:class:`~ra3_lightning.lora.AdapterOff`), and only the adapter trains.
 """
 
 from __future__ import annotations
