@@ -9,8 +9,9 @@ import sys
 from typing import Any
 
 
-def run_variant_process(variant: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, *sys.argv, "--variant", variant], capture_output=True, text=True)
+def run_variant_process(variant: str, *extra: str) -> dict[str, Any]:
+    """Run ``python <this script> <its arguments> --variant VARIANT <extra...>``; return its last printed JSON line."""
+    out = subprocess.run([sys.executable, *sys.argv, "--variant", variant, *extra], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{variant} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -11,6 +11,12 @@ flash-attention alike). :func:`lm_inputs` therefore passes ``use_cache=False``, 
 ``attention_mask`` only when it matters: right padding is invisible to real tokens under causal attention, so a
 batch whose padding is all on the right goes without it and each packed document attends only to itself. Any other
 padding layout gets the mask (and then packed documents would see each other).
+
+Memory: the loss (:func:`lm_loss`) never builds the ``[B, L, V]`` logits. Inside the model's forward the LM head
+computes each position's target log-prob ``logprob_chunk_size`` positions at a time
+(:func:`ra3_lightning.logprobs.selective_logprobs`, checkpointed under autograd), so the logits cost a few
+``[chunk, V]`` fp32 tensors (one chunk's forward and backward) instead of several ``[B, L, V]`` ones
+(docs/memory.md). ``forward`` still returns logits.
 """
 
 from __future__ import annotations
@@ -18,10 +24,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity
+from ra3_lightning.logprobs import selective_logprobs
+from ra3_lightning.losses import (
+    LOSS_MASKS,
+    LossOn,
+    causal_lm_loss,
+    loss_mask_for,
+    mean_token_nll,
+    perplexity,
+    shifted_targets,
+)
 from ra3_lightning.modules.base import CausalLMModule
 from ra3_lightning.optim import Optim, schedule_length
 
@@ -37,6 +53,35 @@ def lm_inputs(batch: dict[str, Tensor]) -> dict[str, Any]:
     if mask is not None and not _padding_only_on_right(mask):
         inputs["attention_mask"] = mask
     return inputs
+
+
+def lm_loss(
+    model: torch.nn.Module,
+    batch: dict[str, Tensor],
+    loss_mask: Tensor | None = None,  # [B, L] bool, True = the token counts as a target
+    chunk_size: int | None = 1024,
+) -> tuple[Tensor, Tensor]:
+    """``(mean token NLL, number of target tokens)`` of ``model`` on a batch: :func:`causal_lm_loss`'s value.
+
+    The model runs on :func:`lm_inputs` (``logits_to_keep`` added); its LM head computes each position's target
+    log-prob ``chunk_size`` positions at a time (:func:`~ra3_lightning.logprobs.selective_logprobs`), and the loss is
+    :func:`~ra3_lightning.losses.mean_token_nll` of those. ``chunk_size=None``: dense logits and
+    :func:`causal_lm_loss` (models that post-process their logits, e.g. soft-capping, need it).
+    """
+    labels = batch["labels"]  # [B, L]
+    if labels.shape != batch["input_ids"].shape:
+        raise ValueError(f"labels {tuple(labels.shape)} and input_ids {tuple(batch['input_ids'].shape)} disagree")
+    if chunk_size is None:
+        return causal_lm_loss(model(**lm_inputs(batch)).logits, labels, loss_mask)
+    targets = shifted_targets(labels, loss_mask)  # [B, L-1], -100 = not counted
+    logp, _ = selective_logprobs(model, lm_inputs(batch), targets.clamp(min=0), chunk_size)  # [B, L-1]
+    return mean_token_nll(logp, targets)
+
+
+def check_chunk_size(name: str, chunk_size: int | None) -> None:
+    """Reject a chunk size below 1 at construction (``None`` = dense logits)."""
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"{name}={chunk_size}: positions per LM-head chunk must be >= 1 (or null for dense logits)")
 
 
 def _padding_only_on_right(mask: Tensor) -> bool:
@@ -56,6 +101,10 @@ class NTPModule(CausalLMModule):
             a ``rationale_mask``).
         optim: The optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`NTP_OPTIM`);
             ``total_steps`` defaults to ``trainer.estimated_stepping_batches``.
+        logprob_chunk_size: Positions per chunk of the LM head in the training and validation loss
+            (:func:`lm_loss`): the ``[B, L, V]`` logits are never built, each chunk's ``[chunk, V]`` fp32 logits are
+            recomputed in the backward pass. ``None`` = dense logits (models that post-process their logits, e.g.
+            soft-capping, need it). Same loss and gradients either way.
         **kwargs: Model source and loading options of :class:`CausalLMModule` (``pretrained`` / ``init_from`` /
             ``tiny``, ``tokenizer``, ``dtype``, ...).
     """
@@ -64,13 +113,15 @@ class NTPModule(CausalLMModule):
         self,
         loss_on: LossOn = "all",
         optim: Optim = NTP_OPTIM,
+        logprob_chunk_size: int | None = 1024,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if loss_on not in LOSS_MASKS:
             raise ValueError(f"loss_on={loss_on!r}; choose one of {sorted(LOSS_MASKS)}")
+        check_chunk_size("logprob_chunk_size", logprob_chunk_size)
         self.save_hyperparameters()
-        self.loss_on, self.optim = loss_on, optim
+        self.loss_on, self.optim, self.logprob_chunk_size = loss_on, optim, logprob_chunk_size
         self.val_loss = MeanMetric()
         self._last_batch_end: float | None = None
 
@@ -80,8 +131,8 @@ class NTPModule(CausalLMModule):
         return self.model(**lm_inputs(batch)).logits
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """``(mean token NLL, number of target tokens)`` of a batch under ``loss_on``."""
-        return causal_lm_loss(self(batch), batch["labels"], loss_mask_for(self.loss_on, batch))
+        """``(mean token NLL, number of target tokens)`` of a batch under ``loss_on`` (LM head in chunks)."""
+        return lm_loss(self.model, batch, loss_mask_for(self.loss_on, batch), self.logprob_chunk_size)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self.loss(batch)

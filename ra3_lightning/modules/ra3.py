@@ -1,8 +1,8 @@
 """``RA3Module``: RA3 mid-training — E-phase, annotation and M-phase of the EM loop — in one LightningModule.
 
 It *is* the E-step (:class:`LatentPolicyModule`: ``self.model`` is trained as the latent policy ``q`` against the
-frozen ``self.pi``) and runs the M-step with :class:`NTPModule`'s functions (``lm_inputs``, ``causal_lm_loss``,
-``loss_mask_for``) on the traces ``q`` annotated. :class:`ra3_lightning.callbacks.EMScheduler` hands it the
+frozen ``self.pi``) and runs the M-step with :class:`NTPModule`'s functions (``lm_loss``, ``loss_mask_for``) on the
+traces ``q`` annotated. :class:`ra3_lightning.callbacks.EMScheduler` hands it the
 :class:`ra3_lightning.em_schedule.EMSchedule` (which phase each step is in) and calls its phase transitions;
 :class:`ra3_lightning.data.EMDataModule` hands out the batch of every step.
 
@@ -32,10 +32,10 @@ from ra3_lightning.em_schedule import EMPosition, EMSchedule
 from ra3_lightning.estep import Choose, annotate
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.lora import merge_into_base, reset_adapter
-from ra3_lightning.losses import LOSS_MASKS, LossOn, causal_lm_loss, loss_mask_for, perplexity
+from ra3_lightning.losses import LOSS_MASKS, LossOn, loss_mask_for, perplexity
 from ra3_lightning.modules.base import copy_weights
 from ra3_lightning.modules.latent_policy import LATENT_OPTIM, LatentPolicyModule
-from ra3_lightning.modules.ntp import lm_inputs
+from ra3_lightning.modules.ntp import check_chunk_size, lm_loss
 from ra3_lightning.optim import Optim
 
 M_OPTIM = Optim(lr=3e-4, weight_decay=0.1, warmup_steps=10, min_lr_ratio=0.1)  # the M-step's default group
@@ -73,6 +73,9 @@ class RA3Module(LatentPolicyModule):
         m_optim: The M-step's optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`M_OPTIM`): warm-up
             counted in M-steps, the cosine over all M-steps of the EM schedule (so ``total_steps`` must stay unset).
         loss_on: M-step loss on ``"all"`` tokens (rationales included; the paper's default) or ``"code"`` only.
+        m_logprob_chunk_size: Positions per chunk of the LM head in the M-step loss and the raw validation loss
+            (:func:`~ra3_lightning.modules.ntp.lm_loss`): the ``[B, L, V]`` logits are never built, each chunk is
+            recomputed in the backward pass. ``None`` = dense logits. (The E-step's is ``latent.logprob_chunk_size``.)
         annotation: How each iteration's traces are annotated (:class:`AnnotationRun`: ``choose``, ``num_samples``,
             ``batch_size``, ``shard_size``); sampling and scoring are the E-step's ``latent`` group, unchanged.
         work_dir: Where annotated traces go (``<work_dir>/iter_<k>/rank_<r>``); default: the logger's directory.
@@ -85,6 +88,7 @@ class RA3Module(LatentPolicyModule):
         optim: Optim = LATENT_OPTIM,
         m_optim: Optim = M_OPTIM,
         loss_on: LossOn = "all",
+        m_logprob_chunk_size: int | None = 1024,
         annotation: AnnotationRun = AnnotationRun(),
         work_dir: str | None = None,
         **kwargs: Any,
@@ -94,6 +98,7 @@ class RA3Module(LatentPolicyModule):
         self.m_optim = m_optim
         if loss_on not in LOSS_MASKS:
             raise ValueError(f"loss_on={loss_on!r}; choose one of {sorted(LOSS_MASKS)}")
+        check_chunk_size("m_logprob_chunk_size", m_logprob_chunk_size)
         self.annotation = annotation
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -192,8 +197,8 @@ class RA3Module(LatentPolicyModule):
         """Next-token prediction on packed annotated traces (``loss_on`` decides whether rationales count)."""
         start = time.perf_counter()
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        logits = self.model(**lm_inputs(batch)).logits  # [B, L, V]
-        loss, num_tokens = causal_lm_loss(logits, batch["labels"], loss_mask_for(self.hparams.loss_on, batch))
+        mask = loss_mask_for(self.hparams.loss_on, batch)  # [B, L] or None
+        loss, _ = lm_loss(self.model, batch, mask, self.hparams.m_logprob_chunk_size)
         self.log("mstep/loss", loss, prog_bar=True)
         self.log("mstep/ppl", perplexity(loss))
         self.log("mstep/rationale_token_frac", batch["rationale_mask"].float().mean())
@@ -216,7 +221,7 @@ class RA3Module(LatentPolicyModule):
         self.model.eval()
         for batch in self.em_data.val_batches(self.trainer.global_rank, self.trainer.world_size):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            loss, n = causal_lm_loss(self.model(**lm_inputs(batch)).logits, batch["labels"], None)
+            loss, n = lm_loss(self.model, batch, None, self.hparams.m_logprob_chunk_size)
             total, count = total + loss * n, count + n
         self.model.train(was_training)
         total, count = (
