@@ -16,6 +16,14 @@ far the NTP arm's pass@1 moves with the batch order alone::
     python scripts/ablations.py ntp --base reports/full --out reports/ablations --name ntp_order1 --seeds 3 4 \\
         -c configs/demo/pipeline_full.yaml -- --stages.ntp.args '{"data.shuffle_seed": 1}'
 
+``oracle`` runs the oracle arms the overrides name (no E-step: the NTP arm's stage on the mid-training traces with a
+comment before every true skill start — each skill's own, or another skill's for ``oracle_wrong``) and evaluates each
+with and without comments forbidden; ``table`` pairs them with the seed's NTP and RA3 arms and reports the code and
+total tokens each trained on::
+
+    python scripts/ablations.py oracle --base reports/pair --out reports/ablations --name oracle --seeds 3 4 5 \\
+        -c configs/demo/pipeline_full.yaml -- --oracle.arms '[oracle, oracle_wrong]'
+
 ``rlvr`` reruns instead both RLVR stages from the seed's own NTP and RA3 checkpoints under the overrides, with the
 held-out evaluation of the RLVR models and the seed's report; ``scripts/fair_tables.py`` reads the new seed folders::
 
@@ -38,7 +46,8 @@ the base, NTP and RA3 models (RA3 also with its rationales forbidden), so that `
 
 ``table`` prints, for every ablation found under ``<out>``, the pass@1 of the ablated RA3 model paired by seed with
 the NTP arm and the default RA3 arm of ``<base>/seed<S>`` (mean ± sample std over seeds, and the sign count), and
-the E-step's THINK rate per EM iteration; for an ``ntp`` rerun, its pass@1 paired with the seed's NTP and RA3 arms.
+the E-step's THINK rate per EM iteration; for an ``ntp`` rerun, its pass@1 paired with the seed's NTP and RA3 arms;
+for ``oracle``, each oracle arm's pass@1 paired with them (and the wrong-content arm with the oracle), and its tokens.
 Seeds run one after the other: each one uses the whole machine.
 """
 
@@ -59,6 +68,11 @@ from typing import Any
 RUNS = (("ra3", None), ("ra3_nothink", float("-inf")))  # result name, decode-time THINK bias
 RA3_RUNS = tuple((name, "ra3", bias) for name, bias in RUNS)  # result name, checkpoint, THINK bias: what `run` scores
 NTP_RUNS = (("ntp", "ntp", None),)  # what `ntp` scores
+
+
+def oracle_runs(arm: str) -> tuple[tuple[str, str, float | None], ...]:
+    """What `oracle` scores of an oracle arm: with and without comments forbidden."""
+    return ((arm, arm, None), (f"{arm}_nothink", arm, float("-inf")))
 
 
 def prepare(base: Path, out: Path) -> None:
@@ -128,19 +142,23 @@ def evaluate_once(cfg: Any, paths: Any, seed: int, name: str, checkpoint: str, b
     return seeded(seed, lambda: path.write_text(json.dumps(evaluate_checkpoint(cfg, paths, run))))
 
 
+def seed_argv(config: str, seed: int, out: Path, overrides: list[str]) -> list[str]:
+    """The ``ra3 demo`` arguments of one seed into ``out`` under ``overrides``."""
+    return ["-c", config, "--seed", str(seed), "--out", str(out), "--progress_bar", "false", *overrides]
+
+
 def rerun_seed(
     config: str, base: Path, out: Path, seed: int, overrides: list[str], stage: str, runs: tuple[tuple, ...]
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Stage ``stage`` of one seed rerun into ``out`` under ``overrides``, then the evaluations ``runs`` (result name,
     checkpoint, THINK bias), each skipped when done before; returns the config, the paths and the record."""
-    from ra3_lightning.pipeline.stages import STAGES, Paths, parse_config
+    from ra3_lightning.pipeline.stages import ORACLE_STAGES, STAGES, Paths, parse_config
 
-    argv = ["-c", config, "--seed", str(seed), "--out", str(out), "--progress_bar", "false", *overrides]
-    cfg, paths = parse_config(argv), Paths(out)
+    cfg, paths = parse_config(seed_argv(config, seed, out, overrides)), Paths(out)
     prepare(base, out)
     times_file = out / "stage_times.json"
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
-    rerun = next(s for s in STAGES if s.name == stage)
+    rerun = next(s for s in (*STAGES, *ORACLE_STAGES.values()) if s.name == stage)
     if not rerun.done(paths):
         times[stage] = seeded(seed, rerun.run, cfg, paths)
         times_file.write_text(json.dumps(times, indent=1))
@@ -177,16 +195,35 @@ def ntp_seed(config: str, base: Path, out: Path, seed: int, overrides: list[str]
     return record
 
 
-RERUNS = {"run": (run_seed, "ra3"), "ntp": (ntp_seed, "ntp")}  # subcommand: one seed's rerun, its headline result
+def oracle_seed(config: str, base: Path, out: Path, seed: int, overrides: list[str]) -> dict[str, Any]:
+    """The oracle arms that ``oracle.arms`` names (in ``config`` or ``overrides``), one after the other into ``out``,
+    each evaluated with and without comments forbidden; returns what ``ablation.json`` holds (all arms, their
+    evaluations and the tokens each trained on)."""
+    from ra3_lightning.pipeline.stages import Paths, parse_config
+
+    arms = parse_config(seed_argv(config, seed, out, overrides)).oracle.arms
+    if not arms:
+        raise SystemExit("name the oracle arms to run: -- --oracle.arms '[oracle, oracle_wrong]'")
+    results: dict[str, Any] = {}
+    for arm in arms:
+        record = rerun_seed(config, base, out, seed, overrides, arm, oracle_runs(arm))[2]
+        results |= record["eval"]
+    tokens = {arm: json.loads(Paths(out).training_tokens(arm).read_text()) for arm in arms}
+    record |= {"stage": "oracle", "arms": list(arms), "eval": results, "tokens": tokens}
+    (out / "ablation.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+RERUNS = {"run": run_seed, "ntp": ntp_seed, "oracle": oracle_seed}  # subcommand: one seed's rerun
 
 
 def cmd_rerun(args: argparse.Namespace) -> None:
-    rerun, result = RERUNS[args.command]
     for seed in args.seeds:
         base, out = Path(args.base) / f"seed{seed}", Path(args.out) / args.name / f"seed{seed}"
         print(f"=== {args.name} seed {seed}: {' '.join(args.overrides)} -> {out}", file=sys.stderr, flush=True)
-        record = rerun(args.config, base, out, seed, args.overrides)
-        print(json.dumps({"seed": seed, "pass@1": record["eval"][result]["pass@1"], "times": record["stage_times"]}))
+        record = RERUNS[args.command](args.config, base, out, seed, args.overrides)
+        scores = {name: result["pass@1"] for name, result in record["eval"].items()}
+        print(json.dumps({"seed": seed, "pass@1": scores, "times": record["stage_times"]}))
 
 
 def cmd_rlvr(args: argparse.Namespace) -> None:
@@ -288,7 +325,7 @@ def ablation_rows(base: Path, folder: Path) -> list[str]:
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*/ablation.json"))]
     if not records:
         return []
-    rows = ntp_rows if records[0].get("stage") == "ntp" else ra3_rows  # records before `ntp` existed are RA3's
+    rows = TABLES.get(records[0].get("stage"), ra3_rows)  # records before `ntp` existed are RA3's
     seeds = ", ".join(str(r["seed"]) for r in records)
     return [
         f"### {folder.name}: `{' '.join(records[0]['overrides'])}` (seeds {seeds}; "
@@ -333,6 +370,38 @@ def ra3_rows(base: Path, records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def oracle_rows(base: Path, records: list[dict[str, Any]]) -> list[str]:
+    """Each oracle arm paired by seed with the seed's NTP and RA3 arms (the wrong-content arm with the oracle too),
+    with comments forbidden, and the code and total tokens it trained on."""
+    arms = [a for a in records[0]["arms"] if all(a in r["eval"] for r in records)]
+    score = {n: [r["eval"][n]["pass@1"] for r in records] for a in arms for n in (a, f"{a}_nothink")}
+    score |= {arm: [pass1(base / f"seed{r['seed']}", arm) for r in records] for arm in ("ntp", "ra3")}
+    rows = []
+    for arm in arms:
+        rows += [
+            f"| pass@1 {arm} | {', '.join(f'{v:.3f}' for v in score[arm])} |",
+            f"| {arm} − NTP | {_paired_diff(score, arm, 'ntp')} |",
+            f"| {arm} − RA3 | {_paired_diff(score, arm, 'ra3')} |",
+            f"| {arm}, comments forbidden − {arm} | {_paired_diff(score, f'{arm}_nothink', arm)} |",
+            f"| {arm} code / total tokens trained on | {'; '.join(_tokens(r['tokens'][arm]) for r in records)} |",
+        ]
+    if {"oracle", "oracle_wrong"} <= set(arms):
+        rows.append(f"| oracle_wrong − oracle | {_paired_diff(score, 'oracle_wrong', 'oracle')} |")
+    return rows
+
+
+def _paired_diff(score: dict[str, list[float]], a: str, b: str) -> str:
+    return paired([x - y for x, y in zip(score[a], score[b], strict=True)])
+
+
+def _tokens(counted: dict[str, int]) -> str:
+    """``code / total (comments share)`` of one arm's counted tokens."""
+    return f"{counted['code']:,} / {counted['total']:,} ({counted['rationale'] / counted['total']:.1%} comments)"
+
+
+TABLES = {"ntp": ntp_rows, "oracle": oracle_rows}  # an ablation record's stage -> its table rows (else RA3's)
+
+
 def cmd_table(args: argparse.Namespace) -> None:
     base = Path(args.base)
     for folder in sorted(p for p in Path(args.out).iterdir() if p.is_dir()):
@@ -342,8 +411,12 @@ def cmd_table(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, what in (("run", "the RA3 arm"), ("ntp", "the NTP arm"), ("rlvr", "both RLVR stages")):
-        rerun = sub.add_parser(name, help=f"rerun {what} of finished seeds with overrides")
+    reruns = (
+        ("run", "rerun the RA3 arm"), ("ntp", "rerun the NTP arm"), ("rlvr", "rerun both RLVR stages"),
+        ("oracle", "run the oracle arms the overrides name (--oracle.arms)"),
+    )  # fmt: skip
+    for name, what in reruns:
+        rerun = sub.add_parser(name, help=f"{what} of finished seeds with overrides")
         rerun.add_argument("--base", required=True, help="the finished `ra3 demo --seeds` directory (seed<S>/ inside)")
         rerun.add_argument("--out", required=True, help="where ablations go (<out>/<name>/seed<S>)")
         rerun.add_argument("--name", required=True, help="the ablation's folder name")
@@ -369,7 +442,8 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commands = {
-        "run": cmd_rerun, "ntp": cmd_rerun, "rlvr": cmd_rlvr, "base": cmd_base, "pair": cmd_pair, "table": cmd_table,
+        "run": cmd_rerun, "ntp": cmd_rerun, "oracle": cmd_rerun, "rlvr": cmd_rlvr, "base": cmd_base, "pair": cmd_pair,
+        "table": cmd_table,
     }  # fmt: skip
     commands[args.command](args)
 

@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -170,3 +172,80 @@ def test_run_reruns_only_the_ra3_arm_with_and_without_rationales(tmp_path, monke
     record = json.loads((tmp_path / "abl" / "x" / "seed0" / "ablation.json").read_text())
     assert record["stage"] == "ra3" and len(record["recovery"]) == 2
     assert sorted(record["eval"]) == ["ra3", "ra3_nothink"]
+
+
+def fake_oracle_stages(monkeypatch, ran: list, counted: dict) -> None:
+    """Oracle stages that write their checkpoint and the tokens ``counted[arm]`` they trained on."""
+    from ra3_lightning.pipeline import stages
+
+    def fake(arm):
+        def run(cfg, paths):
+            ran.append(arm)
+            for path, text in ((paths.ckpt(arm), arm), (paths.training_tokens(arm), json.dumps(counted[arm]))):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+
+        return stages.Stage(arm, run, lambda p: [p.ckpt(arm), p.training_tokens(arm)])
+
+    monkeypatch.setattr(stages, "ORACLE_STAGES", {arm: fake(arm) for arm in counted})
+
+
+def test_oracle_runs_the_named_arms_and_tables_them_against_the_seeds_arms(tmp_path, monkeypatch, capsys):
+    import math
+    from types import SimpleNamespace
+
+    from ra3_lightning.pipeline import stages
+
+    base, out = tmp_path / "base", tmp_path / "abl"
+    seed = finished_seed(base / "seed3")
+    (seed / "eval" / "ntp.json").write_text(json.dumps({"pass@1": 0.5}))
+    (seed / "eval" / "ra3.json").write_text(json.dumps({"pass@1": 0.375}))
+    scores = {("oracle", None): 0.75, ("oracle", -math.inf): 0.625, ("oracle_wrong", None): 0.5,
+              ("oracle_wrong", -math.inf): 0.25}  # fmt: skip
+    ran, evaluated, argvs = fake_pipeline(monkeypatch, lambda run: scores[run.checkpoint, run.think_bias])
+    counted = {"oracle": {"total": 1000, "rationale": 250, "code": 750},
+               "oracle_wrong": {"total": 1000, "rationale": 200, "code": 800}}  # fmt: skip
+    fake_oracle_stages(monkeypatch, ran, counted)
+    named = SimpleNamespace(oracle=SimpleNamespace(arms=("oracle", "oracle_wrong")))
+    monkeypatch.setattr(stages, "parse_config", lambda argv: argvs.append(argv) or named)
+    overrides = ["--oracle.arms", "[oracle, oracle_wrong]"]
+    argv = ["oracle", "--base", str(base), "--out", str(out), "--name", "oracle", "--seeds", "3", "-c", "p.yaml"]
+    script = load_script()
+    script.main([*argv, "--", *overrides])
+    assert ran == ["oracle", "oracle_wrong"]  # nothing else of the seed is rerun
+    assert evaluated == [
+        ("oracle", "oracle", None),
+        ("oracle_nothink", "oracle", -math.inf),
+        ("oracle_wrong", "oracle_wrong", None),
+        ("oracle_wrong_nothink", "oracle_wrong", -math.inf),
+    ]
+    assert all(a[:4] == ["-c", "p.yaml", "--seed", "3"] and a[-2:] == overrides for a in argvs)
+    rerun = out / "oracle" / "seed3"
+    assert (rerun / "checkpoints" / "pretrain.ckpt").read_text() == "pretrain" and (rerun / "data" / "DONE").exists()
+    record = json.loads((rerun / "ablation.json").read_text())
+    assert {k: record[k] for k in ("seed", "stage", "arms", "overrides", "tokens")} == {
+        "seed": 3, "stage": "oracle", "arms": ["oracle", "oracle_wrong"], "overrides": overrides, "tokens": counted,
+    }  # fmt: skip
+    assert {k: v["pass@1"] for k, v in record["eval"].items()} == {
+        "oracle": 0.75, "oracle_nothink": 0.625, "oracle_wrong": 0.5, "oracle_wrong_nothink": 0.25,
+    }  # fmt: skip
+    assert sorted(record["stage_times"]) == sorted(["oracle", "oracle_wrong", *(f"eval_{k}" for k in record["eval"])])
+    script.main([*argv, "--", *overrides])  # resumed: nothing to redo
+    assert len(ran) == 2 and len(evaluated) == 4
+    capsys.readouterr()
+    script.main(["table", "--base", str(base), "--out", str(out)])
+    table = capsys.readouterr().out
+    # the seed's NTP 0.5 and RA3 0.375; oracle 0.75 (0.625 without comments), oracle_wrong 0.5 (0.25)
+    for row in ("| pass@1 oracle | 0.750 |", "| oracle − NTP | +0.250 (mean +0.250; > 0 in 1 of 1) |",
+                "| oracle − RA3 | +0.375 (mean +0.375; > 0 in 1 of 1) |",
+                "| oracle, comments forbidden − oracle | -0.125 (mean -0.125; > 0 in 0 of 1) |",
+                "| oracle code / total tokens trained on | 750 / 1,000 (25.0% comments) |",
+                "| oracle_wrong − NTP | +0.000 (mean +0.000; > 0 in 0 of 1) |",
+                "| oracle_wrong − RA3 | +0.125 (mean +0.125; > 0 in 1 of 1) |",
+                "| oracle_wrong, comments forbidden − oracle_wrong | -0.250 (mean -0.250; > 0 in 0 of 1) |",
+                "| oracle_wrong code / total tokens trained on | 800 / 1,000 (20.0% comments) |",
+                "| oracle_wrong − oracle | -0.250 (mean -0.250; > 0 in 0 of 1) |"):  # fmt: skip
+        assert row in table, row
+    monkeypatch.setattr(stages, "parse_config", lambda argv: SimpleNamespace(oracle=SimpleNamespace(arms=())))
+    with pytest.raises(SystemExit, match="name the oracle arms"):
+        script.main([*argv[:6], "none", *argv[7:]])  # a new folder: no arm named

@@ -290,3 +290,91 @@ def test_an_ntp_stage_arg_reaches_only_the_ntp_arms_data_module(tmp_path):
         data[run.__name__] = parsed["data"]["init_args"]
     assert data["ntp_run"]["shuffle_seed"] == 1 and data["ntp_run"]["seed"] == 4
     assert data["pretrain_run"]["shuffle_seed"] is None and data["pretrain_run"]["seed"] == 4
+
+
+def test_oracle_arms_are_off_unless_named(tmp_path):
+    from ra3_lightning.pipeline.stages import eval_runs, pipeline_stages
+
+    for name in ("pipeline.yaml", "pipeline_full.yaml"):
+        cfg = parse_config(["-c", str(ROOT / "configs" / "demo" / name)])
+        assert cfg.oracle.arms == () and pipeline_stages(cfg) is STAGES  # `ra3 demo` runs what it ran before
+        assert not [run for run in eval_runs(cfg) if "oracle" in run.name]
+    with pytest.raises(ValueError, match=r"oracle.arms=\['oracle', 'orcale'\]: name each of"):
+        parse_config(["--oracle.arms", "[oracle, orcale]"])
+
+
+def test_oracle_arms_are_the_ntp_arms_run_on_their_annotated_split(tmp_path):
+    """Named arms run after ``ra3`` and before RLVR; each is the NTP arm's stage run with only its name, its data and
+    the rationale spans changed; the eval stage scores each with and without comments forbidden."""
+    import math
+
+    from ra3_lightning.pipeline.spec import Paths
+    from ra3_lightning.pipeline.stages import (
+        _ParseOnly,
+        alone_on_the_command_line,
+        eval_runs,
+        ntp_run,
+        oracle_run,
+        pipeline_stages,
+    )
+
+    base = ["-c", str(ROOT / "configs" / "demo" / "pipeline_full.yaml"), "--seed", "4"]
+    cfg = parse_config([*base, "--oracle.arms", "[oracle_wrong, oracle]"])
+    names = [stage.name for stage in pipeline_stages(cfg)]
+    assert names == ["data", "pretrain", "ntp", "ra3", "oracle_wrong", "oracle", "rlvr_ntp", "rlvr_ra3", "eval"]
+    runs = {run.name: (run.checkpoint, run.think_bias) for run in eval_runs(cfg)}
+    assert {k: v for k, v in runs.items() if "oracle" in k} == {
+        "oracle_wrong": ("oracle_wrong", None), "oracle_wrong_nothink": ("oracle_wrong", -math.inf),
+        "oracle": ("oracle", None), "oracle_nothink": ("oracle", -math.inf),
+    }  # fmt: skip
+    paths = Paths(tmp_path)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "DONE").write_text("[]")  # an eval stage finished before the oracle arms were named
+    assert not pipeline_stages(cfg)[-1].done(paths) and STAGES[-1].done(paths)
+    ntp, oracle = ntp_run(cfg, paths), oracle_run(cfg, paths, "oracle_wrong")
+    changed = {k: v for k, v in oracle.flags.items() if ntp.flags.get(k) != v}
+    assert changed == {
+        "trainer.logger": {**ntp.flags["trainer.logger"], "init_args": {
+            "save_dir": str(tmp_path / "tb"), "name": "oracle_wrong", "version": 0}},
+        "data.path": str(tmp_path / "data" / "midtrain_oracle_wrong"),
+        "data.rationale_spans_field": "rationale_spans",
+    }  # fmt: skip
+    assert set(ntp.flags) - set(oracle.flags) == set() and oracle.stage == cfg.stages.ntp
+    with alone_on_the_command_line():
+        parsed = {run.name: _ParseOnly(args=run.argv(), run=False).config for run in (ntp, oracle)}
+    assert parsed["oracle_wrong"]["model"] == parsed["ntp"]["model"]  # same optimizer, schedule, loss, base model
+    assert parsed["oracle_wrong"]["trainer"]["max_steps"] == parsed["ntp"]["trainer"]["max_steps"] == 3 * 150
+    ntp_data, oracle_data = (parsed[n]["data"]["init_args"] for n in ("ntp", "oracle_wrong"))
+    assert oracle_data["rationale_spans_field"] == "rationale_spans" and oracle_data["path"].endswith("_oracle_wrong")
+    same = ("batch_size", "max_length", "val_size", "seed", "packing", "shuffle_seed", "text_field")
+    assert {k: oracle_data[k] for k in same} == {k: ntp_data[k] for k in same}  # same batches and holdout
+
+
+def test_an_oracle_stage_trains_on_the_annotated_split_and_counts_its_tokens(demo, tmp_path):
+    import datasets
+
+    from ra3_lightning.estep.text import strip_rationales
+    from ra3_lightning.pipeline.fairness import token_budget
+    from ra3_lightning.pipeline.spec import Paths
+    from ra3_lightning.pipeline.stages import ORACLE_STAGES, pipeline_stages
+
+    shutil.copytree(demo / "data", tmp_path / "data")
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy2(demo / "checkpoints" / "pretrain.ckpt", tmp_path / "checkpoints" / "pretrain.ckpt")
+    argv = ["-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--seed", "1", *MINI, "--oracle.arms", "[oracle]"]
+    cfg, paths = parse_config([*argv, "--out", str(tmp_path)]), Paths(tmp_path)
+    stage = ORACLE_STAGES["oracle"]
+    assert stage in pipeline_stages(cfg) and not stage.done(paths)
+    stage.run(cfg, paths)
+    assert stage.done(paths)
+    midtrain = datasets.load_from_disk(paths.split("midtrain"))
+    annotated = datasets.load_from_disk(paths.oracle_split("oracle"))
+    assert [strip_rationales(r["text"], r["rationale_spans"]) for r in annotated] == midtrain["text"]
+    tokens = json.loads(paths.training_tokens("oracle").read_text())
+    # 2 iterations x 2 M-steps of 2 sequences x 128 tokens
+    assert tokens["batches"] == 4 and tokens["budget"] == 4 * 2 * 128
+    assert 0 < tokens["rationale"] < tokens["total"] <= tokens["budget"]
+    assert tokens["code"] == tokens["total"] - tokens["rationale"]
+    assert token_budget(cfg, paths)["oracle_tokens"] == {"oracle": tokens}
+    command = (tmp_path / "tb" / "oracle" / "version_0" / "command.sh").read_text()
+    assert "demo/ntp_tiny.yaml" in command and "--data.path=" + paths.oracle_split("oracle") in command

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from ra3_lightning.data import synthetic
 from ra3_lightning.data.skills import CONSUMERS, SKILLS, SKILLS_BY_ID, TYPE_HINTS
 from ra3_lightning.data.sources import load_records
 from ra3_lightning.data.synthetic import SPLITS, is_heldout, load_split, write_splits
+from ra3_lightning.estep.text import strip_rationales
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +235,86 @@ def test_bad_options_raise_clear_errors(call, message):
 def test_impossible_request_names_the_split():
     with pytest.raises(ValueError, match="synthetic:eval: could only generate"):
         synthetic.build_records("eval", 3, 0, synthetic.WorldConfig(min_skills=1, max_skills=1, max_lines=3))
+
+
+# --------------------------------------------------------------------------------------------- oracle annotation
+def small_program() -> synthetic.Program:
+    """``def f(xs)`` with two skills: ``filter_even`` (line 1) and ``sum_values`` (lines 2-3), then ``return``."""
+    skills = (SKILLS_BY_ID["filter_even"], SKILLS_BY_ID["sum_values"])
+    chunks = [["    a = xs"], ["    b = a", "    c = b"]]
+    return synthetic.Program("f", "ints", skills, ["def f(xs):"], chunks, ["    return c"], tests=[])
+
+
+ORACLE_TEXT = (
+    "def f(xs):\n"  # [0, 11)
+    "    # keep even values\n"  # [11, 34): 4 spaces + "# " + 16 characters + newline = 23
+    "    a = xs\n"  # [34, 45)
+    "    # sum the values\n"  # [45, 66): 4 + 2 + 14 + 1 = 21
+    "    b = a\n"
+    "    c = b\n"
+    "    return c\n"
+)
+
+
+def small_record() -> dict:
+    """The program as a ``midtrain`` record (no comments): skill starts 1 and 2 among its 5 lines."""
+    record = synthetic._text_record(small_program(), "synthetic/midtrain/0/0", random.Random(0), comment_rate=0.0)
+    assert record["text"] == "def f(xs):\n    a = xs\n    b = a\n    c = b\n    return c\n"
+    assert (record["skill_starts"], record["skill_ends"]) == ([1, 2], [2, 4])
+    return record
+
+
+def comment_phrases(annotated: dict) -> list[str]:
+    return [annotated["text"][s:e].removeprefix("    # ").removesuffix("\n") for s, e in annotated["rationale_spans"]]
+
+
+def test_oracle_annotation_by_hand():
+    record = small_record()
+    [oracle] = synthetic.oracle_records([record], "true")
+    assert oracle["text"] == ORACLE_TEXT == small_program().commented_text([True, True])
+    assert oracle["rationale_spans"] == [[11, 34], [45, 66]] and oracle["think_lines"] == [1, 2]
+    assert strip_rationales(oracle["text"], oracle["rationale_spans"]) == record["text"]  # code lines unchanged
+    assert {k: oracle[k] for k in ("id", "skills", "skill_starts", "skill_ends")} == {
+        k: record[k] for k in ("id", "skills", "skill_starts", "skill_ends")
+    }
+
+
+def test_wrong_content_marks_the_same_starts_with_another_skills_phrase():
+    record = small_record()
+    own = ["keep even values", "sum the values"]
+    others = {s.comment for s in SKILLS}
+    draws = []
+    for seed in range(20):
+        [wrong] = synthetic.oracle_records([record], "wrong", seed)
+        assert wrong == synthetic.oracle_records([record], "wrong", seed)[0]  # deterministic given the seed
+        assert wrong["think_lines"] == [1, 2]  # a comment before every true skill start ...
+        phrases = comment_phrases(wrong)
+        assert all(p != o and p in others for p, o in zip(phrases, own, strict=True))  # ... never the skill's own
+        assert strip_rationales(wrong["text"], wrong["rationale_spans"]) == record["text"]
+        # the same layout as the oracle: each comment line is 4 + 2 + len(phrase) + 1 characters long
+        first = 11 + 4 + 2 + len(phrases[0]) + 1
+        assert wrong["rationale_spans"] == [[11, first], [first + 11, first + 11 + 4 + 2 + len(phrases[1]) + 1]]
+        draws.append(tuple(phrases))
+    assert len(set(draws)) > 1  # the seed chooses the phrases
+
+
+@pytest.mark.parametrize("content", ["true", "wrong"])
+def test_oracle_annotation_of_a_split(content, midtrain, tmp_path):
+    from ra3_lightning.abstraction_metrics import recovery_metrics
+
+    records = midtrain.select(range(40)).to_list()
+    annotated = synthetic.oracle_records(records, content, seed=3)
+    for record, oracle in zip(records, annotated, strict=True):
+        assert strip_rationales(oracle["text"], oracle["rationale_spans"]) == record["text"]
+        own = [SKILLS_BY_ID[s].comment for s in record["skills"]]
+        assert (comment_phrases(oracle) == own) == (content == "true")
+        if content == "wrong":
+            assert all(p != o for p, o in zip(comment_phrases(oracle), own, strict=True))
+    metrics = recovery_metrics(annotated, {r["id"]: r for r in records})
+    assert metrics["precision"] == metrics["recall"] == 1.0  # every true skill start, and nothing else
+    assert (metrics["nmi_text"] == pytest.approx(1.0)) == (content == "true")
+    midtrain.select(range(40)).save_to_disk(str(tmp_path / "midtrain"))
+    synthetic.write_oracle_split(tmp_path / "midtrain", tmp_path / "oracle", content, seed=3)
+    assert load_records(str(tmp_path / "oracle")).to_list() == annotated
+    with pytest.raises(ValueError, match="has comment lines"):
+        synthetic.oracle_records(annotated, content)

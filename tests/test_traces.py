@@ -167,3 +167,22 @@ def test_shuffle_seed_changes_only_the_batch_order(tmp_path, tiny_tokenizer, cod
     assert served_blocks(reordered) == [train[i] for i in shuffle_order]
     assert served_blocks(reordered) != served_blocks(today)
     assert sorted(served_blocks(reordered)) == sorted(train)  # every block once per epoch
+
+
+def test_training_tokens_counts_the_batches_a_trainer_draws(tmp_path, tiny_tokenizer):
+    from ra3_lightning.data.traces import training_tokens
+
+    texts = ["def f(x):\n    # double it\n    return 2 * x\n", "def g(y):\n    return y\n", "def h():\n    pass\n"]
+    spans = [[[text.index("    #"), text.index("    return")]] if "#" in text else [] for text in texts]
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": t, "spans": s} for t, s in zip(texts, spans, strict=True)])
+    dm = make_dm(path, tiny_tokenizer, val_size=0, packing=False, batch_size=2, seed=5, rationale_spans_field="spans")
+    length = [len(ex["input_ids"]) for ex in dm.train_set]  # one piece per program (EOS included)
+    rationale = sum(int(ex["rationale"].sum()) for ex in dm.train_set)
+    assert rationale > 0 and all(ex["rationale"].sum() == 0 for ex in list(dm.train_set)[1:])
+    # 3 programs in batches of 2: one epoch is 2 batches, every token once
+    assert training_tokens(dm, 2) == {"total": sum(length), "rationale": rationale, "code": sum(length) - rationale}
+    # a third batch is the first of epoch 1: its two programs are the first two of that epoch's permutation
+    epoch1 = torch.randperm(3, generator=torch.Generator().manual_seed(5 * 1_000_003 + 1)).tolist()[:2]
+    third = training_tokens(dm, 3)
+    assert third["total"] == sum(length) + sum(length[i] for i in epoch1)
+    assert third["rationale"] == rationale * (2 if 0 in epoch1 else 1)

@@ -22,6 +22,11 @@ Held-out compositions: a composition (the ordered tuple of skill ids) is held ou
 below ``heldout_fraction``; ``eval`` draws only held-out compositions, all other splits never do. The partition
 does not depend on the seed, so every seed evaluates on compositions no training split has seen.
 
+Oracle annotation (:func:`oracle_records`, :func:`write_oracle_split`): the ``midtrain`` traces with a comment line
+before every true skill start — each skill's own comment (``"true"``: ``Program.commented_text`` with every skill
+commented) or another skill's, drawn per seed (``"wrong"``: a marker where a block starts, but the wrong plan) — in
+the columns of the E-step's annotated traces. The pipeline's oracle arms train on them.
+
 Compared with the paper's corpus (≈3.5M real Python snippets) this world is tiny and clean on purpose: the
 abstractions are known, so where the E-step puts its THINKs and what they say can be scored
 (:mod:`ra3_lightning.abstraction_metrics`).
@@ -31,9 +36,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import random
+import shutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -43,6 +50,7 @@ from ra3_lightning.data.skills import (
     CONSUMERS,
     LOOP_NAMES,
     SKILLS,
+    SKILLS_BY_ID,
     TEMP_NAMES,
     TYPE_HINTS,
     TYPE_WORDS,
@@ -132,15 +140,36 @@ class Program:
 
     def commented_text(self, commented: list[bool]) -> str:
         """The source with a ``# <skill name>`` line before each skill whose flag is set."""
-        lines = list(self.header)
-        for skill, chunk, flag in zip(self.skills, self.chunks, commented, strict=True):
-            lines += ([f"{INDENT}# {skill.comment}"] if flag else []) + chunk
-        return "\n".join(lines + self.footer) + "\n"
+        starts = self.spans()[0]
+        flags = zip(starts, self.skills, commented, strict=True)
+        return comment_lines(self.source, {start: skill.comment for start, skill, flag in flags if flag})[0]
 
     def check_code(self) -> str:
         """HumanEval-style ``check(candidate)`` asserting the reference outputs."""
         asserts = [f"{INDENT}assert candidate({arg!r}) == {expected!r}" for arg, expected in self.tests]
         return "\n".join(["def check(candidate):", *asserts]) + "\n"
+
+
+def comment_lines(text: str, comments: Mapping[int, str]) -> tuple[str, list[list[int]]]:
+    """``text`` with a ``# <comment>`` line, indented by one level, before each line index of ``comments``.
+
+    Returns:
+        The commented text and the ``[start, end)`` character spans of the inserted lines (newline included), in line
+        order: the ``rationale_spans`` of an annotated trace, so stripping them gives ``text`` back.
+    """
+    lines = text.splitlines(keepends=True)
+    if any(not 0 <= t < len(lines) for t in comments):
+        raise ValueError(f"comment line indices {sorted(comments)} out of range for {len(lines)} lines")
+    pieces, spans, offset = [], [], 0
+    for t, line in enumerate(lines):
+        if t in comments:
+            comment = f"{INDENT}# {comments[t]}\n"
+            spans.append([offset, offset + len(comment)])
+            pieces.append(comment)
+            offset += len(comment)
+        pieces.append(line)
+        offset += len(line)
+    return "".join(pieces), spans
 
 
 def composition_bucket(composition: tuple[str, ...]) -> float:
@@ -326,3 +355,58 @@ def write_splits(
         paths[split] = Path(out_dir) / split
         load_split(split, n=sizes[split], seed=seed, **kw).save_to_disk(str(paths[split]))
     return paths
+
+
+# --------------------------------------------------------------------------------------------- oracle annotation
+def own_comments(skills: Sequence[str], rng: random.Random) -> list[str]:
+    """Each skill's own ground-truth comment (``rng`` unused)."""
+    return [SKILLS_BY_ID[s].comment for s in skills]
+
+
+def wrong_comments(skills: Sequence[str], rng: random.Random) -> list[str]:
+    """For each skill, the comment of another skill drawn uniformly by ``rng`` (never the skill's own phrase)."""
+    phrases = [s.comment for s in SKILLS]
+    return [rng.choice([p for p in phrases if p != SKILLS_BY_ID[s].comment]) for s in skills]
+
+
+# What an oracle annotation writes at every true skill start, by name: the right plan, or a marker with a wrong one.
+ORACLE_CONTENTS: dict[str, Callable[[Sequence[str], random.Random], list[str]]] = {
+    "true": own_comments,
+    "wrong": wrong_comments,
+}
+
+
+def oracle_records(records: Sequence[Mapping], content: str, seed: int = 0) -> list[dict[str, object]]:
+    """Ground-truth annotated traces of comment-free synthetic records (``midtrain``): a comment line before every
+    true skill start, its phrase chosen by ``ORACLE_CONTENTS[content]`` (``"wrong"`` draws are a pure function of
+    ``seed`` and the record order).
+
+    Each record keeps its fields and gets the annotated ``text`` with ``think_lines`` (= ``skill_starts``) and
+    ``rationale_spans``, the columns of the E-step's annotated traces (``recovery_metrics`` and
+    ``TraceDataModule(rationale_spans_field="rationale_spans")`` read them). With ``"true"`` the text is
+    ``Program.commented_text`` with every skill commented.
+    """
+    if content not in ORACLE_CONTENTS:
+        raise ValueError(f"unknown oracle content {content!r}; expected one of {sorted(ORACLE_CONTENTS)}")
+    rng = random.Random(f"ra3-synthetic-oracle/{content}/{seed}")
+    out = []
+    for record in records:
+        if any(line.lstrip().startswith("#") for line in record["text"].splitlines()):
+            raise ValueError(f"record {record['id']!r} has comment lines: the oracle annotates comment-free traces")
+        comments = ORACLE_CONTENTS[content](record["skills"], rng)
+        text, spans = comment_lines(record["text"], dict(zip(record["skill_starts"], comments, strict=True)))
+        out.append({**record, "text": text, "think_lines": list(record["skill_starts"]), "rationale_spans": spans})
+    return out
+
+
+def write_oracle_split(source: str | Path, out_dir: str | Path, content: str, seed: int = 0) -> Path:
+    """:func:`oracle_records` of the saved split ``source`` (``write_splits``' ``midtrain``), saved under ``out_dir``.
+
+    Written to ``<out_dir>.partial`` and renamed, so an existing ``out_dir`` is always complete.
+    """
+    records = datasets.load_from_disk(str(source)).to_list()
+    out, partial = Path(out_dir), Path(f"{out_dir}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    datasets.Dataset.from_list(oracle_records(records, content, seed)).save_to_disk(str(partial))
+    os.replace(partial, out)
+    return out

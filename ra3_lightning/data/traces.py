@@ -22,6 +22,8 @@ Batches are dicts of ``input_ids`` / ``labels`` / ``attention_mask`` / ``positio
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import datasets
@@ -161,6 +163,27 @@ class TraceDataModule(L.LightningDataModule):
             collate_fn=PadCollator(self.tokenizer.pad_token_id),
             persistent_workers=self.num_workers > 0,
         )
+
+
+def training_tokens(dm: TraceDataModule, batches: int) -> dict[str, int]:
+    """Tokens of the first ``batches`` training batches of a set-up ``dm``, in the order a one-device ``Trainer``
+    draws them (it calls the sampler's ``set_epoch`` at every epoch start): ``total`` (non-padding), ``rationale``
+    (inside ``rationale_spans_field`` spans) and ``code`` (the rest, EOS included)."""
+    loader = dm.train_dataloader()
+    if len(loader) == 0:
+        raise ValueError("the training set has no batches")
+    total = rationale = 0
+    for batch in itertools.islice(_epochs(loader), batches):
+        real = batch["attention_mask"].bool()  # [B, L]
+        total += int(real.sum())
+        rationale += int((batch["rationale_mask"] & real).sum())
+    return {"total": total, "rationale": rationale, "code": total - rationale}
+
+
+def _epochs(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    for epoch in itertools.count():
+        loader.sampler.set_epoch(epoch)
+        yield from loader
 
 
 class EpochSeededSampler(RandomSampler):

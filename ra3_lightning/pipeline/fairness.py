@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ra3_lightning.pipeline.scalars import read_scalars, steps_to_reach
-from ra3_lightning.pipeline.spec import ARMS, Paths, PipelineConfig, rlvr_checkpoint_steps
+from ra3_lightning.pipeline.spec import (
+    ARMS,
+    ORACLE_ARMS,
+    Paths,
+    PipelineConfig,
+    midtrain_token_budget,
+    rlvr_checkpoint_steps,
+)
 
 # Diagnostic columns of the evaluation table: results key -> header.
 DIAGNOSTICS: dict[str, str] = {
@@ -26,7 +33,10 @@ DIAGNOSTICS: dict[str, str] = {
     "code_tokens": "code tokens",
     "completion_tokens": "tokens",
 }
-DIAGNOSED_RUNS: tuple[str, ...] = ("base", "ntp", "ra3", "ra3_nothink", "rlvr_ntp", "rlvr_ra3", "rlvr_ra3_nothink")
+DIAGNOSED_RUNS: tuple[str, ...] = (
+    "base", "ntp", "ra3", "ra3_nothink", "rlvr_ntp", "rlvr_ra3", "rlvr_ra3_nothink",
+    *(f"{arm}{suffix}" for arm in ORACLE_ARMS for suffix in ("", "_nothink")),  # only those evaluated are shown
+)  # fmt: skip
 # How far above the better arm's start the RLVR convergence threshold lies (fixed before any fair-protocol run).
 THRESHOLD_MARGIN = 0.05
 
@@ -43,18 +53,22 @@ def mean_scalar(log_dir: Path, tag: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def token_budget(cfg: PipelineConfig, paths: Paths) -> dict[str, float | None]:
+def token_budget(cfg: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Tokens the mid-training arms trained on: total (packed blocks: steps x batch x length, the same for both arms)
-    and code tokens (RA3: total minus its measured rationale-token share ``mstep/rationale_token_frac``)."""
-    m = cfg.midtrain
-    total = float(m.iterations * m.m_steps * m.batch_size * m.max_length)
+    and code tokens (RA3: total minus its measured rationale-token share ``mstep/rationale_token_frac``); for each
+    oracle arm that ran, ``oracle_tokens`` holds what its stage counted in the batches it trained on."""
+    total = float(midtrain_token_budget(cfg))
     share = mean_scalar(paths.log_dir("ra3"), "mstep/rationale_token_frac")
-    return {
+    budget: dict[str, Any] = {
         "total_tokens": total,
         "ntp_code_tokens": total,
         "ra3_code_tokens": None if share is None else total * (1.0 - share),
         "ra3_rationale_share": share,
     }
+    counted = {arm: paths.training_tokens(arm) for arm in ORACLE_ARMS if paths.training_tokens(arm).exists()}
+    if counted:
+        budget["oracle_tokens"] = {arm: json.loads(path.read_text()) for arm, path in counted.items()}
+    return budget
 
 
 def rlvr_curves(cfg: PipelineConfig, paths: Paths, results: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -123,15 +137,19 @@ def skills_table(results: dict[str, dict[str, float]]) -> list[str]:
     return rows
 
 
-def budget_lines(budget: dict[str, float | None]) -> list[str]:
+def budget_lines(budget: dict[str, Any]) -> list[str]:
+    oracles = budget.get("oracle_tokens", {})
     return [
         "| arm | total tokens | code tokens |",
         "|---|---:|---:|",
         f"| NTP | {_fmt(budget['total_tokens'])} | {_fmt(budget['ntp_code_tokens'])} |",
         f"| RA3 (M-steps) | {_fmt(budget['total_tokens'])} | {_fmt(budget['ra3_code_tokens'])} |",
+        *(f"| {arm} (counted) | {_fmt(t['total'])} | {_fmt(t['code'])} |" for arm, t in oracles.items()),
         "",
         f"The arms are matched on total tokens; RA3's rationale-token share is {_fmt(budget['ra3_rationale_share'])}.",
-    ]
+        *(["Oracle arms: non-padding tokens counted in the batches they trained on (the budget counts padding)."]
+          if oracles else []),
+    ]  # fmt: skip
 
 
 def curve_lines(curves: dict[str, Any], convergence: dict[str, Any]) -> list[str]:

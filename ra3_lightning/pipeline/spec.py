@@ -1,8 +1,8 @@
 """The ``ra3 demo`` configuration and its report directory: what every stage, the report and the tables share.
 
-:class:`PipelineConfig` groups the knobs of the pipeline by stage (``world``, ``pretrain``, ``midtrain``, ``rlvr``,
-``eval``); :class:`Paths` says where each stage reads and writes under the report directory. Nothing here runs a
-stage, so the report modules (:mod:`.report`, :mod:`.aggregate`, :mod:`.fairness`, :mod:`.signals`) depend on this
+:class:`PipelineConfig` groups the knobs of the pipeline by stage (``world``, ``pretrain``, ``midtrain``, ``oracle``,
+``rlvr``, ``eval``); :class:`Paths` says where each stage reads and writes under the report directory. Nothing here runs
+a stage, so the report modules (:mod:`.report`, :mod:`.aggregate`, :mod:`.fairness`, :mod:`.signals`) depend on this
 module and :mod:`.stages` depends on them, never the other way round.
 """
 
@@ -16,6 +16,8 @@ from typing import Any
 from ra3_lightning.models import TinyLMConfig
 
 ARMS: tuple[str, ...] = ("ntp", "ra3")  # the two mid-training arms
+# Oracle mid-training arms, by name -> what they write at every true skill start (``synthetic.ORACLE_CONTENTS``).
+ORACLE_ARMS: dict[str, str] = {"oracle": "true", "oracle_wrong": "wrong"}
 MODELS: tuple[str, ...] = ("base", "ntp", "ra3", "rlvr_ntp", "rlvr_ra3")
 MODEL_LABELS: dict[str, str] = {
     "base": "base (pre-trained)",
@@ -197,6 +199,28 @@ class EvalSpec:
 
 
 @dataclass
+class OracleSpec:
+    """Oracle mid-training arms (no E-step): the NTP arm's stage — its stage YAML and args, optimizer, schedule,
+    steps, batch, length and holdout, which are also the RA3 M-steps' — on the ``midtrain`` traces annotated with the
+    ground truth, a comment line before every true skill start. Run after ``ra3``; the eval stage scores each with and
+    without comments forbidden (``<arm>`` and ``<arm>_nothink``).
+
+    Args:
+        arms: The oracle arms to run, by name (none by default): ``oracle`` (each skill's own comment: the ceiling of
+            a perfect E-step) and ``oracle_wrong`` (another skill's comment, drawn per seed: a marker where a block
+            starts, but the wrong plan).
+    """
+
+    arms: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.arms = tuple(self.arms)
+        unknown = [a for a in self.arms if a not in ORACLE_ARMS]
+        if unknown or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"oracle.arms={list(self.arms)}: name each of {sorted(ORACLE_ARMS)} at most once")
+
+
+@dataclass
 class StageYAML:
     """The stage config one stage runs (through ``RA3CLI``, as ``ra3 fit -c <config>`` would) and extra flags for it.
 
@@ -246,6 +270,7 @@ class PipelineConfig:
         midtrain: The NTP and RA3 mid-training arms.
         rlvr: RLVR from each arm.
         eval: pass@k evaluation.
+        oracle: Oracle mid-training arms (off by default).
         stages: The stage YAML each stage runs, and extra flags per stage.
     """
 
@@ -259,6 +284,7 @@ class PipelineConfig:
     midtrain: MidtrainSpec = field(default_factory=MidtrainSpec)
     rlvr: RLVRSpec = field(default_factory=RLVRSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    oracle: OracleSpec = field(default_factory=OracleSpec)
     stages: StageConfigs = field(default_factory=StageConfigs)
 
     def __post_init__(self) -> None:
@@ -307,6 +333,14 @@ class Paths:
     def ckpt(self, stage: str) -> Path:
         return self.root / "checkpoints" / f"{stage}.ckpt"
 
+    def oracle_split(self, arm: str) -> str:
+        """The oracle arm's annotated copy of the ``midtrain`` split."""
+        return self.split(f"midtrain_{arm}")
+
+    def training_tokens(self, stage: str) -> Path:
+        """The tokens a mid-training stage trained on (total, rationale, code)."""
+        return self.root / "tokens" / f"{stage}.json"
+
     def eval_result(self, model: str) -> Path:
         return self.root / "eval" / f"{model}.json"
 
@@ -326,6 +360,12 @@ def rlvr_checkpoint_steps(cfg: PipelineConfig) -> list[int]:
     """Steps at which an RLVR run saves its policy for the held-out curve (the final step is the stage's own)."""
     every = cfg.rlvr.checkpoint_every
     return list(range(every, cfg.rlvr.steps, every)) if every else []
+
+
+def midtrain_token_budget(cfg: PipelineConfig) -> int:
+    """Tokens every mid-training arm trains on: ``iterations * m_steps`` steps x batch x length (packed blocks)."""
+    m = cfg.midtrain
+    return m.iterations * m.m_steps * m.batch_size * m.max_length
 
 
 def config_dict(cfg: PipelineConfig) -> dict[str, Any]:

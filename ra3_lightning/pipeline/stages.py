@@ -14,9 +14,14 @@ next to its TensorBoard log under ``<out>/tb/<stage>/version_0``:
    :class:`EMDataModule`, ``K`` iterations of ``e_steps`` E-steps and ``m_steps`` M-steps with the NTP arm's batch
    size, ``max_length`` and LR schedule, so the M-steps see as many tokens as the NTP arm (their tokens include the
    inserted rationales);
+4b. ``oracle`` / ``oracle_wrong`` — only when ``oracle.arms`` names them: the NTP arm's run (``stages.ntp``, same
+   optimizer, schedule, steps, batch and holdout) on a copy of ``midtrain`` with a comment line before every true skill
+   start (each skill's own comment, or another skill's), which the stage writes first; it counts the code and comment
+   tokens of the batches it trained on (``<out>/tokens/<arm>.json``);
 5. ``rlvr_ntp`` / ``rlvr_ra3`` — ``rlvr_tiny.yaml``: :class:`RLVRModule` from each arm with identical settings;
 6. ``eval`` — ``rlvr_tiny.yaml`` as ``ra3 test``: pass@k of base / NTP / RA3 / RLVR-from-NTP / RLVR-from-RA3 on the
-   held-out ``eval`` tasks (``n`` samples per task, sandbox-scored, :class:`PassAtK`);
+   held-out ``eval`` tasks (``n`` samples per task, sandbox-scored, :class:`PassAtK`), and each oracle arm with and
+   without comments forbidden;
 7. ``report`` — ``summary.md``, ``results.json`` and PNG plots, from the TensorBoard event files and the annotated
    traces.
 
@@ -56,8 +61,10 @@ from ra3_lightning.models import TinyLMConfig
 from ra3_lightning.pipeline.spec import (
     ARMS,
     MODELS,
+    ORACLE_ARMS,
     EvalSpec,
     MidtrainSpec,
+    OracleSpec,
     Paths,
     PipelineConfig,
     PretrainSpec,
@@ -65,6 +72,7 @@ from ra3_lightning.pipeline.spec import (
     StageConfigs,
     StageYAML,
     WorldSpec,
+    midtrain_token_budget,
     rlvr_checkpoint_steps,
 )
 
@@ -180,8 +188,8 @@ class StageRun:
                 f"parse (the parser's message is above; the whole command is in {command})"
             ) from error
 
-    def fit(self, paths: Paths, ckpt: Path) -> None:
-        """Fit, then write the checkpoint atomically: its existence marks the stage as finished."""
+    def fit(self, paths: Paths, ckpt: Path) -> RA3CLI:
+        """Fit, then write the checkpoint atomically: its existence marks the stage as finished. Returns the run."""
         cli = self.cli(paths)
         if self.validate_first:
             cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
@@ -190,6 +198,7 @@ class StageRun:
         partial = ckpt.with_suffix(".partial")
         cli.trainer.save_checkpoint(str(partial))
         os.replace(partial, ckpt)
+        return cli
 
 
 def trainer_flags(cfg: PipelineConfig, paths: Paths, name: str, max_steps: int) -> dict[str, Any]:
@@ -235,15 +244,23 @@ def pretrain_run(cfg: PipelineConfig, paths: Paths) -> StageRun:
     return StageRun("pretrain", cfg.stages.pretrain, flags)
 
 
-def ntp_run(cfg: PipelineConfig, paths: Paths) -> StageRun:
+def ntp_run(cfg: PipelineConfig, paths: Paths, name: str = "ntp", data: dict[str, Any] | None = None) -> StageRun:
+    """The NTP arm (``stages.ntp``) as run ``name``; ``data`` replaces data flags (an oracle arm's annotated traces)."""
     m = cfg.midtrain
     steps = m.iterations * m.m_steps
-    flags = trainer_flags(cfg, paths, "ntp", steps) | validate_every(steps) | start_from(paths, "pretrain") | {
+    flags = trainer_flags(cfg, paths, name, steps) | validate_every(steps) | start_from(paths, "pretrain") | {
         **m_schedule("model.optim", m), "model.loss_on": m.loss_on,
         "data.path": paths.split("midtrain"), "data.max_length": m.max_length, "data.batch_size": m.batch_size,
         "data.val_size": m.val_size, "data.seed": cfg.seed,
-    }  # fmt: skip
-    return StageRun("ntp", cfg.stages.ntp, flags)
+    } | (data or {})  # fmt: skip
+    return StageRun(name, cfg.stages.ntp, flags)
+
+
+def oracle_run(cfg: PipelineConfig, paths: Paths, arm: str) -> StageRun:
+    """An oracle arm: the NTP arm's run on the oracle-annotated ``midtrain`` copy (same records in the same order, so
+    the same holdout), its comments marked as rationales so the tokens it trained on split into code and comments."""
+    data = {"data.path": paths.oracle_split(arm), "data.rationale_spans_field": "rationale_spans"}
+    return ntp_run(cfg, paths, arm, data)
 
 
 def ra3_run(cfg: PipelineConfig, paths: Paths) -> StageRun:
@@ -332,6 +349,24 @@ def stage_ra3(cfg: PipelineConfig, paths: Paths) -> None:
     ra3_run(cfg, paths).fit(paths, paths.ckpt("ra3"))
 
 
+def _oracle_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
+    def run(cfg: PipelineConfig, paths: Paths) -> None:
+        from ra3_lightning.data.synthetic import write_oracle_split
+        from ra3_lightning.data.traces import training_tokens
+
+        if not Path(paths.oracle_split(arm)).exists():
+            write_oracle_split(paths.split("midtrain"), paths.oracle_split(arm), ORACLE_ARMS[arm], seed=cfg.seed)
+        cli = oracle_run(cfg, paths, arm).fit(paths, paths.ckpt(arm))
+        batches = cli.trainer.global_step * cli.trainer.accumulate_grad_batches
+        tokens = training_tokens(cli.datamodule, batches) | {"batches": batches, "budget": midtrain_token_budget(cfg)}
+        paths.training_tokens(arm).parent.mkdir(parents=True, exist_ok=True)
+        paths.training_tokens(arm).write_text(json.dumps(tokens, indent=1))
+
+    content = {"true": "each skill's own comment", "wrong": "another skill's comment"}[ORACLE_ARMS[arm]]
+    run.__doc__ = f"Oracle arm {arm}: the NTP arm on midtrain with {content} before every true skill start."
+    return run
+
+
 def rlvr_splits(cfg: PipelineConfig, paths: Paths) -> tuple[str, str | None]:
     """The RLVR training tasks and the held-in validation tasks: the last ``rlvr.heldin`` tasks of the ``rlvr``
     split (written once as ``rlvr_train`` / ``rlvr_heldin``), or the whole split and ``None``."""
@@ -368,11 +403,14 @@ class EvalRun:
 
 
 def eval_runs(cfg: PipelineConfig) -> list[EvalRun]:
-    """Every evaluation of the eval stage: the five models, the ``no_rationale_models`` with comments forbidden, and
-    the RLVR checkpoints along each run (``rlvr.checkpoint_every``)."""
+    """Every evaluation of the eval stage: the five models, the ``no_rationale_models`` with comments forbidden, each
+    oracle arm with and without comments forbidden, and the RLVR checkpoints along each run
+    (``rlvr.checkpoint_every``)."""
     runs = [EvalRun(m, "pretrain" if m == "base" else m) for m in MODELS]
     for model in cfg.eval.no_rationale_models:
         runs.append(EvalRun(f"{model}_nothink", "pretrain" if model == "base" else model, float("-inf")))
+    for arm in cfg.oracle.arms:
+        runs += [EvalRun(arm, arm), EvalRun(f"{arm}_nothink", arm, float("-inf"))]
     for arm in ARMS:
         for step in rlvr_checkpoint_steps(cfg):
             name = f"rlvr_{arm}_step{step}"
@@ -444,6 +482,26 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
+ORACLE_STAGES: dict[str, Stage] = {
+    arm: Stage(arm, _oracle_stage(arm), lambda p, arm=arm: [p.ckpt(arm), p.training_tokens(arm)]) for arm in ORACLE_ARMS
+}
+
+
+def pipeline_stages(cfg: PipelineConfig) -> tuple[Stage, ...]:
+    """The stages ``cfg`` runs: :data:`STAGES`, and when ``oracle.arms`` names any, those oracle stages after ``ra3``
+    with an ``eval`` that is finished only once every one of its runs (the oracle arms' included) has a result."""
+    if not cfg.oracle.arms:
+        return STAGES
+    after = next(i for i, stage in enumerate(STAGES) if stage.name == "ra3") + 1
+    names = [run.name for run in eval_runs(cfg)]
+    stages = (*STAGES[:after], *(ORACLE_STAGES[arm] for arm in cfg.oracle.arms), *STAGES[after:])
+
+    def evaluated(p: Paths) -> list[Path]:
+        return [p.root / "eval" / "DONE", *(p.eval_result(name) for name in names)]
+
+    return tuple(replace(s, outputs=evaluated) if s.name == "eval" else s for s in stages)
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -456,8 +514,9 @@ def run_pipeline(cfg: PipelineConfig, command: str = "ra3 demo") -> Path:
     paths = Paths(Path(cfg.out))
     paths.root.mkdir(parents=True, exist_ok=True)
     timings = _read_json(paths.root / "stage_times.json")
-    total = len(STAGES) + 1
-    for i, stage in enumerate(STAGES, 1):
+    stages = pipeline_stages(cfg)
+    total = len(stages) + 1
+    for i, stage in enumerate(stages, 1):
         if stage.done(paths):
             _say(f"[{i}/{total}] {stage.name}: finished earlier, skipped")
             continue
@@ -546,7 +605,7 @@ def parse_config(argv: Sequence[str]) -> PipelineConfig:
 
 def _build(values: dict[str, Any]) -> PipelineConfig:
     specs = {"model": TinyLMConfig, "world": WorldSpec, "pretrain": PretrainSpec, "midtrain": MidtrainSpec}
-    specs |= {"rlvr": RLVRSpec, "eval": EvalSpec, "stages": _stage_configs}
+    specs |= {"rlvr": RLVRSpec, "eval": EvalSpec, "oracle": OracleSpec, "stages": _stage_configs}
     kwargs = {k: (specs[k](**v) if k in specs and isinstance(v, dict) else v) for k, v in values.items()}
     if isinstance(kwargs.get("eval"), EvalSpec):
         kwargs["eval"].ks = tuple(kwargs["eval"].ks)
