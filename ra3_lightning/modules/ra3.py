@@ -137,9 +137,11 @@ class RA3Module(LatentPolicyModule):
         hp, run = self.hparams, self.annotation
         cfg = self.annotation_config(run.num_samples, run.choose)
         records = self.em_data.annotation_records(iteration, rank, world)
-        # Ranks annotate different numbers of batches: unshard q and π once instead of per-forward gathers.
+        self.optimizers()[1].optimizer.state.clear()  # q's moments: the next E-phase restarts them anyway
+        # Ranks annotate different numbers of batches: unshard q and π once instead of per-forward gathers. The EM
+        # scheduler calls this between steps, outside the training step's autocast: enter the trainer's precision.
         pi = unsharded_for_generation(self.pi) if isinstance(self.pi, torch.nn.Module) else nullcontext()
-        with unsharded_for_generation(self.model), pi:
+        with unsharded_for_generation(self.model), pi, self.precision_context():
             annotated = annotate(
                 self, _as_dataset(records), out / f"rank_{rank}", id_field="id", shard_size=run.shard_size,
                 batch_size=run.batch_size, config=cfg, seed=hp.seed + 7919 * iteration + rank,
@@ -157,6 +159,10 @@ class RA3Module(LatentPolicyModule):
         ranks = sorted(Path(annotated).glob("rank_*/data"))
         self.em_data.load_annotated(iteration, ranks)
 
+    def precision_context(self) -> Any:
+        """The trainer's compute precision (bf16 autocast under ``bf16-mixed``) for work done between steps."""
+        return self.trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
+
     def restore_pi(self) -> None:
         """``model ← π`` (``M_{k-1}``) at the start of an M-phase. With LoRA: zero the adapter, which restarts, and
         with it the M-step optimizer's moments (its learning-rate schedule continues)."""
@@ -171,7 +177,8 @@ class RA3Module(LatentPolicyModule):
         model's loss on raw (un-annotated) validation traces — comparable with NTP's."""
         if self.lora is not None:
             merge_into_base(self.model)
-        loss = self.raw_val_loss()
+        with self.precision_context():
+            loss = self.raw_val_loss()
         if loss is not None:
             self.log("mstep/raw_val_loss", loss, sync_dist=True)
             self._add_scalar("em_iteration/raw_val_loss", loss, iteration)
