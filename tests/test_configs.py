@@ -110,3 +110,19 @@ def test_default_root_dir_moves_the_samples_file_of_the_evaluation_group(tmp_pat
     args = ["-c", config, "--model.evaluation.samples_path", "out/s.jsonl", "--trainer.logger", "false"]
     cli = RA3CLI(args=[*args, "--trainer.default_root_dir", str(tmp_path / "run")], run=False)
     assert cli.model.evaluation.samples_path == str(tmp_path / "run" / "out" / "s.jsonl")
+
+
+TRAINING_CONFIGS = ["ntp.yaml", "estep.yaml", "ra3_em.yaml", "rlvr.yaml"]
+
+
+@pytest.mark.parametrize("name", TRAINING_CONFIGS)
+def test_training_configs_pin_their_checkpoint_directory(name):
+    """A restart logs to a new ``version_<n>``: ``--ckpt_path last`` finds ``last.ckpt`` only in a fixed directory,
+    written by a checkpoint callback whose final ``last`` resumes exactly."""
+    import yaml
+
+    callbacks = yaml.safe_load((CONFIG_DIR / name).read_text())["trainer"]["callbacks"]
+    checkpoints = [c for c in callbacks if c["class_path"].endswith("Checkpoint")]
+    assert [c["class_path"] for c in checkpoints] == ["ra3_lightning.callbacks.ResumableCheckpoint"], name
+    args = checkpoints[0]["init_args"]
+    assert args["save_last"] and args["dirpath"] == f"lightning_logs/{Path(name).stem}/checkpoints", args
