@@ -12,6 +12,11 @@ that N straight steps equal N/2 + stop + resume N/2 with it.
 Training stopped for other reasons (``EarlyStopping``, ``max_time``, ``should_stop``) still gets Lightning's
 behaviour.
 
+``--ckpt_path last`` with an unreadable ``last.ckpt`` (empty or truncated: a save killed before saves were atomic, a
+broken copy) resumes from the newest readable checkpoint in the same directory, with a warning naming both files;
+without one it fails naming the unreadable file. (Saves through ``RA3CLI`` are atomic,
+:class:`~ra3_lightning.checkpoint_io.AtomicCheckpointIO`.)
+
 ``SaveWeightsEvery`` keeps weights-only snapshots every N steps (``ra3 demo`` scores RLVR along its run with them).
 """
 
@@ -22,11 +27,16 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
+
+from ra3_lightning.checkpoint_io import checkpoint_problem, newest_readable_checkpoint
+from ra3_lightning.errors import CheckpointError
 
 
 class ResumableCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` (same arguments) that also writes ``last`` right after the final training batch."""
+    """``ModelCheckpoint`` (same arguments) that also writes ``last`` right after the final training batch, and
+    resumes ``last`` from the newest readable checkpoint when ``last.ckpt`` is unreadable."""
 
     @override
     def on_train_batch_end(
@@ -35,6 +45,34 @@ class ResumableCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self.save_last and is_final_batch(trainer) and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @override
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        """Lightning's candidates for ``ckpt_path="last"``, each unreadable one replaced by the newest readable
+        checkpoint beside it (with a warning), or an error naming it when there is none."""
+        return {readable_or_fallback(path) for path in super()._find_last_checkpoints(trainer)}
+
+
+def readable_or_fallback(path: str) -> str:
+    """``path`` if it looks like a checkpoint, else the newest readable ``*.ckpt`` in its directory (warning).
+
+    Raises:
+        CheckpointError: ``path`` is unreadable and no other checkpoint in its directory is readable.
+    """
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return path
+    fallback = newest_readable_checkpoint(Path(path).parent, exclude=(path,))
+    if fallback is None:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({problem}), and no other checkpoint in {Path(path).parent} is; "
+            "start the run afresh (without --ckpt_path) or give --ckpt_path a readable checkpoint file"
+        )
+    rank_zero_warn(
+        f"{path} is not a readable checkpoint ({problem}); resuming from {fallback}, the newest readable checkpoint "
+        "beside it"
+    )
+    return str(fallback)
 
 
 def is_final_batch(trainer: L.Trainer) -> bool:

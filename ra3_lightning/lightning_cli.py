@@ -3,18 +3,33 @@
 Model and data are chosen by ``class_path`` (subclass mode), so a user's own subclass of any module or DataModule
 plugs in from YAML, and ``--trainer.default_root_dir DIR`` moves every relative output path of the config (logs,
 checkpoints, annotated traces) under ``DIR`` (:mod:`ra3_lightning.config_paths`).
+
+Two changes to Lightning's CLI concern checkpoints. A ``--ckpt_path`` file is checked before anything is built: an
+unreadable file, or a checkpoint written by another module class than the config's (Lightning would silently switch
+the model class to the checkpoint's), is a :class:`~ra3_lightning.errors.CheckpointError` that names both and what to
+do. And every trainer whose strategy uses Lightning's default checkpoint IO gets
+:class:`~ra3_lightning.checkpoint_io.AtomicCheckpointIO`, so that a killed save never leaves a broken checkpoint.
 """
 
 from __future__ import annotations
 
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
+import importlib
+from pathlib import Path
+from typing import Any
 
+import lightning as L
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.cli import LightningCLI
+from typing_extensions import override
+
+from ra3_lightning.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from ra3_lightning.config_paths import rebase_output_paths
+from ra3_lightning.errors import CheckpointError
 
 
 class RA3CLI(LightningCLI):
-    """``LightningCLI`` with subclass mode for model and data and output paths under ``trainer.default_root_dir``."""
+    """``LightningCLI`` with subclass mode for model and data, output paths under ``trainer.default_root_dir``, a
+    checked ``--ckpt_path`` and atomic checkpoint saves."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -30,3 +45,43 @@ class RA3CLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Relative output paths of the config are relative to ``trainer.default_root_dir`` (when it is given)."""
         rebase_output_paths(self.config[self.subcommand] if self.subcommand else self.config)
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (a checkpoint file's hyper-parameters become the model's config), after checking that the
+        file is a readable checkpoint of the config's model class."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            hparams = read_checkpoint(ckpt_path).get("hyper_parameters") or {}
+            model = self.config[subcommand].get("model")
+            check_checkpoint_module(ckpt_path, hparams.get("_class_path"), getattr(model, "class_path", None))
+        super()._parse_ckpt_path()
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not a user's plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+
+def check_checkpoint_module(ckpt_path: str, written_by: str | None, configured: str | None) -> None:
+    """Raise :class:`~ra3_lightning.errors.CheckpointError` when the checkpoint at ``ckpt_path`` was written by another
+    module class than the config's (class paths; either unknown: no check)."""
+    if not written_by or not configured or _import(written_by) == _import(configured):
+        return
+    raise CheckpointError(
+        f"{ckpt_path}: written by {written_by}, but the config trains {configured}. --ckpt_path resumes a run of the "
+        f"same module; to start this stage from that checkpoint's weights, give --model.init_from {ckpt_path} "
+        "instead (and no --ckpt_path)"
+    )
+
+
+def _import(class_path: str) -> object:
+    """The class at ``class_path``, or the string itself when it does not import."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return class_path

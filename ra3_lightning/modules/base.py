@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ra3_lightning.checkpoint_io import read_checkpoint
+from ra3_lightning.errors import CheckpointError
 from ra3_lightning.lora import LoRASpec, apply_lora, base_lm, is_lora_state_dict, merged_state_dict
 from ra3_lightning.models import (
     DType,
@@ -212,18 +214,22 @@ def load_lm_source(
     fall back to their hyper-parameters (``tiny``, ``pretrained`` or, recursively, ``init_from``).
     """
     if not str(source).endswith(".ckpt"):
+        check_model_directory(source)
         tokenizer = load_tokenizer(source)
         return (None if tokenizer_only else load_pretrained_lm(source, dtype)), tokenizer
-    ckpt = torch.load(source, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = read_checkpoint(source, weights_only=False)
     if TOKENIZER_KEY not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{source}: not a ra3_lightning checkpoint (no {TOKENIZER_KEY!r} / 'hyper_parameters')")
+        raise CheckpointError(
+            f"{source}: a torch checkpoint, but not one written by an ra3 stage (no {TOKENIZER_KEY!r} / "
+            f"'hyper_parameters'); give {EXPECTED_LM_SOURCE}"
+        )
     tokenizer = tokenizer_from_files(ckpt[TOKENIZER_KEY])
     if tokenizer_only:
         return None, tokenizer
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if is_lora_state_dict(weights):
         if LORA_KEY not in ckpt:
-            raise ValueError(f"{source}: LoRA weights but no {LORA_KEY!r} entry to merge them with")
+            raise CheckpointError(f"{source}: LoRA weights but no {LORA_KEY!r} entry to merge them with")
         weights = merged_state_dict(weights, ckpt[LORA_KEY]["scaling"])
     if MODEL_CONFIG_KEY in ckpt:
         model = model_from_config(ckpt[MODEL_CONFIG_KEY], dtype or _weights_dtype(weights))
@@ -231,6 +237,41 @@ def load_lm_source(
         model = _architecture_from_hparams(ckpt["hyper_parameters"], tokenizer, dtype, source)
     model.load_state_dict(weights, strict=True)
     return model, tokenizer
+
+
+HF_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # besides any *.safetensors (or its index)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+EXPECTED_LM_SOURCE = (
+    "a Hugging Face model directory as `save_pretrained` and `ra3 export` write it (config.json; model.safetensors, "
+    "pytorch_model.bin or a sharded *.index.json; tokenizer.json or tokenizer_config.json) or a .ckpt written by an "
+    "ra3 stage"
+)
+
+
+def check_model_directory(source: str) -> None:
+    """Raise :class:`~ra3_lightning.errors.CheckpointError` when ``source`` is a local path that is not a Hugging Face
+    model directory (listing what is missing); a hub id (no such local path) passes."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        if str(source).startswith((".", "/", "~")):
+            raise CheckpointError(f"{source}: no such file or directory (expected {EXPECTED_LM_SOURCE})")
+        return
+    if path.is_file():
+        raise CheckpointError(f"{source}: a file, but not a .ckpt (expected {EXPECTED_LM_SOURCE})")
+    names = sorted(p.name for p in path.iterdir())
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json")
+    if not any(n in HF_WEIGHT_FILES or n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
+        missing.append("weights")
+    if not any(n in TOKENIZER_FILES for n in names):
+        missing.append("tokenizer files")
+    if missing:
+        found = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "nothing"
+        raise CheckpointError(
+            f"{source}: not a Hugging Face model directory (no {', no '.join(missing)}; it holds: {found}); give "
+            f"{EXPECTED_LM_SOURCE}"
+        )
 
 
 def model_from_config(config: dict[str, Any], dtype: DType | None = None) -> PreTrainedModel:
@@ -263,7 +304,7 @@ def _architecture_from_hparams(
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hp["pretrained"]), dtype=torch_dtype(dtype))
     if hp.get("init_from"):
         return load_lm_source(hp["init_from"], dtype)[0]
-    raise ValueError(f"{source}: hyper-parameters name no model source (tiny / pretrained / init_from)")
+    raise CheckpointError(f"{source}: hyper-parameters name no model source (tiny / pretrained / init_from)")
 
 
 def load_full_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
