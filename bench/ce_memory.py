@@ -51,23 +51,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from _variants import run_variant_process
+from _variants import run_variant_process, small_qwen
 
 
 def run_variant(args: argparse.Namespace) -> dict[str, float]:
     """One variant (``dense:<length>`` or ``chunked:<length>``): the loss's forward and backward; gradients saved."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from ra3_lightning.modules.ntp import lm_loss
 
     kind, length = args.variant.split(":")
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=2 * args.hidden, tie_word_embeddings=True,
-    )  # fmt: skip
-    model = Qwen2ForCausalLM(config)
+    model = small_qwen(args.vocab, args.hidden)
     ids = torch.randint(0, args.vocab, (args.batch, int(length)))  # [B, T]
     mask = torch.ones_like(ids)
     mask[0, int(length) * 7 // 8 :] = 0  # right padding in row 0

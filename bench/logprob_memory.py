@@ -17,21 +17,15 @@ import json
 import resource
 import time
 
-from _variants import run_variant_process
+from _variants import run_variant_process, small_qwen
 
 
 def run_variant(args: argparse.Namespace) -> dict[str, float]:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from ra3_lightning.logprobs import selective_logprobs
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=2 * args.hidden, tie_word_embeddings=True,
-    )  # fmt: skip
-    model = Qwen2ForCausalLM(config)
+    model = small_qwen(args.vocab, args.hidden)
     length = args.prompt + args.tokens
     ids = torch.randint(0, args.vocab, (args.batch, length))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
