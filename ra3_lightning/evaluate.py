@@ -13,8 +13,10 @@ The last line printed is the result as JSON; ks larger than the smallest per-tas
 is undefined there). ``--write-results`` writes ``<samples stem>_results.jsonl`` next to the samples: each sample
 line plus ``passed``, ``status``, ``tests``, ``runtime_s`` and ``detail``.
 
-The scoring path imports neither torch nor Lightning (``ra3_lightning.data`` loads its DataModules lazily), so the
-command starts in about a second rather than the ten a training entry point takes (``bench/evaluate_startup.py``).
+The scoring path imports neither torch nor Lightning (``ra3_lightning.data`` loads its DataModules lazily), nor, for a
+local ``.jsonl`` / ``.jsonl.gz`` / ``.json`` task file, ``datasets`` (the file is parsed line by line,
+:func:`ra3_lightning.data.sources.load_record_list`), so the command starts in about a tenth of a second rather than
+the ten a training entry point takes (``bench/evaluate_vs_humaneval.py``, its ``--help`` row).
 
 **HumanEval+ / MBPP+, base and plus.** ``--base-tasks`` scores the same samples against a second task source, the
 original benchmark's tests, and reports both as evalplus does: ``base_pass@k`` on the base tests, and ``pass@k``

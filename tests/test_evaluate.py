@@ -253,25 +253,46 @@ def test_truncated_gz_names_the_line_it_breaks_at(tmp_path):
     assert int(re.search(r":(\d+):", str(info.value)).group(1)) > 100  # the lines before the cut were read
 
 
-def test_jsonl_source_errors_name_the_record(tmp_path):
+@pytest.mark.parametrize("read", [sources.load_records, sources.load_record_list])  # arrow, and plain for tasks
+def test_jsonl_source_errors_name_the_record(tmp_path, read):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(DataError, match=r"empty\.jsonl: no records \(the file is empty"):
-        sources.load_records(str(tmp_path / "empty.jsonl"))
+        read(str(tmp_path / "empty.jsonl"))
     with pytest.raises(DataError, match=r"nope\.jsonl: no such file"):
-        sources.load_records(str(tmp_path / "nope.jsonl"))
+        read(str(tmp_path / "nope.jsonl"))
     rows = _write_samples(tmp_path / "rows.jsonl", [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "c"}])
     with pytest.raises(DataError, match=rf"{rows}:3: record 2 \(id 'c'\): field 'text' is missing \(record 0, line 1"):
-        sources.load_records(str(rows))
+        read(str(rows))
 
 
-def test_scoring_imports_neither_torch_nor_lightning():
-    """The scorer starts without the training stack: checked in a fresh interpreter, as a user runs it."""
+def test_scoring_local_files_imports_no_torch_lightning_datasets_or_pandas(tmp_path):
+    """The scorer starts without the training stack and without ``datasets``: a fresh interpreter imports it and
+    scores a local ``.jsonl.gz`` task file, as a user runs it, and then holds none of the heavy packages."""
+    tasks = tmp_path / "tasks.jsonl.gz"
+    tasks.write_bytes(gzip.compress((ASSETS / "humaneval.jsonl").read_bytes()))
+    refs = _reference("humaneval.jsonl")
+    samples = _write_samples(tmp_path / "s.jsonl", [{"task_id": i, "completion": r} for i, r, _ in refs])
+    heavy = ("torch", "lightning", "torchmetrics", "datasets", "pandas", "pyarrow")
     code = (
-        "import sys, ra3_lightning.evaluate\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'torchmetrics')))\n"
+        "import json, sys\n"
+        "from ra3_lightning.evaluate import main\n"
+        f"main(['--tasks', {str(tasks)!r}, '--samples', {str(samples)!r}, '--k', '1', '--workers', '1', "
+        "'--no-progress'])\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert proc.stdout.strip() == "[]"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    *_, scores, loaded = proc.stdout.strip().splitlines()
+    assert json.loads(scores) == {"pass@1": 1.0}  # it did score
+    assert json.loads(loaded) == []
+
+
+def test_local_jsonl_tasks_read_without_datasets_equal_the_datasets_reading():
+    """The plain reader of local JSON Lines gives the tasks the arrow path gives, for every schema."""
+    for path in sorted(ASSETS.glob("*.jsonl")):
+        plain = load_tasks(str(path))
+        via_arrow = tasks_from_records(sources.load_records(str(path)), source=str(path))
+        assert plain == via_arrow and plain, path.name
+    assert isinstance(sources.load_record_list(str(ASSETS / "humaneval.jsonl")), list)
 
 
 def test_data_modules_still_load_from_the_package_on_first_use():
@@ -372,7 +393,7 @@ def test_mbpp_plus_base_tasks_come_from_every_split_of_mbpp(tmp_path, monkeypatc
         calls.append((name, config, split))
         return mbpp if split is None else mbpp[split]
 
-    monkeypatch.setattr(sources.datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)  # sources imports datasets where a source needs it
     samples = [{"task_id": t.task_id, "completion": t.canonical_solution} for t in plus]
     path = _write_samples(tmp_path / "s.jsonl", samples)
     hub = "google-research-datasets/mbpp@sanitized"

@@ -11,8 +11,14 @@ A *source* is one string, so it fits a YAML key:
 
 JSON Lines are parsed here, line by line, rather than by ``datasets``' JSON builder, so that a broken line,
 a non-UTF-8 byte, a truncated ``.gz``, a record lacking a field the others have or an empty file is reported as
-``file:line`` (or ``file: no records``) instead of an arrow error; the records still end up in an arrow-backed,
-memory-mapped ``datasets.Dataset`` (``Dataset.from_generator`` caches them), which scales to millions of snippets.
+``file:line`` (or ``file: no records``) instead of an arrow error. :func:`load_records` puts the records in an
+arrow-backed, memory-mapped ``datasets.Dataset`` (``Dataset.from_generator`` caches them), which scales to millions
+of snippets; :func:`load_record_list` returns a local JSON Lines file as a plain list instead (the same checks, the
+same messages), for small sources read once in full, such as a benchmark's coding tasks.
+
+``datasets`` (and with it pandas and pyarrow, about a second) is imported only where a source needs it, so that
+reading local JSON Lines with :func:`load_record_list` or :func:`jsonl_objects` — all the scorer
+``python -m ra3_lightning.evaluate`` does with local files — never imports it.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import gzip
 import json
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-import datasets
-
 from ra3_lightning.errors import InputError
+
+if TYPE_CHECKING:
+    import datasets
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
 
@@ -49,6 +57,8 @@ def load_records(
             differently typed fields elsewhere do not break the arrow schema.
         text_columns: For JSON Lines: fields validated as text while reading, so the error names ``file:line``.
     """
+    import datasets
+
     if source.startswith("synthetic:"):
         return _load_synthetic(source)
     path = Path(source).expanduser()
@@ -64,8 +74,41 @@ def load_records(
     return _pick_split(datasets.load_dataset(name, config or None, split=split), split)
 
 
+def load_record_list(source: str, split: str | None = "train") -> list[dict[str, Any]] | datasets.Dataset:
+    """``source``'s records for a reader that takes them once and in full (coding tasks: hundreds to thousands).
+
+    A local JSON Lines file (``.jsonl``, ``.jsonl.gz``, ``.json``, ``.json.gz``, ``.ndjson``) becomes a list of dicts,
+    parsed here without importing ``datasets`` (:func:`read_jsonl`); any other source is :func:`load_records`'s
+    ``datasets.Dataset``, which iterates as dicts too.
+
+    Args:
+        source: Where the records are (see the module docstring).
+        split: Split of a hub dataset or a saved ``DatasetDict``, as in :func:`load_records`.
+    """
+    path = Path(source).expanduser()
+    if path.is_file() and path.name.endswith(JSONL_SUFFIXES):
+        return read_jsonl(str(path))
+    return load_records(source, split=split)
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The objects of a (gzipped) JSON Lines file, as a list, held to the rules :func:`load_records` applies.
+
+    Raises:
+        DataError: what :func:`jsonl_objects` raises; ``file:line`` and the record for one that lacks a field the
+            first record has; ``file: no records`` for a file with none.
+    """
+    rows = list(jsonl_objects(path))
+    problem = _unstorable_records(path, rows)
+    if problem is not None:
+        raise problem
+    return [record for _, record in rows]
+
+
 def _pick_split(loaded: datasets.Dataset | datasets.DatasetDict, split: str | None) -> datasets.Dataset:
     """``loaded``'s ``split``, or (``split=None``) all of its splits in one dataset."""
+    import datasets
+
     if not isinstance(loaded, datasets.DatasetDict):
         return loaded
     if split is not None:
@@ -85,10 +128,14 @@ def _data_files(directory: Path) -> list[Path]:
 
 
 def _concat(parts: list[datasets.Dataset]) -> datasets.Dataset:
+    import datasets
+
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def _load_file(path: Path, columns: Sequence[str] | None, text_columns: Sequence[str]) -> datasets.Dataset:
+    import datasets
+
     if path.name.endswith(".parquet"):
         return datasets.Dataset.from_parquet(str(path))
     if path.name.endswith(JSONL_SUFFIXES):
@@ -101,7 +148,8 @@ def _load_file(path: Path, columns: Sequence[str] | None, text_columns: Sequence
         except datasets.exceptions.DatasetGenerationError as e:
             if isinstance(e.__cause__, DataError):
                 raise e.__cause__ from None
-            found = _unstorable_records(str(path), columns)
+            # projected records all have the same fields
+            found = _unstorable_records(str(path), jsonl_objects(str(path)), same_fields=not columns)
             if found is not None:
                 raise found from None
             raise DataError(f"{path}: could not build a dataset: {e.__cause__ or e}") from e
@@ -170,14 +218,15 @@ def _parse_line(raw: bytes, where: str) -> dict | None:
     return record
 
 
-def _unstorable_records(path: str, columns: Sequence[str] | None) -> DataError | None:
-    """Why a JSON Lines file that parses did not become a dataset: it has no records, or a record lacks a field that
-    the first record has (``datasets`` fails on that with a bare ``KeyError``). ``None`` if neither."""
+def _unstorable_records(path: str, rows: Iterable[tuple[int, dict]], same_fields: bool = True) -> DataError | None:
+    """Why the ``(line number, record)`` rows of a JSON Lines file that parses are not one table: there are none, or
+    (``same_fields``) a record lacks a field that the first record has (``datasets`` fails on that with a bare
+    ``KeyError``). ``None`` if neither."""
     first: tuple[int, dict] | None = None
-    for index, (lineno, record) in enumerate(jsonl_objects(path)):
+    for index, (lineno, record) in enumerate(rows):
         if first is None:
             first = lineno, record
-        elif not columns:  # projected records all have the same fields
+        elif same_fields:
             missing = [field for field in first[1] if field not in record]
             if missing:
                 return DataError(

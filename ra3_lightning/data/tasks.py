@@ -1,7 +1,8 @@
 """Coding tasks with executable tests: one :class:`CodingTask` type for HumanEval(+), MBPP(+) and LiveCodeBench.
 
 :func:`load_tasks` reads any source :func:`ra3_lightning.data.sources.load_records` accepts (hub id, ``.jsonl``,
-``.jsonl.gz``, ``.parquet``, a saved dataset, ``synthetic:eval``) and maps each record by schema, chosen by name
+``.jsonl.gz``, ``.parquet``, a saved dataset, ``synthetic:eval``; a local JSON Lines file is parsed without
+``datasets``, :func:`~ra3_lightning.data.sources.load_record_list`) and maps each record by schema, chosen by name
 (``kind``) or detected from the columns:
 
 * ``"humaneval"`` — ``task_id, prompt, entry_point, test[, canonical_solution]``: openai_humaneval and the
@@ -37,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ra3_lightning.data.sources import DataError, load_records, text_problem
+from ra3_lightning.data.sources import DataError, load_record_list, text_problem
 from ra3_lightning.sandbox.types import TestSuite
 
 TaskKind = Literal["auto", "humaneval", "mbpp", "livecodebench"]
@@ -169,9 +170,12 @@ def extract_code(text: str, entry_point: str = "") -> str | None:
     return max(blocks, key=len)
 
 
+_TOP_LEVEL_DEF = re.compile(r"^(?:async[ \t]+)?def[ \t]+(\w+)[ \t]*\(", re.M)
+
+
 def defines_function(code: str, name: str) -> bool:
     """Whether ``code`` defines a top-level (column 0) function ``name``."""
-    return re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.M) is not None
+    return name in _TOP_LEVEL_DEF.findall(code)  # one compiled pattern, not one per entry point
 
 
 def prompt_context(prompt: str, code: str) -> str:
@@ -212,7 +216,7 @@ def load_tasks(source: str, kind: TaskKind = "auto", split: str | None = "test")
         DataError: naming the source, record index, task id and field of the first unusable record (missing or
             empty fields, a task without tests, an undecodable LiveCodeBench test blob, a repeated task id).
     """
-    records = load_records(source, split=split)
+    records = load_record_list(source, split=split)
     return tasks_from_records(records, kind=kind, source=source)
 
 
