@@ -77,6 +77,37 @@ TRACED = TestSuite(
 )
 STDIO_SUM = TestSuite("stdio", stdio_cases=(("1 2 3\n", "6\n"), ("10 20\n", "30\n")))
 SUM_INPUT = "print(sum(map(int, input().split())))\n"
+LETTERS = TestSuite(
+    "check",
+    check_code="def check(candidate):\n    assert candidate('aab') == {'a': 2, 'b': 1}\n",
+    entry_point="letters",
+)
+COUNT_LETTERS = (
+    "def letters(s):\n    counts = {}\n    for c in s:\n        counts[c] = counts.get(c, 0) + 1\n    return counts\n"
+)
+EVEN_MAP = TestSuite(  # a StopIteration out of candidate(x) ends the map: all() of nothing is True, any() False
+    "check",
+    check_code="def check(candidate):\n    assert all(map(candidate, [2, 4, 6]))\n"
+    "    assert not any(map(candidate, [1, 3]))\n",
+    entry_point="is_even",
+)
+IS_EVEN = "def is_even(n):\n    return n % 2 == 0\n"
+EVEN_METHOD_MAP = TestSuite(
+    "assert",
+    asserts=("assert all(map(Solution().is_even, [2, 4, 6]))", "assert not any(map(Solution().is_even, [1, 3]))"),
+)
+SOLUTION_IS_EVEN = "class Solution:\n    def is_even(self, n):\n        return n % 2 == 0\n"
+
+
+def _forged_reply(reply: str) -> str:
+    """A program that rewrites its own end of the channel: every call is answered with ``reply``."""
+    return (
+        "import sys\nJ, W = sys.modules['_judge'], sys.modules['_wire']\nanswer = J.Candidate.answer\n"
+        "def forged(self, line):\n    if W.loads(line).get('op') == 'call':\n"
+        f"        return W.dumps({reply})\n    return answer(self, line)\n"
+        "J.Candidate.answer = forged\ndef is_even(n):\n    return False\n"
+    )
+
 
 ALWAYS_EQUAL = "class Yes:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
 
@@ -128,6 +159,24 @@ HACKS = [
             ("tuple", "(1,)"),
             ("dict", "{}"),
         )
+    ),
+    Hack(
+        "dict subclass whose keys/__iter__/__getitem__ show other data",
+        "subclass",
+        "class Shown(dict):\n    def keys(self):\n        return ['a', 'b']\n    def __iter__(self):\n"
+        "        return iter(['a', 'b'])\n    def __getitem__(self, k):\n        return {'a': 2, 'b': 1}[k]\n"
+        "    def __len__(self):\n        return 2\ndef letters(s):\n    return Shown(z=0)\n",
+        COUNT_LETTERS,
+        LETTERS,
+    ),
+    Hack(
+        "OrderedDict subclass whose keys/__getitem__ show other data",
+        "subclass",
+        "from collections import OrderedDict\nclass Shown(OrderedDict):\n"
+        "    def keys(self):\n        return ['a', 'b']\n    def __getitem__(self, k):\n"
+        "        return {'a': 2, 'b': 1}[k]\ndef letters(s):\n    return Shown(z=0)\n",
+        COUNT_LETTERS,
+        LETTERS,
     ),
     # --- builtins and standard-library modules the tests use, patched or shadowed by the program
     Hack(
@@ -198,6 +247,38 @@ HACKS = [
             "    except BaseException:\n        pass\n",
             entry_point="square",
         ),
+    ),
+    # --- control-flow exceptions out of the program: they must not end the test code's loops
+    Hack(
+        "StopIteration under all(map(...))",
+        "control-flow",
+        "def is_even(n):\n    raise StopIteration\n",
+        IS_EVEN,
+        EVEN_MAP,
+    ),
+    Hack(
+        "a StopIteration subclass",
+        "control-flow",
+        "class Done(StopIteration):\n    pass\ndef is_even(n):\n    raise Done(True)\n",
+        IS_EVEN,
+        EVEN_MAP,
+    ),
+    Hack(
+        "StopIteration from a method",
+        "control-flow",
+        "class Solution:\n    def is_even(self, n):\n        raise StopIteration\n",
+        SOLUTION_IS_EVEN,
+        EVEN_METHOD_MAP,
+    ),
+    Hack("StopAsyncIteration", "control-flow", "def is_even(n):\n    raise StopAsyncIteration\n", IS_EVEN, EVEN_MAP),
+    Hack("GeneratorExit", "control-flow", "def is_even(n):\n    raise GeneratorExit\n", IS_EVEN, EVEN_MAP),
+    Hack("a forged end-of-iteration reply", "control-flow", _forged_reply("{'stop': True}"), IS_EVEN, EVEN_MAP),
+    Hack(
+        "a forged StopIteration reply",
+        "control-flow",
+        _forged_reply("{'raise': ['StopIteration', 'Exception'], 'args': []}"),
+        IS_EVEN,
+        EVEN_MAP,
     ),
     # --- tampering with the harness: its globals, frames, sys.settrace, atexit, gc callbacks, the result channel
     Hack(
@@ -292,7 +373,7 @@ HACKS = [
         STDIO_SUM,
     ),
 ]
-KINDS = {"comparison", "subclass", "builtins", "stdlib", "exit", "harness"}
+KINDS = {"comparison", "subclass", "builtins", "stdlib", "exit", "control-flow", "harness"}
 
 
 def _run(sandbox: Sandbox) -> tuple[list, list]:
@@ -327,5 +408,7 @@ def test_every_reward_hack_fails_without_bubblewrap_too():
 def test_the_suite_covers_every_class_of_the_threat_model():
     counts = Counter(h.kind for h in HACKS)
     assert set(counts) == KINDS
-    assert len({h.name for h in HACKS}) == len(HACKS) == 31  # docs/sandbox.md counts them
-    assert counts == {"comparison": 4, "subclass": 6, "builtins": 3, "stdlib": 3, "exit": 5, "harness": 10}
+    assert len({h.name for h in HACKS}) == len(HACKS) == 40  # docs/sandbox.md counts them
+    assert counts == {
+        "comparison": 4, "subclass": 8, "builtins": 3, "stdlib": 3, "exit": 5, "control-flow": 7, "harness": 10
+    }  # fmt: skip

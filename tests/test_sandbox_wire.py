@@ -69,6 +69,48 @@ def test_subclasses_send_the_data_their_base_type_stores():
     assert encode(OrderedDict(b=1, a=2), _no_handles) == {"d": [["b", 1], ["a", 2]]}  # order kept
 
 
+def test_containers_are_read_with_their_base_types_own_accessors():
+    """A subclass's ``__iter__``, ``keys``, ``items``, ``__getitem__`` and ``__len__`` are never called: what crosses
+    is the data the instance stores (what ``==`` in one interpreter would compare)."""
+
+    def lying(base):
+        class Lies(base):
+            def __iter__(self):
+                return iter(["shown"])
+
+            def keys(self):
+                return ["shown"]
+
+            def items(self):
+                return [("shown", 1)]
+
+            def __getitem__(self, key):
+                return 1
+
+            def __len__(self):
+                return 1
+
+        return Lies
+
+    stored = {"z": 0}
+    assert encode(lying(dict)(stored), _no_handles) == {"d": [["z", 0]]}
+    assert encode(lying(OrderedDict)(stored), _no_handles) == {"d": [["z", 0]]}
+    assert encode(lying(Counter)(stored), _no_handles) == {"d": [["z", 0]]}
+    assert encode(lying(list)([7, 8]), _no_handles) == [7, 8]
+    assert encode(lying(tuple)((7, 8)), _no_handles) == {"t": [7, 8]}
+    assert encode(lying(set)({7}), _no_handles) == {"s": [7]}
+    assert encode(lying(frozenset)({7}), _no_handles) == {"f": [7]}
+    reordered = lying(OrderedDict)(a=1, b=2)
+    OrderedDict.move_to_end(reordered, "a")
+    assert encode(reordered, _no_handles) == {"d": [["b", 2], ["a", 1]]}  # OrderedDict's own order, read in C
+
+    class Decoded(bytes):
+        def decode(self, *args):
+            return "forged"
+
+    assert encode(Decoded(b"ab"), _no_handles) == {"b": "ab"}
+
+
 def test_numpy_scalars_become_python_numbers():
     assert [type(_roundtrip(v)) for v in (np.int64(5), np.float64(0.5), np.bool_(True))] == [int, float, bool]
     assert _roundtrip(np.array(7)) == 7  # a 0-d array is a scalar too
@@ -194,6 +236,57 @@ def test_an_exit_during_a_test_fails_it_even_when_the_test_swallows_it():
     program = "def f():\n    raise KeyboardInterrupt\n"
     out = _judge_in_process(program, "def check(c):\n    try:\n        c()\n    except BaseException:\n        pass\n")
     assert out.tests == [False] and "KeyboardInterrupt" in out.test_error
+
+
+@pytest.mark.parametrize(
+    "raised",
+    ["StopIteration", "StopIteration(True)", "StopAsyncIteration", "Done", "GeneratorExit", "KeyboardInterrupt"],
+)
+def test_a_control_flow_exception_from_the_program_fails_the_test(raised):
+    """``all(map(candidate, xs))`` would stop at a StopIteration from the program and pass; it arrives as a plain
+    RuntimeError (a BaseException aborts the test), whatever the test code does with it."""
+    program = f"class Done(StopIteration):\n    pass\ndef f(x):\n    raise {raised}\n"
+    check = "def check(c):\n    assert all(map(c, [1, 2]))\n    assert not any(map(c, [1, 2]))\n"
+    out = _judge_in_process(program, check)
+    assert out.tests == [False], out.test_error
+    assert ("RuntimeError: the program raised" in out.test_error) == raised.startswith(("Stop", "Done"))
+
+
+def test_iteration_the_tests_ask_for_still_ends_normally():
+    program = "def f(n):\n    yield from range(n)\ndef g():\n    return iter([])\n"
+    check = (
+        "def check(c):\n    assert list(c(3)) == [0, 1, 2]\n    assert next(g(), 'empty') == 'empty'\n"
+        "    assert all(x < 3 for x in c(3)) and sum(map(int, c(4))) == 6\n"
+    )
+    out = _judge_in_process(program, check)
+    assert out.tests == [True], out.test_error
+
+
+class _ForgedReplies(_judge._Loopback):
+    """A candidate that answers every call with ``reply``, as a program that rewrote its end of the channel does."""
+
+    def __init__(self, reply: dict) -> None:
+        super().__init__()
+        self.reply = reply
+
+    def exchange(self, request: bytes) -> bytes | None:
+        if _wire.loads(request[:-1])["op"] == "call":
+            return _wire.dumps(self.reply)[:-1]
+        return super().exchange(request)
+
+
+@pytest.mark.parametrize(
+    "reply", [{"stop": True}, {"raise": ["StopIteration", "Exception"]}, {"raise": ["StopAsyncIteration"]}]
+)
+def test_a_forged_end_of_iteration_fails_the_test(reply):
+    job = {
+        "program": "def f(x):\n    return False\n",
+        "limits": {},
+        "tests": {"style": "check", "check_code": "def check(c):\n    assert all(map(c, [1, 2]))\n",
+                  "entry_point": "f", "asserts": [], "stdio_cases": []},
+    }  # fmt: skip
+    out = _judge.judge(job, _ForgedReplies(reply))
+    assert out.tests == [False]
 
 
 def test_tests_cannot_hand_their_own_objects_to_the_program():

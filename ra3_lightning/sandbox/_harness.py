@@ -1,8 +1,9 @@
 """The sandbox's processes: runs INSIDE the sandbox; a zygote forks one candidate per program, a judge tests it.
 
-This file is executed as a script (``python -I -S _harness.py ...``) inside a bubblewrap sandbox (or, without
-bubblewrap, as a plain child process). It imports only the standard library (and its siblings ``_wire.py`` and
-``_judge.py``) and is never imported by the trainer.
+This file is executed as a script (``python -I -S /ra3-harness/_harness.py ...``) inside a bubblewrap sandbox,
+which sees only it and its siblings of this package (``_wire.py``, ``_judge.py``, ``_cleanup.py``), bound
+read-only; or, without bubblewrap, as a plain child process. It imports only the standard library and those
+siblings and is never imported by the trainer.
 
 Three kinds of process per sandbox worker:
 
@@ -22,12 +23,13 @@ then per job a header ``{"timeout_s": float, "max_output_bytes": int}`` in and t
 ``cpu_s``: how the candidate ended, if it did so before the judge finished). The job itself ``{"nonce", "program",
 "tests", "limits"}`` goes to the judge on ``--job-fd``, and, where ``judged``, the judge's result line is waiting on
 ``--record-fd``. The trainer turns both into an :class:`~ra3_lightning.sandbox.types.ExecResult`
-(``ra3_lightning.sandbox.verdict``).
+(``ra3_lightning.sandbox.verdict``). A zygote that could not clean up after a job answers the next header with
+``{"unclean": why}`` instead, without running it, and exits: the trainer runs that job on a fresh worker.
 
 Killing a job: the candidate's session by ``killpg``, and then every process that escaped it — with a PID
 namespace (bubblewrap) every process of the namespace but pid 1, the zygote and the judge; without one every orphan
-re-parented to the zygote as child subreaper. Waiting for the dead, wiping the scratch directory and forking the
-next candidate happen after the answer went out.
+re-parented to the zygote as child subreaper. Waiting for the dead, removing what the job left (its files, its
+System V and POSIX IPC objects: ``_cleanup.py``) and forking the next candidate happen after the answer went out.
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ def _load_sibling(name: str):
 
 
 if __package__:
-    from . import _judge
+    from . import _cleanup, _judge
 else:
     _wire = _load_sibling("_wire")
     _judge = _load_sibling("_judge")
+    _cleanup = _load_sibling("_cleanup")
 
 # Modules most generated programs import: loading them once here makes them free in every forked candidate. Kept
 # short: every preloaded page makes each fork (page tables, copy-on-write faults, teardown) a little dearer.
@@ -77,9 +80,12 @@ PRELOAD = (
     "typing",
 )
 JUDGE_GRACE_S = 5.0  # after the candidate is killed at the deadline, how long the judge may take to report
+CLEANUP_BUDGET_S = 5.0  # a clean-up that takes longer fails (the worker is replaced): within pool.BACKSTOP_SLACK_S
 PATH_FD_BASE = 1000  # descriptors of interpreter directories candidates reach through /proc (_expose_hidden_paths)
 JUDGE_UID_OFFSET = 4096  # candidate uids are uid_base + job % 4096; the judge's is uid_base + 4096
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+CLONE_NEWIPC = 0x08000000
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # without a mount namespace: world-writable places jobs may write
 
 _libc = None
 
@@ -93,6 +99,34 @@ def _prctl(option: int, arg: int) -> None:
 
         _libc = ctypes.CDLL(None, use_errno=True)
     _libc.prctl(option, arg, 0, 0, 0)
+
+
+def _unshare(flags: int) -> None:
+    """``unshare(2)`` (``os.unshare`` from Python 3.12 on, else through ctypes)."""
+    global _libc
+    if hasattr(os, "unshare"):
+        os.unshare(flags)
+        return
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.unshare(flags) != 0:
+        import ctypes
+
+        raise OSError(ctypes.get_errno(), "unshare failed")
+
+
+def _can_unshare_ipc() -> bool:
+    """Whether a child of this process may enter a new IPC namespace (root with ``CAP_SYS_ADMIN``)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _unshare(CLONE_NEWIPC)
+            os._exit(0)
+        finally:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
 
 
 def _ensure_no_new_privs() -> None:
@@ -144,11 +178,14 @@ def _drop_privileges(uid: int | None, pidns: bool) -> None:
 # ----------------------------------------------------------------------------------------------------- candidate
 
 
-def _candidate(jobdir: str, to_r: int, from_w: int, uid: int | None, pidns: bool, keep: tuple[int, ...]) -> None:
+def _candidate(jobdir: str, to_r: int, from_w: int, uid: int | None, pidns: bool, keep: tuple[int, ...],
+               ipc_ns: bool) -> None:  # fmt: skip
     """Body of a forked candidate; never returns. Own session, fds 0-2 on ``/dev/null`` and the job's output files,
-    its channel from and to the judge, its own uid; then it serves the judge (``_judge.Candidate``), which applies
-    the rlimits before the program runs."""
+    its channel from and to the judge, its own uid (and, with ``ipc_ns``, its own IPC namespace); then it serves the
+    judge (``_judge.Candidate``), which applies the rlimits before the program runs."""
     os.setsid()
+    if ipc_ns:  # without bubblewrap, as root: the job's IPC objects die with its last process
+        _unshare(CLONE_NEWIPC)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     for fd, name in ((1, ".stdout"), (2, ".stderr")):
         os.dup2(os.open(os.path.join(jobdir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
@@ -207,16 +244,23 @@ class Worker:
     """The long-lived zygote: forks a candidate per program, hands it to the judge, and cleans up after it."""
 
     def __init__(self, scratch: str, pidns: bool, uid_base: int | None, judge: tuple[int, socket.socket],
-                 keep_fds: tuple[int, ...] = ()) -> None:  # fmt: skip
+                 keep_fds: tuple[int, ...] = (), ipc_ns: bool = False) -> None:  # fmt: skip
         self.scratch = scratch
-        self.pidns = pidns
+        self.pidns = pidns  # bubblewrap: this worker's own PID, mount and IPC namespaces
         self.uid_base = uid_base
         self.judge_pid, self.judge = judge
         self.keep_fds = keep_fds  # descriptors every candidate keeps open (see _expose_hidden_paths)
+        self.ipc_ns = ipc_ns  # each candidate enters an IPC namespace of its own
+        # bubblewrap mounts an mqueue file system at /dev/mqueue; the host may have one
+        self.ipc = _cleanup.Ipc(_cleanup.mount_of_type("mqueue"))
+        self.ipc_before: set[tuple[str, int | str]] = set()  # without a uid or namespace of the jobs' own (see _ipc)
         self.jobs = 0
         self.pending: int | None = None
+        self.scratch_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
         self.keep = _entries_holding_mounts(scratch)  # e.g. a venv under /tmp bound back read-only: never wiped
-        self._wipe_scratch()  # leftovers of a predecessor that was killed mid-job
+        problem = self._clean()  # leftovers of a predecessor that was killed mid-job
+        if problem:
+            raise SystemExit(f"harness: {problem}")
         self.prefork()
 
     def prefork(self) -> None:
@@ -230,13 +274,15 @@ class Worker:
             os.chown(jobdir, uid, uid)
         # Set here, not in the candidate: it inherits them and writes one page fewer (see _prepare_worker).
         os.environ["HOME"] = os.environ["TMPDIR"] = jobdir
+        if not self.pidns and self.uid_base is None:
+            self.ipc_before = {o[:2] for o in self.ipc.objects()}
         to_r, to_w = os.pipe()
         from_r, from_w = os.pipe()
         gc.freeze()  # the child's collector then skips the zygote's objects: no copy-on-write of all their pages
         pid = os.fork()
         if pid == 0:
             try:
-                _candidate(jobdir, to_r, from_w, uid, self.pidns, self.keep_fds)
+                _candidate(jobdir, to_r, from_w, uid, self.pidns, self.keep_fds, self.ipc_ns)
             finally:
                 os._exit(70)
         socket.send_fds(self.judge, [b"c"], [to_w, from_r])
@@ -262,14 +308,20 @@ class Worker:
         facts.update(judged=judged, timed_out=not on_time)
         return {**facts, **_tails(jobdir, header["max_output_bytes"])}
 
-    def finish(self) -> None:
+    def finish(self) -> str | None:
         """Clean up after the last job and fork the next candidate (after the answer went out: this overlaps with
-        the trainer's work)."""
-        if self.pending is not None:
-            self._reap(self.pending)
-        self.pending = None
-        self._wipe_scratch()
-        self.prefork()
+        the trainer's work). Returns why this worker cannot take another job, if it cannot (it must then be
+        replaced: whatever the last program left must not reach the next one)."""
+        try:
+            if self.pending is not None:
+                self._reap(self.pending)
+            self.pending = None
+            problem = self._clean()
+            if problem is None:
+                self.prefork()
+            return problem
+        except Exception as exc:  # noqa: BLE001 — whatever broke, the worker is not fit for another job
+            return f"clean-up failed: {_judge.describe(exc)}"
 
     def _await_judge(self, deadline: float) -> bool:
         """Whether the judge reported "done" before ``deadline``; exits the zygote if the judge is gone."""
@@ -297,13 +349,41 @@ class Worker:
         else:
             _kill_orphans(spare={self.judge_pid})
 
-    def _wipe_scratch(self) -> None:
-        """Remove everything in the scratch directory but the mounts bound back into it. Runs after every process
-        of the job is dead, so nothing changes under it (no symlink races); entries it cannot remove stay."""
-        with os.scandir(self.scratch) as entries:
-            for entry in entries:
-                if entry.path not in self.keep:
-                    _remove(entry)
+    def _clean(self) -> str | None:
+        """Remove what the last job left: its files and its IPC objects (its processes are dead by now, so nothing
+        changes under us). Returns what could not be removed, if anything."""
+        deadline = time.monotonic() + CLEANUP_BUDGET_S
+        left = _cleanup.wipe_dir(self.scratch_fd, self.keep, deadline)
+        if left:
+            return f"could not remove {left[:3]} from the scratch directory within {CLEANUP_BUDGET_S:g} s"
+        if not self.pidns and self.uid_base is not None:  # no mount namespace: job uids may write in /tmp & co.
+            owners = range(self.uid_base, self.uid_base + JUDGE_UID_OFFSET + 1)
+            left = [f"{d}/{name}" for d in SHARED_DIRS for name in _cleanup.wipe_owned(d, owners, deadline)]
+            if left:
+                return f"could not remove {left[:3]}"
+        left = self._ipc()
+        if left:
+            self.ipc.remove(left, as_creator=os.geteuid() == 0)
+            left = self._ipc()
+            if left:
+                return f"could not remove the IPC objects {left[:3]} (kind, id, creator uid)"
+        return None
+
+    def _ipc(self) -> list[tuple[str, int | str, int]]:
+        """The IPC objects the last job (or the judge) may have left: System V objects, POSIX message queues.
+
+        With bubblewrap this worker has an IPC namespace of its own, so everything in it; without, as root, those
+        of the job uids (the judge's included); as a normal user, those of our uid that did not exist before the
+        job (objects another process of yours made meanwhile cannot be told apart from the job's).
+        """
+        if not self.ipc.maybe_any():
+            return []
+        found = self.ipc.objects()
+        if self.pidns:
+            return found
+        if self.uid_base is not None:
+            return [o for o in found if self.uid_base <= o[2] <= self.uid_base + JUDGE_UID_OFFSET]
+        return [o for o in found if o[2] == os.getuid() and o[:2] not in self.ipc_before]
 
 
 def _early_exit(pid: int) -> dict:
@@ -317,21 +397,8 @@ def _early_exit(pid: int) -> dict:
     return {**_exit_facts(status), "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
-def _remove(entry: os.DirEntry) -> None:
-    try:
-        if entry.is_dir(follow_symlinks=False):
-            with os.scandir(entry.path) as entries:
-                for inner in entries:
-                    _remove(inner)
-            os.rmdir(entry.path)
-        else:
-            os.unlink(entry.path)
-    except OSError:
-        pass
-
-
 def _entries_holding_mounts(root: str) -> set[str]:
-    """Top-level entries of ``root`` that are, or contain, a mount point (read from ``/proc/self/mountinfo``)."""
+    """Names of the entries of ``root`` that are, or contain, a mount point (read from ``/proc/self/mountinfo``)."""
     keep = set()
     try:
         with open("/proc/self/mountinfo") as f:
@@ -340,7 +407,7 @@ def _entries_holding_mounts(root: str) -> set[str]:
         return keep
     for point in points:
         if point.startswith(root.rstrip("/") + "/"):
-            keep.add(os.path.join(root, point[len(root.rstrip("/")) + 1 :].split("/")[0]))
+            keep.add(point[len(root.rstrip("/")) + 1 :].split("/")[0])
     return keep
 
 
@@ -418,21 +485,26 @@ def _exit_facts(status: int) -> dict:
 
 
 def _tails(jobdir: str, limit: int) -> dict:
-    """The last ``limit`` bytes of the job's stdout and stderr (most programs print nothing: one ``stat`` each)."""
+    """The last ``limit`` bytes of the job's stdout and stderr (most programs print nothing: one ``lstat`` each).
+
+    Read without following links: the program owns its job directory and could have replaced ``.stdout`` by a link
+    to a file only the zygote may read.
+    """
     tails = {}
     for name in ("stdout", "stderr"):
         path = os.path.join(jobdir, "." + name)
         try:
-            size = os.stat(path).st_size
-            tails[name + "_tail"] = _read_tail(path, size, limit) if size else ""
+            empty = os.lstat(path).st_size == 0
+            tails[name + "_tail"] = "" if empty else _read_tail(path, limit)
         except OSError:
             tails[name + "_tail"] = ""
     return tails
 
 
-def _read_tail(path: str, size: int, limit: int) -> str:
-    fd = os.open(path, os.O_RDONLY)
+def _read_tail(path: str, limit: int) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
+        size = os.fstat(fd).st_size
         return os.pread(fd, limit, max(0, size - limit)).decode("utf-8", "replace")
     finally:
         os.close(fd)
@@ -581,15 +653,21 @@ def main(argv: list[str]) -> None:
     pidns, keep_fds = _setup(args)
     judge_uid = None if args.uid_base is None else args.uid_base + JUDGE_UID_OFFSET
     judge = _start_judge(args, judge_uid, pidns, keep_fds)
-    worker = Worker(args.scratch, pidns, args.uid_base, judge, keep_fds)
+    ipc_ns = not pidns and os.geteuid() == 0 and _can_unshare_ipc()
+    worker = Worker(args.scratch, pidns, args.uid_base, judge, keep_fds, ipc_ns)
     stdin = open(0, "rb", closefd=False)  # noqa: SIM115
-    _write_line({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "pidns": worker.pidns})
+    _write_line({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "pidns": worker.pidns, "ipc_ns": ipc_ns})
+    problem = None
     for header in stdin:
+        if problem is not None:  # the trainer runs this job on a fresh worker; no sample is charged for our failure
+            _write_line({"unclean": problem})
+            return
         try:
             _write_line(worker.run(json.loads(header)))
-            worker.finish()
         except Exception as exc:  # a bug in the zygote itself: report it instead of hanging the trainer
             _write_line({"worker_error": _judge.describe(exc)})
+            return
+        problem = worker.finish()
 
 
 if __name__ == "__main__":

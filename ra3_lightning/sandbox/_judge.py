@@ -39,6 +39,11 @@ else:  # loaded by _harness.py from its own directory, outside the package
 _BUILTIN_NAMES = frozenset(dir(builtins))
 _NO_IMPORT = frozenset({"antigravity", "this", "__hello__", "__phello__", "idlelib", "tkinter", "turtle"})
 _PROTOCOL = "the program wrote to the harness channel outside the protocol"
+# Exceptions that are control flow to the code that sees them: a StopIteration out of ``candidate(x)`` ends the
+# ``map`` in ``all(map(candidate, xs))`` and the test passes. A program's one becomes a plain RuntimeError (PEP 479
+# does the same for a generator); the BaseException ones (SystemExit, KeyboardInterrupt, GeneratorExit) abort the
+# test (ProgramAbort).
+_CONTROL_FLOW = (StopIteration, StopAsyncIteration)
 ENDED = "the program ended before the tests finished"  # the trainer's verdict adds how, from the zygote's facts
 
 
@@ -192,13 +197,15 @@ class Link:
         raise ProgramAbort(self.broken)
 
     def value(self, message: dict) -> Any:
-        """Send a request whose reply is a value: return it, or raise what the program raised."""
+        """Send a request whose reply is a value: return it, or raise what the program raised (a control-flow
+        exception as a plain ``RuntimeError``). Only the end of an iteration the tests asked for, the reply to
+        ``next``, raises ``StopIteration``."""
         reply = self.ask(message)
         if "v" in reply:
             return self.decode(reply["v"])
         if "raise" in reply:
             raise self._exception(reply)
-        if reply.get("stop") is True:
+        if reply.get("stop") is True and message["op"] == "next":
             raise StopIteration
         if "abort" in reply:
             self.aborts += 1
@@ -251,6 +258,8 @@ class Link:
             args = ()
         for name in names:
             cls = getattr(builtins, name, None) if type(name) is str else None
+            if isinstance(cls, type) and issubclass(cls, _CONTROL_FLOW):
+                return RuntimeError(f"the program raised {name} {list(args)!r}"[:300])
             if isinstance(cls, type) and issubclass(cls, Exception):
                 try:
                     return cls(*args)

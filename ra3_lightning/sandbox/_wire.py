@@ -15,9 +15,10 @@ handle ``n``.
 
 Encoding an instance of a *subclass* of a plain type (an ``IntEnum``, a ``namedtuple``, a ``Counter``, or an
 ``int`` subclass whose ``__eq__`` always answers ``True``) sends the data the base type stores, read with the base
-type's own C method (``int.__int__``, ``str.__str__``, ``list.copy``, ...), so whatever the subclass overrides
-does not reach the judge. NumPy scalars become the Python number ``item()`` gives. A container that contains
-itself cannot be encoded (:class:`WireError`).
+type's own C-level accessor (``int.__int__``, ``str.__str__``, ``list.__iter__``, ``dict.items``, ...), so nothing
+the subclass overrides (``__eq__``, ``__iter__``, ``keys``, ``__getitem__``, ...) is called or reaches the judge.
+Containers are always read this way, exact types too. NumPy scalars become the Python number ``item()`` gives. A
+container that contains itself cannot be encoded (:class:`WireError`).
 
 Standard library only: the sandbox harness loads this file inside the sandbox.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import json.scanner
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +85,8 @@ class _Encoder:
         if container is not None:
             return self._container(v, *container)
         base = _plain_base(t)
+        if base in _CONTAINERS:
+            return self._container(v, *_CONTAINERS[base])
         if base is not None:
             return self.encode(_AS_BASE[base](v))
         if t.__module__ == "numpy" and hasattr(v, "item") and getattr(v, "ndim", None) == 0:
@@ -101,44 +105,36 @@ class _Encoder:
         return body if tag is None else {tag: body}
 
 
-def _items(enc: _Encoder, v: Any) -> list:
-    return [enc.encode(x) for x in v]
+def _items(iterate: Callable[[Any], Any]) -> Callable[[_Encoder, Any], list]:
+    return lambda enc, v: [enc.encode(x) for x in iterate(v)]
 
 
-def _pairs(enc: _Encoder, v: dict) -> list:
-    return [[enc.encode(k), enc.encode(x)] for k, x in v.items()]
+def _pairs(items: Callable[[Any], Any]) -> Callable[[_Encoder, Any], list]:
+    return lambda enc, v: [[enc.encode(k), enc.encode(x)] for k, x in items(v)]
 
 
+# Each reader uses the base type's own C-level accessor: its iterator walks the data the instance stores (the list's
+# array, the dict's table, OrderedDict's own order) and calls no method a subclass may override.
 _CONTAINERS: dict[type, tuple[str | None, Callable[[_Encoder, Any], Any]]] = {
-    list: (None, _items),
-    tuple: ("t", _items),
-    dict: ("d", _pairs),
-    set: ("s", _items),
-    frozenset: ("f", _items),
-    bytes: ("b", lambda enc, v: v.decode("latin-1")),
-    bytearray: ("B", lambda enc, v: v.decode("latin-1")),
-    complex: ("c", lambda enc, v: [v.real, v.imag]),
+    list: (None, _items(list.__iter__)),
+    tuple: ("t", _items(tuple.__iter__)),
+    dict: ("d", _pairs(dict.items)),
+    OrderedDict: ("d", _pairs(OrderedDict.items)),
+    set: ("s", _items(set.__iter__)),
+    frozenset: ("f", _items(frozenset.__iter__)),
+    bytes: ("b", lambda enc, v: bytes.decode(v, "latin-1")),
+    bytearray: ("B", lambda enc, v: bytearray.decode(v, "latin-1")),
+    complex: ("c", lambda enc, v: [complex.real.__get__(v), complex.imag.__get__(v)]),
 }
 # The base type's own C method returns a value of exactly the base type with the data the instance stores.
-_AS_BASE: dict[type, Callable[[Any], Any]] = {
-    int: int.__int__,
-    float: float.__float__,
-    str: str.__str__,
-    bytes: lambda v: bytes.__getitem__(v, slice(None)),
-    bytearray: bytearray.copy,
-    list: list.copy,
-    tuple: lambda v: tuple.__getitem__(v, slice(None)),
-    dict: dict.copy,
-    set: set.copy,
-    frozenset: frozenset.copy,
-    complex: lambda v: complex(complex.real.__get__(v), complex.imag.__get__(v)),
-}
+_AS_BASE: dict[type, Callable[[Any], Any]] = {int: int.__int__, float: float.__float__, str: str.__str__}
 
 
 def _plain_base(t: type) -> type | None:
-    """The plain type ``t`` derives from (by its real MRO, not an instance's ``__class__``), if any."""
+    """The plain type ``t`` derives from (by its real MRO, not an instance's ``__class__``), if any; the first one
+    in MRO order (an ``OrderedDict`` subclass is read as an ``OrderedDict``, not as a ``dict``)."""
     for base in t.__mro__[1:]:
-        if base in _AS_BASE:
+        if base in _AS_BASE or base in _CONTAINERS:
             return base
     return None
 

