@@ -7,9 +7,9 @@ One file per role, each depending only on the ones above it:
 ``text``       lines of a trace; inserting and stripping rationale lines, byte for byte
 ``vocab``      each line tokenized on its own; :class:`LatentVocab`, the token facts the rollout needs
 ``layout``     :class:`TokenLayout`: the annotated token sequences and a teacher-forced pass over them
-``engines``    :class:`KVCacheEngine` (one batched KV cache) and the naive :class:`ReencodeEngine`
+``engines``    :class:`KVCacheEngine` (one batched KV cache), :class:`WaveEngine`, the naive :class:`ReencodeEngine`
 ``scoring``    ``P(THINK)``, ``log q(z_t)``, ``log π(a_t | …)``: pure tensor functions
-``sampler``    :func:`rollout`: ``q`` walks the line boundaries, THINK/ACT, rationales, hindsight
+``sampler``    :func:`rollout`: ``q`` walks the line boundaries (or in waves), THINK/ACT, rationales, hindsight
 ``annotation`` :func:`annotate`: a trace dataset in, the annotated-trace dataset for the M-step out
 ============== ==========================================================================================
 
@@ -25,7 +25,7 @@ from ra3_lightning.estep.annotation import (
     annotate,
     annotate_batch,
 )
-from ra3_lightning.estep.engines import ENGINES, KVCacheEngine, ReencodeEngine
+from ra3_lightning.estep.engines import ENGINES, KVCacheEngine, ReencodeEngine, WaveEngine, resolve_engine
 from ra3_lightning.estep.format import (
     LatentFormat,
     comment_token_mask,
@@ -40,7 +40,7 @@ from ra3_lightning.estep.layout import (
     layout_inputs,
     plain_layout,
 )
-from ra3_lightning.estep.sampler import Rollout, ThinkBias, rollout
+from ra3_lightning.estep.sampler import Draws, Rollout, ThinkBias, inverse_cdf, rollout
 from ra3_lightning.estep.scoring import (
     ACT_LIKELIHOODS,
     ActLikelihood,
@@ -75,6 +75,7 @@ __all__ = [
     "Annotated",
     "AnnotationConfig",
     "Choose",
+    "Draws",
     "EncodedTrace",
     "KVCacheEngine",
     "LatentFormat",
@@ -85,6 +86,7 @@ __all__ = [
     "Rollout",
     "ThinkBias",
     "TokenLayout",
+    "WaveEngine",
     "act_log_normaliser",
     "annotate",
     "annotate_batch",
@@ -99,6 +101,7 @@ __all__ = [
     "indent_lengths",
     "insert_lines",
     "insert_rationales",
+    "inverse_cdf",
     "layout_inputs",
     "layout_stats",
     "line_indent",
@@ -108,6 +111,7 @@ __all__ = [
     "p_think",
     "plain_layout",
     "policy_logq",
+    "resolve_engine",
     "rollout",
     "score_lines",
     "split_boundaries",

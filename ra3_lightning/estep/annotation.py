@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ra3_lightning.data.sources import DataError, text_problem
 from ra3_lightning.data.texts import load_trace_records
-from ra3_lightning.estep.engines import ENGINES
+from ra3_lightning.estep.engines import resolve_engine
 from ra3_lightning.estep.format import LatentFormat
 from ra3_lightning.estep.layout import plain_layout
 from ra3_lightning.estep.sampler import Rollout, rollout
@@ -70,8 +70,12 @@ class LatentRL:
         hindsight_lines: ``k``: before deciding THINK/ACT at line ``t`` and writing its rationale, ``q`` sees the
             next ``k`` expert lines ``t..t+k-1`` (fewer at the end of a trace) in a context that ``π``'s scoring,
             the annotated text and the M-step never see. 0 (default): the rationale is a plan written from the
-            prefix alone, as the model must at inference time. Needs SDPA or eager attention for ``k > 0``.
-        engine: ``"kv"`` (one KV cache across the trace) or ``"reencode"`` (naive; for benchmarks).
+            prefix alone, as the model must at inference time. Needs SDPA or eager attention for ``k > 0``, and the line
+            engine (``engine="auto"`` picks it; ``"wave"`` with ``k > 0`` raises).
+        engine: How the rollout feeds ``q``: ``"wave"`` (one forward call over the rest of every trace per THINK;
+            ``hindsight_lines = 0`` only, naming it with ``k > 0`` raises), ``"kv"`` (one KV cache, one call per line),
+            ``"reencode"`` (naive; for benchmarks) or ``"auto"`` (default: ``"wave"``, ``"kv"`` with hindsight). All
+            sample the same rollouts from the same generator state; ``bench/estep_rollout.py`` times them.
         logprob_chunk_size: Positions per chunk of the LM head in ``π``'s scoring pass and ``q``'s ``log q`` pass:
             only five numbers per position are kept (:class:`ra3_lightning.logit_stats.LogitStats`), never the fp32
             ``[N, L, V]`` logits; ``None``: dense logits (models whose logits are not ``lm_head(hidden)``).
@@ -82,7 +86,7 @@ class LatentRL:
     temperature: float = 1.0
     act_likelihood: ActLikelihood = "conditional"
     hindsight_lines: int = 0
-    engine: Literal["kv", "reencode"] = "kv"
+    engine: Literal["auto", "wave", "kv", "reencode"] = "auto"
     logprob_chunk_size: int | None = 256
 
     def __post_init__(self) -> None:
@@ -96,8 +100,7 @@ class LatentRL:
                 f"latent.hindsight_lines={k!r} must be an integer >= 0: the number of next expert lines q sees "
                 "before it writes a rationale (0: none)"
             )
-        if self.engine not in ENGINES:
-            raise ValueError(f"latent.engine={self.engine!r}; choose one of {sorted(ENGINES)}")
+        resolve_engine(self.engine, k)
 
 
 @dataclass(frozen=True)
