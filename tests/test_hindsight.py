@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import lightning as L
@@ -266,6 +267,10 @@ def test_ra3_module_annotates_with_its_hindsight(tmp_path, monkeypatch):
     monkeypatch.setattr(ra3_mod.RA3Module, "em_data", property(lambda self: records))
     monkeypatch.setattr(ra3_mod.RA3Module, "log_annotation", lambda self, iteration, annotated: None)
     module._trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True,
-                                      strategy=SimpleNamespace(barrier=lambda name: None))  # fmt: skip
+                                      strategy=SimpleNamespace(barrier=lambda name: None),
+                                      precision_plugin=SimpleNamespace(forward_context=nullcontext))  # fmt: skip
+    q_optimizer = SimpleNamespace(optimizer=SimpleNamespace(state={"q": "moments"}))
+    monkeypatch.setattr(ra3_mod.RA3Module, "optimizers", lambda self: [None, q_optimizer])
     module.annotate_iteration(0)
     assert [c.latent.hindsight_lines for c in configs] == [2]
+    assert q_optimizer.optimizer.state == {}  # q's AdamW moments are dropped before annotating
