@@ -1,4 +1,4 @@
-"""``scripts/ablations.py rlvr``: what a rerun of the RLVR stages takes over from a finished seed, and what it must
+"""``experiments/ablations.py rlvr``: what a rerun of the RLVR stages takes over from a finished seed, and what it must
 not (its RLVR checkpoints, evaluations and stage times, which the rerun replaces)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("ablations", ROOT / "scripts" / "ablations.py")
+    spec = importlib.util.spec_from_file_location("ablations", ROOT / "experiments" / "ablations.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,4 +1,4 @@
-"""Every ``ra3 fit|validate|test`` command line quoted in a config header, the README or ``docs/`` parses through the
+"""Every ``ra3 fit|validate|test`` command line quoted in a config header, a README or ``docs/`` parses through the
 real CLI (``--print_config``), and the stage config it names keeps its own settings.
 
 An overlay that names ``model.class_path`` again resets that class's ``init_args`` to the defaults (jsonargparse
@@ -22,7 +22,10 @@ from ra3_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("fit", "validate", "test")
-SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "configs").rglob("*.yaml"))]
+SOURCES = [
+    ROOT / "README.md", ROOT / "experiments" / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
+    *sorted((ROOT / "configs").rglob("*.yaml")),
+]  # fmt: skip
 
 
 def logical_lines(text: str, yaml_header: bool) -> list[str]:

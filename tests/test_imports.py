@@ -91,3 +91,27 @@ def test_estep_files_depend_only_on_the_roles_above_them():
         below = {d for d in deps if d.startswith("ra3_lightning.estep.") and d.split(".")[2] not in ESTEP_ROLES[:i]}
         assert not below, f"estep.{role} imports {below}, which come after it"
         assert not {d for d in deps if d.startswith(("ra3_lightning.modules", "ra3_lightning.callbacks"))}, role
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every absolute module (and ``module.name``) that ``path`` imports, of any package."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
+
+
+def test_experiments_use_only_public_names_and_the_package_never_imports_them():
+    """``experiments/`` composes the library from outside: public names only (no ``_``-prefixed module or name), and
+    nothing in the package points back at it."""
+    scripts = sorted((ROOT / "experiments").glob("*.py"))
+    assert scripts, "experiments/ should hold the ablation and table scripts"
+    for script in scripts:
+        ours = {n for n in imported_names(script) if n.split(".")[0] == "ra3_lightning"}
+        private = {n for n in ours if any(part.startswith("_") for part in n.split("."))}
+        assert not private, f"{script.name} imports private names: {private}"
+    for name, path in modules().items():
+        assert not {n for n in imported_names(path) if n.split(".")[0] == "experiments"}, name

@@ -274,8 +274,8 @@ def test_a_bad_stage_config_or_arg_fails_before_the_first_stage(tmp_path):
 
 
 def test_an_ntp_stage_arg_reaches_only_the_ntp_arms_data_module(tmp_path):
-    """``--stages.ntp.args '{"data.shuffle_seed": 1}'`` (the order-only rerun of ``scripts/ablations.py ntp``) gets to
-    the NTP arm's ``TraceDataModule`` and nowhere else; its split ``seed`` stays the pipeline's."""
+    """``--stages.ntp.args '{"data.shuffle_seed": 1}'`` (the order-only rerun of ``experiments/ablations.py ntp``)
+    gets to the NTP arm's ``TraceDataModule`` and nowhere else; its split ``seed`` stays the pipeline's."""
     from ra3_lightning.pipeline.spec import Paths
     from ra3_lightning.pipeline.stages import _ParseOnly, alone_on_the_command_line, check_stages, ntp_run, pretrain_run
 

@@ -383,7 +383,10 @@ def rlvr_splits(cfg: PipelineConfig, paths: Paths) -> tuple[str, str | None]:
     return str(train), str(heldin)
 
 
-def _rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
+def rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
+    """The ``rlvr_<arm>`` stage's runner: RLVR from the ``arm`` checkpoint into ``rlvr_<arm>.ckpt`` (what
+    :data:`STAGES` runs, and what a tuning run outside the pipeline calls on its own)."""
+
     def run(cfg: PipelineConfig, paths: Paths) -> None:
         stage = rlvr_run(cfg, paths, arm)
         stage.fit(paths, paths.ckpt(stage.name))
@@ -476,8 +479,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("pretrain", stage_pretrain, lambda p: [p.ckpt("pretrain")]),
     Stage("ntp", stage_ntp, lambda p: [p.ckpt("ntp")]),
     Stage("ra3", stage_ra3, lambda p: [p.ckpt("ra3")]),
-    Stage("rlvr_ntp", _rlvr_stage("ntp"), lambda p: [p.ckpt("rlvr_ntp")]),
-    Stage("rlvr_ra3", _rlvr_stage("ra3"), lambda p: [p.ckpt("rlvr_ra3")]),
+    Stage("rlvr_ntp", rlvr_stage("ntp"), lambda p: [p.ckpt("rlvr_ntp")]),
+    Stage("rlvr_ra3", rlvr_stage("ra3"), lambda p: [p.ckpt("rlvr_ra3")]),
     Stage("eval", stage_eval, lambda p: [p.root / "eval" / "DONE"]),
 )
 

@@ -4,16 +4,16 @@ An ablation reuses everything of a finished seed directory that it does not chan
 pre-trained base model, the NTP arm and its evaluation — and reruns the ``ra3`` stage and the evaluation of the RA3
 model (with and without its rationales) under the same seed, config and code, with the overrides given::
 
-    python scripts/ablations.py run --base reports/full --out reports/ablations --name hindsight2 --seeds 0 1 2 \\
+    python experiments/ablations.py run --base reports/full --out reports/ablations --name hindsight2 --seeds 0 1 2 \\
         -c configs/demo/pipeline_full.yaml -- --midtrain.hindsight_lines 2
-    python scripts/ablations.py table --base reports/full --out reports/ablations
+    python experiments/ablations.py table --base reports/full --out reports/ablations
 
 ``run`` writes ``<out>/<name>/seed<S>/ablation.json`` (resumable: a finished stage or evaluation is skipped).
 ``ntp`` does the same for the NTP arm: it reruns the ``ntp`` stage and its evaluation (``ntp``, no THINK bias) under
 the overrides. With a stage argument that changes only the order of the NTP arm's training batches, it measures how
 far the NTP arm's pass@1 moves with the batch order alone::
 
-    python scripts/ablations.py ntp --base reports/full --out reports/ablations --name ntp_order1 --seeds 3 4 \\
+    python experiments/ablations.py ntp --base reports/full --out reports/ablations --name ntp_order1 --seeds 3 4 \\
         -c configs/demo/pipeline_full.yaml -- --stages.ntp.args '{"data.shuffle_seed": 1}'
 
 ``oracle`` runs the oracle arms the overrides name (no E-step: the NTP arm's stage on the mid-training traces with a
@@ -21,28 +21,29 @@ comment before every true skill start — each skill's own, or another skill's f
 with and without comments forbidden; ``table`` pairs them with the seed's NTP and RA3 arms and reports the code and
 total tokens each trained on::
 
-    python scripts/ablations.py oracle --base reports/pair --out reports/ablations --name oracle --seeds 3 4 5 \\
+    python experiments/ablations.py oracle --base reports/pair --out reports/ablations --name oracle --seeds 3 4 5 \\
         -c configs/demo/pipeline_full.yaml -- --oracle.arms '[oracle, oracle_wrong]'
 
 ``rlvr`` reruns instead both RLVR stages from the seed's own NTP and RA3 checkpoints under the overrides, with the
-held-out evaluation of the RLVR models and the seed's report; ``scripts/fair_tables.py`` reads the new seed folders::
+held-out evaluation of the RLVR models and the seed's report; ``experiments/fair_tables.py`` reads the new seed
+folders::
 
-    python scripts/ablations.py rlvr --base reports/full --out reports/ablations --name rlvr_tasks64 --seeds 0 1 2 \\
-        -c configs/demo/pipeline_full.yaml -- --rlvr.train_tasks 64
+    python experiments/ablations.py rlvr --base reports/full --out reports/ablations --name rlvr_tasks64 \\
+        --seeds 0 1 2 -c configs/demo/pipeline_full.yaml -- --rlvr.train_tasks 64
 
 ``base`` rebuilds finished seeds on a machine that lacks them, from the committed raw results: it reruns the ``data``
 and ``pretrain`` stages of each seed (deterministic on CPU), checks that the rebuilt base model scores exactly the
 committed ``eval/base.json``, and writes the committed NTP and RA3 results where ``run`` and ``table`` read them
 (run it from a checkout at the commit the raw results name)::
 
-    python scripts/ablations.py base --raw docs/fair_results/raw --base reports/full --seeds 1 2 \\
+    python experiments/ablations.py base --raw docs/fair_results/raw --base reports/full --seeds 1 2 \\
         -c configs/demo/pipeline_full.yaml
 
 ``pair`` builds a new pairing of a seed on this machine, for when ``base`` cannot (another CPU trains another base
 model from the same seed): it runs the ``data``, ``pretrain``, ``ntp`` and ``ra3`` stages of each seed and evaluates
 the base, NTP and RA3 models (RA3 also with its rationales forbidden), so that ``run`` and ``table`` pair with it::
 
-    python scripts/ablations.py pair --base reports/pair_cpu2 --seeds 2 -c configs/demo/pipeline_full.yaml
+    python experiments/ablations.py pair --base reports/pair_cpu2 --seeds 2 -c configs/demo/pipeline_full.yaml
 
 ``table`` prints, for every ablation found under ``<out>``, the pass@1 of the ablated RA3 model paired by seed with
 the NTP arm and the default RA3 arm of ``<base>/seed<S>`` (mean ± sample std over seeds, and the sign count), and
@@ -234,7 +235,7 @@ def cmd_rlvr(args: argparse.Namespace) -> None:
         print(f"=== {args.name} seed {seed}: {' '.join(args.overrides)} -> {out}", file=sys.stderr, flush=True)
         prepare_rlvr(base, out)
         argv = ["-c", args.config, "--seed", str(seed), "--out", str(out), "--progress_bar", "false", *args.overrides]
-        command = f"python scripts/ablations.py rlvr ... (commit {commit()}) -- {' '.join(args.overrides)}"
+        command = f"python experiments/ablations.py rlvr ... (commit {commit()}) -- {' '.join(args.overrides)}"
         run_pipeline(parse_config(argv), command=command)
 
 

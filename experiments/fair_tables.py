@@ -1,6 +1,6 @@
 """The tables of ``docs/fair_results.md`` from finished ``ra3 demo`` seed directories (their ``results.json``).
 
-    python scripts/fair_tables.py reports/full/seed0 reports/full/seed1 reports/full/seed2
+    python experiments/fair_tables.py reports/full/seed0 reports/full/seed1 reports/full/seed2
 
 Prints markdown: pass@1 per model and seed, the paired differences (mean ± sample std over seeds, and in how
 many seeds each sign), the E-step and evaluation diagnostics, pass@1 by number of skills, and the RLVR curves.

@@ -5,9 +5,9 @@ every scalar of every TensorBoard log (tag, step, value), every evaluation resul
 ``compare`` prints which numbers of two such files differ (and which exist in only one)::
 
     git worktree add --detach /tmp/before <commit before the change>
-    (cd /tmp/before && PYTHONPATH=/tmp/before python /path/to/scripts/pipeline_fingerprint.py run /tmp/fp_before)
-    python scripts/pipeline_fingerprint.py run /tmp/fp_after
-    python scripts/pipeline_fingerprint.py compare /tmp/fp_before/numbers.json /tmp/fp_after/numbers.json
+    (cd /tmp/before && PYTHONPATH=/tmp/before python /path/to/experiments/pipeline_fingerprint.py run /tmp/fp_before)
+    python experiments/pipeline_fingerprint.py run /tmp/fp_after
+    python experiments/pipeline_fingerprint.py compare /tmp/fp_before/numbers.json /tmp/fp_after/numbers.json
 
 An older checkout run through ``PYTHONPATH`` needs its own callbacks visible first (``ln -s ../callbacks
 ra3_lightning/callbacks`` inside it): the editable install maps ``ra3_lightning.callbacks`` to *this* checkout's

@@ -6,9 +6,9 @@ NTP checkpoint linked in, then prints and appends to ``<out>/results.jsonl``: th
 the run (the data order is seeded, so quarters pair across runs of one seed), the held-in pass@1 at each
 validation, and the policy entropy at the start and end.
 
-    python scripts/rlvr_tuning.py --seed-dir reports/full/seed0 --out runs/tune --name lr3e-4 -- --rlvr.lr 3e-4
+    python experiments/rlvr_tuning.py --seed-dir reports/full/seed0 --out runs/tune --name lr3e-4 -- --rlvr.lr 3e-4
     # memorisation check: 16 training tasks (the other 496 held in, not validated), 30 passes over each
-    python scripts/rlvr_tuning.py --seed-dir reports/full/seed0 --out runs/tune --name mem16 --fresh-splits \\
+    python experiments/rlvr_tuning.py --seed-dir reports/full/seed0 --out runs/tune --name mem16 --fresh-splits \\
         -- --rlvr.heldin 496 --rlvr.val_every 0
 """
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--fresh-splits", action="store_true", help="re-cut rlvr_train / rlvr_heldin (new heldin)")
     parser.add_argument("overrides", nargs="*", help="pipeline config overrides, after `--`")
     args = parser.parse_args()
-    from ra3_lightning.pipeline.stages import Paths, _rlvr_stage, parse_config
+    from ra3_lightning.pipeline.stages import Paths, parse_config, rlvr_stage
 
     root = args.out / args.name
     link_inputs(args.seed_dir, root, args.fresh_splits)
@@ -68,7 +68,7 @@ def main() -> None:
     argv = ["-c", str(CONFIG), "--seed", str(seed), "--out", str(root), "--progress_bar", "false"]
     cfg = parse_config([*argv, "--rlvr.checkpoint_every", "0", *args.overrides])
     start = time.time()
-    _rlvr_stage("ntp")(cfg, Paths(root))
+    rlvr_stage("ntp")(cfg, Paths(root))
     result = {"name": args.name, "seed": seed, "overrides": args.overrides, "seconds": round(time.time() - start)}
     result |= summarise(root / "tb" / "rlvr_ntp" / "version_0")
     print(json.dumps(result))
