@@ -10,7 +10,7 @@ import torch
 
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.traces import TraceDataModule
-from ra3_lightning.estep import AnnotationConfig, LatentRL, LatentVocab, ThinkBias, annotate, strip_rationales
+from ra3_lightning.estep import Annotation, LatentRL, LatentVocab, ThinkBias, annotate, strip_rationales
 
 
 @pytest.fixture
@@ -28,9 +28,9 @@ def _corpus(tmp_path, texts):
 @pytest.mark.parametrize("choose", ["sample", "best"])
 def test_annotation_round_trip_and_schema(models, tmp_path, code_snippets, choose):
     texts = code_snippets + ["def crlf(x):\r\n    return x\r\n", "def tail(x):\n    return x"]
-    cfg = AnnotationConfig(num_samples=2, choose=choose, latent=LatentRL(max_latent_tokens=5))
-    ds = annotate(models, _corpus(tmp_path, texts), tmp_path / "out", id_field="name", shard_size=3, batch_size=2,
-                  config=cfg, progress=False)  # fmt: skip
+    run = Annotation(choose=choose, num_generations=2, batch_size=2, shard_size=3)
+    ds = annotate(models, _corpus(tmp_path, texts), tmp_path / "out", id_field="name", annotation=run,
+                  latent=LatentRL(max_latent_tokens=5), progress=False)  # fmt: skip
     assert len(ds) == len(texts) and ds["id"] == [f"t{i}" for i in range(len(texts))]
     assert sum(len(t) for t in ds["think_lines"]) > 0
     for row, original in zip(ds, texts, strict=True):
@@ -45,14 +45,14 @@ def test_annotation_round_trip_and_schema(models, tmp_path, code_snippets, choos
 
 def test_annotation_resumes_by_shard(models, tmp_path, code_snippets):
     source = _corpus(tmp_path, code_snippets)
-    cfg = AnnotationConfig(num_samples=2, latent=LatentRL(max_latent_tokens=5))
-    first = annotate(models, source, tmp_path / "out", shard_size=2, config=cfg, progress=False)
+    run, latent = Annotation(num_generations=2, shard_size=2), LatentRL(max_latent_tokens=5)
+    first = annotate(models, source, tmp_path / "out", annotation=run, latent=latent, progress=False)
     shard = tmp_path / "out" / "_shards" / "shard-00001"
     stamp = (shard / "dataset_info.json").stat().st_mtime_ns
     import shutil
 
     shutil.rmtree(tmp_path / "out" / "_shards" / "shard-00002")  # as if killed before the last shard
-    again = annotate(models, source, tmp_path / "out", shard_size=2, config=cfg, progress=False)
+    again = annotate(models, source, tmp_path / "out", annotation=run, latent=latent, progress=False)
     assert (shard / "dataset_info.json").stat().st_mtime_ns == stamp  # finished shard skipped
     assert again["text"] == first["text"]  # the redone shard is what an uninterrupted run wrote (seeded per shard)
     assert again["id"] == first["id"]
@@ -65,7 +65,8 @@ def test_bad_record_is_reported_by_id(models, tmp_path):
 
 
 def test_mstep_reads_the_annotated_dataset(models, tmp_path, code_snippets):
-    annotate(models, _corpus(tmp_path, code_snippets), tmp_path / "out", config=AnnotationConfig(2), progress=False)
+    run = Annotation(num_generations=2)
+    annotate(models, _corpus(tmp_path, code_snippets), tmp_path / "out", annotation=run, progress=False)
     dm = TraceDataModule(str(tmp_path / "out" / "data"), rationale_spans_field="rationale_spans", val_size=0,
                          packing=False, max_length=128, batch_size=8)  # fmt: skip
     dm.connect(models[2])
@@ -75,3 +76,17 @@ def test_mstep_reads_the_annotated_dataset(models, tmp_path, code_snippets):
     assert torch.equal(
         batch["rationale_mask"] & (batch["attention_mask"] == 0), torch.zeros_like(batch["rationale_mask"])
     )
+
+
+def test_annotation_group_validates_and_reads_the_old_key():
+    with pytest.raises(ValueError, match="num_generations >= 2"):
+        Annotation(choose="best")
+    with pytest.raises(ValueError, match="choose one of"):
+        Annotation(choose="median")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be >= 1"):
+        Annotation(shard_size=0)
+    with pytest.warns(FutureWarning, match="annotation.num_generations"):
+        old = Annotation(choose="best", num_samples=4)
+    assert old == Annotation(choose="best", num_generations=4)
+    with pytest.raises(ValueError, match="set only annotation.num_generations"):
+        Annotation(num_generations=2, num_samples=4)

@@ -12,11 +12,12 @@ import lightning as L
 import pytest
 import torch
 
-import ra3_lightning.estep.annotation as annotate_mod
+import ra3_lightning.estep.core as estep_core
 import ra3_lightning.modules.latent_policy as latent_policy_mod
 from ra3_lightning.data.texts import TextDataModule
 from ra3_lightning.estep import (
-    AnnotationConfig,
+    Annotation,
+    EStep,
     LatentRL,
     LatentVocab,
     ThinkBias,
@@ -57,7 +58,7 @@ def setup(tiny_tokenizer, code_snippets):
 
 
 def _roll(model, vocab, traces, engine="kv", seed=0, **kw):
-    kw = {"num_samples": 3, "max_latent_tokens": 6, "temperature": 1.3} | kw
+    kw = {"num_generations": 3, "max_latent_tokens": 6, "temperature": 1.3} | kw
     return rollout(model, traces, vocab, generator=torch.Generator().manual_seed(seed), engine=engine, **kw)
 
 
@@ -226,7 +227,8 @@ def test_latent_policy_module_trains_and_annotates_with_hindsight(tmp_path, code
         calls.append((model is module.model, layout.hindsight_group is not None))
         return policy_logq(model, layout, *args, **kwargs)
 
-    monkeypatch.setattr(latent_policy_mod, "policy_logq", spy)
+    monkeypatch.setattr(latent_policy_mod, "policy_logq", spy)  # q's log q
+    monkeypatch.setattr(estep_core, "policy_logq", spy)  # π's reference, in the E-step's scoring pass
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(module, TextDataModule(str(corpus), batch_size=2))
@@ -236,7 +238,7 @@ def test_latent_policy_module_trains_and_annotates_with_hindsight(tmp_path, code
     assert any(not torch.equal(v, module.model.state_dict()[k]) for k, v in before.items())
 
     seen = []
-    monkeypatch.setattr(annotate_mod, "rollout", lambda *a: seen.append(a[-1]) or rollout(*a))
+    monkeypatch.setattr(estep_core, "rollout", lambda *a: seen.append(a[-1]) or rollout(*a))
     records = module.predict_step({"text": code_snippets[:3], "id": ["a", "b", "c"]}, 0)
     assert seen == [2]  # the module's hindsight reaches annotation
     assert [r["original"] for r in records] == code_snippets[:3]
@@ -244,8 +246,8 @@ def test_latent_policy_module_trains_and_annotates_with_hindsight(tmp_path, code
 
 def test_annotate_batch_with_hindsight_round_trips(setup, tiny_lm, code_snippets):
     model, vocab, _ = setup
-    cfg = AnnotationConfig(num_samples=2, choose="best", latent=LatentRL(max_latent_tokens=5, hindsight_lines=2))
-    records = annotate_batch(model, tiny_lm, vocab, code_snippets, [str(i) for i in range(6)], cfg,
+    estep, run = EStep(LatentRL(max_latent_tokens=5, hindsight_lines=2), vocab), Annotation("best", num_generations=2)
+    records = annotate_batch(model, tiny_lm, estep, code_snippets, [str(i) for i in range(6)], run,
                              torch.Generator().manual_seed(0))  # fmt: skip
     assert sum(len(r["think_lines"]) for r in records) > 0
     for r, original in zip(records, code_snippets, strict=True):
@@ -261,8 +263,8 @@ def test_ra3_module_annotates_with_its_hindsight(tmp_path, monkeypatch):
                         tokenizer_corpus="synthetic:pretrain?n=50")  # fmt: skip
     module = ra3_mod.RA3Module(tiny=tiny, latent=LatentRL(hindsight_lines=2), work_dir=str(tmp_path))
     module.model = torch.nn.Linear(1, 1)  # annotation is mocked: only unsharded_for_generation touches q
-    configs = []
-    monkeypatch.setattr(ra3_mod, "annotate", lambda source, ds, out, config, **kw: configs.append(config) or ds)
+    calls = []
+    monkeypatch.setattr(ra3_mod, "annotate", lambda source, ds, out, **kw: calls.append((source, kw)) or ds)
     records = SimpleNamespace(annotation_records=lambda iteration, rank, world: [{"id": "a", "text": "x = 1\n"}])
     monkeypatch.setattr(ra3_mod.RA3Module, "em_data", property(lambda self: records))
     monkeypatch.setattr(ra3_mod.RA3Module, "log_annotation", lambda self, iteration, annotated: None)
@@ -272,5 +274,7 @@ def test_ra3_module_annotates_with_its_hindsight(tmp_path, monkeypatch):
     q_optimizer = SimpleNamespace(optimizer=SimpleNamespace(state={"q": "moments"}))
     monkeypatch.setattr(ra3_mod.RA3Module, "optimizers", lambda self: [None, q_optimizer])
     module.annotate_iteration(0)
-    assert [c.latent.hindsight_lines for c in configs] == [2]
+    # annotate(module) takes the module's own E-step (latent group whole); only the annotation group is passed
+    [(source, kw)] = calls
+    assert source is module and "latent" not in kw and kw["annotation"] is module.annotation
     assert q_optimizer.optimizer.state == {}  # q's AdamW moments are dropped before annotating

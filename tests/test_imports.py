@@ -79,7 +79,7 @@ def test_modules_and_data_do_not_import_callbacks():
             assert not {d for d in deps if d.startswith("ra3_lightning.callbacks")}, name
 
 
-ESTEP_ROLES = ["format", "text", "vocab", "layout", "engines", "scoring", "sampler", "annotation"]
+ESTEP_ROLES = ["format", "text", "vocab", "layout", "engines", "scoring", "config", "sampler", "core", "annotation"]
 
 
 def test_estep_files_depend_only_on_the_roles_above_them():

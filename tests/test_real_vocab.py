@@ -61,7 +61,8 @@ def real_setup(qwen_lm, qwen_tok):
 
 def test_rollout_matches_a_plain_forward_pass_on_the_real_vocabulary(real_setup):
     model, vocab, traces = real_setup
-    roll = rollout(model, traces, vocab, num_samples=2, max_latent_tokens=4, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    roll = rollout(model, traces, vocab, num_generations=2, max_latent_tokens=4, generator=gen)
     assert roll.think[roll.line_mask].any() and (~roll.think[roll.line_mask]).any()
     full = score_lines(model, roll.layout, roll.think.shape[1])
     torch.testing.assert_close(roll.line_logp, full.detach(), atol=1e-4, rtol=0)
@@ -121,15 +122,16 @@ def test_annotation_m_step_and_rlvr_on_the_real_vocabulary(qwen_lm, qwen_tok, tm
     import lightning as L
 
     from ra3_lightning.data.task_data import TaskDataModule
-    from ra3_lightning.estep import AnnotationConfig, annotate_batch
+    from ra3_lightning.estep import Annotation, EStep, annotate_batch
     from ra3_lightning.losses import causal_lm_loss
     from ra3_lightning.modules.rlvr import RLVRModule
 
     texts = [r["text"] for r in load_records("synthetic:midtrain?n=2&seed=0")]
     vocab = LatentVocab.from_tokenizer(qwen_tok)
-    cfg = AnnotationConfig(num_samples=2, latent=LatentRL(max_latent_tokens=6, logprob_chunk_size=64))
+    estep = EStep(LatentRL(max_latent_tokens=6, logprob_chunk_size=64), vocab)
     sampler = ThinkBias(qwen_lm, vocab.think, 4.0).eval()
-    records = annotate_batch(sampler, qwen_lm, vocab, texts, ["a", "b"], cfg, torch.Generator().manual_seed(0))
+    records = annotate_batch(sampler, qwen_lm, estep, texts, ["a", "b"], Annotation(num_generations=2),
+                             torch.Generator().manual_seed(0))  # fmt: skip
     assert [strip_rationales(r["text"], r["rationale_spans"]) for r in records] == texts
     assert any(r["rationale_spans"] for r in records)
     ids = torch.tensor([qwen_tok(records[0]["text"])["input_ids"]])

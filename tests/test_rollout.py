@@ -27,7 +27,7 @@ def setup(tiny_lm, tiny_tokenizer, code_snippets):
 
 def _roll(setup, engine="kv", seed=0, **kw):
     model, vocab, traces = setup
-    kw = {"num_samples": 3, "max_latent_tokens": 6, "temperature": 1.3} | kw
+    kw = {"num_generations": 3, "max_latent_tokens": 6, "temperature": 1.3} | kw
     return rollout(model, traces, vocab, generator=torch.Generator().manual_seed(seed), engine=engine, **kw)
 
 

@@ -26,7 +26,7 @@ LAYOUT_FIELDS = ("input_ids", "attention_mask", "line_of", "kind", "owner", "dec
 
 
 def _roll(model, vocab, traces, engine, **kw):
-    kw = {"num_samples": 3, "max_latent_tokens": 4, "temperature": 1.3} | kw
+    kw = {"num_generations": 3, "max_latent_tokens": 4, "temperature": 1.3} | kw
     return rollout(model, traces, vocab, generator=torch.Generator().manual_seed(0), engine=engine, **kw)
 
 

@@ -9,7 +9,9 @@ One file per role, each depending only on the ones above it:
 ``layout``     :class:`TokenLayout`: the annotated token sequences and a teacher-forced pass over them
 ``engines``    :class:`KVCacheEngine` (one batched KV cache), :class:`WaveEngine`, the naive :class:`ReencodeEngine`
 ``scoring``    ``P(THINK)``, ``log q(z_t)``, ``log π(a_t | …)``: pure tensor functions
+``config``     the knob groups: :class:`LatentRL` (rollout and scoring), :class:`Annotation`
 ``sampler``    :func:`rollout`: ``q`` walks the line boundaries (or in waves), THINK/ACT, rationales, hindsight
+``core``       :class:`EStep`: rollout with ``q`` → scoring with ``π`` → rewards / ELBO, for training and annotation
 ``annotation`` :func:`annotate`: a trace dataset in, the annotated-trace dataset for the M-step out
 ============== ==========================================================================================
 
@@ -17,14 +19,9 @@ The Lightning side (training ``q``, the EM loop) lives in :mod:`ra3_lightning.mo
 :mod:`ra3_lightning.modules.ra3` and the EM scheduler callback; they use this package through the names below.
 """
 
-from ra3_lightning.estep.annotation import (
-    ANNOTATION_FEATURES,
-    AnnotationConfig,
-    Choose,
-    LatentRL,
-    annotate,
-    annotate_batch,
-)
+from ra3_lightning.estep.annotation import ANNOTATION_FEATURES, annotate, annotate_batch
+from ra3_lightning.estep.config import Annotation, Choose, LatentRL
+from ra3_lightning.estep.core import EStep, Scores
 from ra3_lightning.estep.engines import ENGINES, KVCacheEngine, ReencodeEngine, WaveEngine, resolve_engine
 from ra3_lightning.estep.format import (
     LatentFormat,
@@ -73,9 +70,10 @@ __all__ = [
     "ENGINES",
     "ActLikelihood",
     "Annotated",
-    "AnnotationConfig",
+    "Annotation",
     "Choose",
     "Draws",
+    "EStep",
     "EncodedTrace",
     "KVCacheEngine",
     "LatentFormat",
@@ -84,6 +82,7 @@ __all__ = [
     "PolicyTerms",
     "ReencodeEngine",
     "Rollout",
+    "Scores",
     "ThinkBias",
     "TokenLayout",
     "WaveEngine",

@@ -13,31 +13,23 @@ original raises an error that names the record id(s).
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from ra3_lightning.data.sources import DataError, text_problem
 from ra3_lightning.data.texts import load_trace_records
-from ra3_lightning.estep.engines import resolve_engine
-from ra3_lightning.estep.format import LatentFormat
-from ra3_lightning.estep.layout import plain_layout
-from ra3_lightning.estep.sampler import Rollout, rollout
-from ra3_lightning.estep.scoring import ActLikelihood, expert_line_logp, layout_stats
+from ra3_lightning.estep.config import Annotation, LatentRL
+from ra3_lightning.estep.core import EStep
+from ra3_lightning.estep.sampler import Rollout
 from ra3_lightning.estep.text import strip_rationales
 from ra3_lightning.estep.vocab import LatentVocab, encode_trace
-from ra3_lightning.rl.returns import elbo_rewards
-
-Choose = Literal["sample", "best"]
 
 ANNOTATION_FEATURES = datasets.Features(
     {
@@ -51,72 +43,6 @@ ANNOTATION_FEATURES = datasets.Features(
         "elbo": datasets.Value("float32"),
     }
 )
-
-
-@dataclass(frozen=True)
-class LatentRL:
-    """How ``q`` writes rationales and how ``π`` scores them: one value that the E-step's training
-    (``model.latent`` of ``LatentPolicyModule`` / ``RA3Module``) and annotation (:class:`AnnotationConfig`) share.
-
-    Attributes:
-        think_cost: ``c`` in ``r_t = log π(a_t|…) − c·1[THINK]`` (paper: 0.05; ablations 0.01, 0.2).
-        max_latent_tokens: Most tokens in a rationale, its newline included (>= 2).
-        temperature: Sampling temperature of ``q`` (decisions and rationale tokens).
-        act_likelihood: How an expert line's ``log π(a_t | …)`` is scored. ``"conditional"``: given the latent, the
-            line is code, so its first token is renormalised over the tokens that do not start a comment (a THINK
-            pays off only if its text makes the code more likely). ``"marginal"``: the plain token likelihood, in
-            which not commenting costs ``log(1 − P_π(#))`` wherever ``π`` expects a comment (THINKs pay off there
-            whatever they say). The paper does not say which it uses.
-        hindsight_lines: ``k``: before deciding THINK/ACT at line ``t`` and writing its rationale, ``q`` sees the
-            next ``k`` expert lines ``t..t+k-1`` (fewer at the end of a trace) in a context that ``π``'s scoring,
-            the annotated text and the M-step never see. 0 (default): the rationale is a plan written from the
-            prefix alone, as the model must at inference time. Needs SDPA or eager attention for ``k > 0``, and the line
-            engine (``engine="auto"`` picks it; ``"wave"`` with ``k > 0`` raises).
-        engine: How the rollout feeds ``q``: ``"wave"`` (one forward call over the rest of every trace per THINK;
-            ``hindsight_lines = 0`` only, naming it with ``k > 0`` raises), ``"kv"`` (one KV cache, one call per line),
-            ``"reencode"`` (naive; for benchmarks) or ``"auto"`` (default: ``"wave"``, ``"kv"`` with hindsight). All
-            sample the same rollouts from the same generator state; ``bench/estep_rollout.py`` times them.
-        logprob_chunk_size: Positions per chunk of the LM head in ``π``'s scoring pass and ``q``'s ``log q`` pass:
-            only five numbers per position are kept (:class:`ra3_lightning.logit_stats.LogitStats`), never the fp32
-            ``[N, L, V]`` logits; ``None``: dense logits (models whose logits are not ``lm_head(hidden)``).
-    """
-
-    think_cost: float = 0.05
-    max_latent_tokens: int = 16
-    temperature: float = 1.0
-    act_likelihood: ActLikelihood = "conditional"
-    hindsight_lines: int = 0
-    engine: Literal["auto", "wave", "kv", "reencode"] = "auto"
-    logprob_chunk_size: int | None = 256
-
-    def __post_init__(self) -> None:
-        if self.max_latent_tokens < 2:
-            raise ValueError(f"latent.max_latent_tokens={self.max_latent_tokens} must be >= 2 (a marker and a newline)")
-        if self.temperature <= 0:
-            raise ValueError(f"latent.temperature={self.temperature} must be > 0")
-        k = self.hindsight_lines
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(
-                f"latent.hindsight_lines={k!r} must be an integer >= 0: the number of next expert lines q sees "
-                "before it writes a rationale (0: none)"
-            )
-        resolve_engine(self.engine, k)
-
-
-@dataclass(frozen=True)
-class AnnotationConfig:
-    """How traces are annotated: ``num_samples`` rollouts per trace with the E-step's :class:`LatentRL`, one kept.
-
-    Args:
-        num_samples: ``G`` rollouts per trace.
-        choose: ``"sample"`` (first draw) or ``"best"`` (highest total return of the ``G``).
-        latent: The E-step's sampling and scoring, unchanged (``think_cost`` also gives the return of ``"best"``
-            and ``elbo``).
-    """
-
-    num_samples: int = 4
-    choose: Choose = "sample"
-    latent: LatentRL = LatentRL()
 
 
 def _choose_sample(returns: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B]
@@ -134,36 +60,29 @@ CHOOSERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"sample": _choose
 def annotate_batch(
     q: torch.nn.Module,
     pi: torch.nn.Module,
-    vocab: LatentVocab,
+    estep: EStep,
     texts: Sequence[str],
     ids: Sequence[str],
-    cfg: AnnotationConfig,
+    annotation: Annotation,
     generator: torch.Generator | None = None,
 ) -> list[dict[str, Any]]:
-    """Annotate ``texts`` (one record per text, in order) with the annotated-trace schema."""
-    if cfg.choose not in CHOOSERS:
-        raise ValueError(f"choose={cfg.choose!r}; choose one of {sorted(CHOOSERS)}")
+    """Annotate ``texts`` (one record per text, in order) with the annotated-trace schema: ``estep`` rolls out
+    ``annotation.num_generations`` annotations per text and scores them, ``annotation.choose`` keeps one."""
     for i, text in zip(ids, texts, strict=True):
         problem = text_problem(text)
         if problem:
             raise DataError(f"record {i!r}: field 'text' {problem}")
+    g, vocab = annotation.num_generations, estep.vocab
     traces = [encode_trace(vocab.tokenizer, t) for t in texts]
-    roll = rollout(
-        q, traces, vocab, cfg.num_samples, cfg.latent.max_latent_tokens, cfg.latent.temperature, generator,
-        cfg.latent.engine, cfg.latent.hindsight_lines,
-    )  # fmt: skip
-    device = next(pi.parameters()).device
-    score = functools.partial(expert_line_logp, vocab=vocab, act_likelihood=cfg.latent.act_likelihood)
-    stats = functools.partial(layout_stats, pi, vocab=vocab, chunk_size=cfg.latent.logprob_chunk_size)
-    with_r = score(stats(roll.layout)[0], roll.layout, traces, cfg.num_samples).cpu() * roll.line_mask
-    plain = plain_layout(traces, vocab, device)
-    without = score(stats(plain)[0], plain, traces, 1).cpu()  # [B, T]
-    returns = elbo_rewards(with_r, roll.think, cfg.latent.think_cost).sum(-1)
-    returns = returns.view(len(texts), cfg.num_samples)  # [B, G]
-    picks = CHOOSERS[cfg.choose](returns)
+    roll = estep.sample(q, traces, g, generator)
+    line_logp = estep.score(pi, roll).line_logp.cpu()  # [B*G, T]
+    without = estep.plain_logp(pi, traces, next(pi.parameters()).device).cpu()  # [B, T]
+    returns = estep.rewards(line_logp, roll).sum(-1).view(len(texts), g)  # [B, G]: each annotation's ELBO
+    with_r = line_logp * roll.line_mask
+    picks = CHOOSERS[annotation.choose](returns)
     return [
-        _record(roll, b * cfg.num_samples + int(g), ids[b], with_r, without[b], float(returns[b, g]), vocab)
-        for b, g in enumerate(picks)
+        _record(roll, b * g + int(k), ids[b], with_r, without[b], float(returns[b, k]), vocab)
+        for b, k in enumerate(picks)
     ]
 
 
@@ -187,14 +106,15 @@ def _record(
     }
 
 
-def _models(source: Any) -> tuple[torch.nn.Module, torch.nn.Module, PreTrainedTokenizerBase, LatentFormat | None]:
-    """``(q, π, tokenizer, format)`` from a ``LatentPolicyModule`` or a ``(q, π, tokenizer)`` tuple."""
+def _models(source: Any, latent: LatentRL | None) -> tuple[torch.nn.Module, torch.nn.Module, EStep]:
+    """``(q, π, E-step)`` from a ``LatentPolicyModule`` (its own ``estep`` unless ``latent`` is given) or a
+    ``(q, π, tokenizer)`` tuple (the default latent format)."""
     if isinstance(source, tuple):
         q, pi, tokenizer = source
-        return q, pi, tokenizer, None
+        return q, pi, EStep(latent or LatentRL(), LatentVocab.from_tokenizer(tokenizer))
     if getattr(source, "model", None) is None:
         source.configure_model()
-    return source.model, source.pi, source.tokenizer, source.latent_format()
+    return source.model, source.pi, source.estep if latent is None else EStep(latent, source.vocab)
 
 
 def annotate(
@@ -203,9 +123,8 @@ def annotate(
     out_dir: str | Path,
     text_field: str = "text",
     id_field: str | None = None,
-    shard_size: int = 256,
-    batch_size: int = 8,
-    config: AnnotationConfig | None = None,
+    annotation: Annotation | None = None,
+    latent: LatentRL | None = None,
     seed: int = 0,
     max_records: int | None = None,
     progress: bool = True,
@@ -218,30 +137,29 @@ def annotate(
         out_dir: Output directory: the merged dataset goes to ``out_dir/data``, finished shards to ``out_dir/_shards``.
         text_field: Field of the traces.
         id_field: Field of record ids (default: the record index).
-        shard_size: Records per shard (the unit of resumption).
-        batch_size: Traces rolled out together.
-        config: Sampling / choice settings.
+        annotation: Rollouts per trace, which one is kept, batch and shard sizes (default :class:`Annotation`).
+        latent: How ``q`` writes rationales and ``π`` scores them (default: a module's own ``latent`` group, so it
+            annotates as it was trained; ``LatentRL()`` for a tuple).
         seed: Seed; shard ``i`` uses ``seed + i``, so a resumed run writes what an uninterrupted one would.
         max_records: Annotate only the first records.
         progress: Show a tqdm progress bar.
     """
-    cfg = config or AnnotationConfig()
-    q, pi, tokenizer, fmt = _models(source)
-    vocab = LatentVocab.from_tokenizer(tokenizer, fmt)
+    run = annotation or Annotation()
+    q, pi, estep = _models(source, latent)
     records = load_trace_records(dataset, text_field, id_field, max_records)
     out, shard_root = Path(out_dir), Path(out_dir) / "_shards"
     shard_root.mkdir(parents=True, exist_ok=True)
-    starts = range(0, len(records), shard_size)
+    starts = range(0, len(records), run.shard_size)
     bar = tqdm(total=len(records), desc="annotate", disable=not progress)
     for index, start in enumerate(starts):
         path = shard_root / f"shard-{index:05d}"
-        chunk = records[start : start + shard_size]
+        chunk = records[start : start + run.shard_size]
         if not (path / "dataset_info.json").exists():
             generator = torch.Generator().manual_seed(seed + index)
             rows = [
                 row
-                for i in range(0, len(chunk), batch_size)
-                for row in _annotate_rows(q, pi, vocab, chunk[i : i + batch_size], cfg, generator)
+                for i in range(0, len(chunk), run.batch_size)
+                for row in _annotate_rows(q, pi, estep, chunk[i : i + run.batch_size], run, generator)
             ]
             _save_atomically(datasets.Dataset.from_list(rows, features=ANNOTATION_FEATURES), path)
         bar.update(len(chunk))
@@ -256,10 +174,10 @@ def annotate(
     return datasets.load_from_disk(str(out / "data"))
 
 
-def _annotate_rows(q, pi, vocab, rows, cfg, generator) -> list[dict[str, Any]]:
+def _annotate_rows(q, pi, estep, rows, annotation, generator) -> list[dict[str, Any]]:
     ids = [r["id"] for r in rows]
     try:
-        return annotate_batch(q, pi, vocab, [r["text"] for r in rows], ids, cfg, generator)
+        return annotate_batch(q, pi, estep, [r["text"] for r in rows], ids, annotation, generator)
     except DataError:
         raise
     except Exception as e:

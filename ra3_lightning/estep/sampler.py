@@ -56,7 +56,7 @@ class Rollout:
 
     Attributes:
         traces: The ``B`` encoded traces.
-        num_samples: ``G``.
+        num_generations: ``G``.
         think: ``[N, T]`` bool decisions.
         line_mask: ``[N, T]`` bool, False past a trace's last line.
         logq: ``[N, T]`` ``log q(z_t)`` under the rollout policy (0 where masked).
@@ -70,7 +70,7 @@ class Rollout:
     """
 
     traces: list[EncodedTrace]
-    num_samples: int
+    num_generations: int
     think: Tensor
     line_mask: Tensor
     logq: Tensor
@@ -82,7 +82,7 @@ class Rollout:
     seconds: float
 
     def trace_of(self, n: int) -> EncodedTrace:
-        return self.traces[n // self.num_samples]
+        return self.traces[n // self.num_generations]
 
     def annotated(self, n: int, vocab: LatentVocab) -> Annotated:
         """The annotated text of sample ``n`` with the spans of its inserted rationale lines."""
@@ -142,12 +142,13 @@ class _Walker:
     """
 
     def __init__(
-        self, engine: KVCacheEngine, traces, vocab, num_samples, max_latent_tokens, temperature, draws, hindsight_lines
-    ) -> None:
+        self, engine: KVCacheEngine, traces, vocab, num_generations, max_latent_tokens, temperature, draws,
+        hindsight_lines,
+    ) -> None:  # fmt: skip
         self.traces, self.vocab, self.temperature, self.draws = traces, vocab, temperature, draws
         self.k, self.max_latent_tokens = hindsight_lines, max_latent_tokens
-        self.n = len(traces) * num_samples
-        self.trace = [traces[i // num_samples] for i in range(self.n)]
+        self.n = len(traces) * num_generations
+        self.trace = [traces[i // num_generations] for i in range(self.n)]
         self.engine = engine
         dev = self.engine.device
         self.think_mask, self.comment_mask, self.ends = (m.to(dev) for m in (vocab.think, vocab.comment, vocab.ends))
@@ -351,7 +352,7 @@ class _Walker:
         """The rationale's last token so far, fed to sample the next (in boundary ``t``'s hindsight group)."""
         return Seg(comment[-1:], -1, kind, t, t if self.k else -1)
 
-    def finish(self, num_samples: int, seconds_start: float) -> Rollout:
+    def finish(self, num_generations: int, seconds_start: float) -> Rollout:
         token_lp = self.feed(self.pending)
         self.add_line_logp(self.pending, token_lp)
         lines = self.think.shape[1]
@@ -360,7 +361,7 @@ class _Walker:
         q_layout = build_layout(self.qseqs, self.vocab.pad_id, lines, self.engine.device, True) if self.k else layout
         return Rollout(
             traces=list(self.traces),
-            num_samples=num_samples,
+            num_generations=num_generations,
             think=self.think,
             line_mask=mask,
             logq=self.logq,
@@ -494,20 +495,20 @@ def rollout(
     model: torch.nn.Module,
     traces: Sequence[EncodedTrace],
     vocab: LatentVocab,
-    num_samples: int = 4,
+    num_generations: int = 4,
     max_latent_tokens: int = 16,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     engine: str = "auto",
     hindsight_lines: int = 0,
 ) -> Rollout:
-    """Sample ``num_samples`` latent annotations of every trace with ``model`` as the latent policy ``q``.
+    """Sample ``num_generations`` latent annotations of every trace with ``model`` as the latent policy ``q``.
 
     Args:
         model: A Hugging Face causal LM (``q``).
         traces: Traces from :func:`encode_trace`.
         vocab: :meth:`LatentVocab.from_tokenizer` of the model's tokenizer.
-        num_samples: ``G`` rollouts per trace.
+        num_generations: ``G`` rollouts per trace.
         max_latent_tokens: Most tokens in a rationale, its newline included (>= 2).
         temperature: Sampling temperature of the THINK decision and the rationale tokens.
         generator: CPU random generator (seed it for reproducible rollouts).
@@ -523,13 +524,13 @@ def rollout(
         raise ValueError(f"max_latent_tokens={max_latent_tokens} must be >= 2 (a comment marker and a newline)")
     engine = resolve_engine(engine, hindsight_lines)
     start = time.perf_counter()
-    n, lines = len(traces) * num_samples, max(tr.num_lines for tr in traces)
+    n, lines = len(traces) * num_generations, max(tr.num_lines for tr in traces)
     draws = Draws.sample(n, lines, max_latent_tokens, generator)
     walker_cls = _WaveWalker if ENGINES[engine].waves else _Walker
     eng = ENGINES[engine](model, n, vocab.pad_id)
-    walker = walker_cls(eng, traces, vocab, num_samples, max_latent_tokens, temperature, draws, hindsight_lines)
+    walker = walker_cls(eng, traces, vocab, num_generations, max_latent_tokens, temperature, draws, hindsight_lines)
     walker.walk()
-    return walker.finish(num_samples, start)
+    return walker.finish(num_generations, start)
 
 
 class ThinkBias(torch.nn.Module):

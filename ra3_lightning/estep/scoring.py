@@ -94,9 +94,9 @@ ActLikelihood = Literal["conditional", "marginal"]
 ACT_LIKELIHOODS: tuple[str, ...] = ("conditional", "marginal")
 
 
-def indent_lengths(traces: Sequence[EncodedTrace], num_samples: int, num_lines: int) -> Tensor:
+def indent_lengths(traces: Sequence[EncodedTrace], num_generations: int, num_lines: int) -> Tensor:
     """``[N, T]`` indentation tokens of every expert line, sequence ``n`` being a sample of trace ``n // G``."""
-    rows = [tr.indent_len + [0] * (num_lines - tr.num_lines) for tr in traces for _ in range(num_samples)]
+    rows = [tr.indent_len + [0] * (num_lines - tr.num_lines) for tr in traces for _ in range(num_generations)]
     return torch.tensor(rows, dtype=torch.long)
 
 
@@ -142,7 +142,7 @@ def expert_line_logp(
     logits: Tensor | LogitStats,  # [N, L, V] of π over layout, or their LogitStats at temperature 1
     layout: TokenLayout,
     traces: Sequence[EncodedTrace],
-    num_samples: int,
+    num_generations: int,
     vocab: LatentVocab,
     act_likelihood: ActLikelihood = "conditional",
 ) -> Tensor:  # [N, T]
@@ -156,7 +156,7 @@ def expert_line_logp(
     line_logp = score_lines(None, layout, num_lines, stats)
     if act_likelihood == "marginal":
         return line_logp
-    indent = indent_lengths(traces, num_samples, num_lines)
+    indent = indent_lengths(traces, num_generations, num_lines)
     return line_logp - act_log_normaliser(stats.log_act(), layout, indent, vocab.think)
 
 

@@ -36,8 +36,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from ra3_lightning.estep import (
-    AnnotationConfig,
-    Choose,
+    Annotation,
+    EStep,
     LatentFormat,
     LatentRL,
     LatentVocab,
@@ -45,11 +45,7 @@ from ra3_lightning.estep import (
     Rollout,
     annotate_batch,
     encode_trace,
-    expert_line_logp,
-    layout_stats,
-    plain_layout,
     policy_logq,
-    rollout,
 )
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.lora import AdapterOff
@@ -64,7 +60,7 @@ from ra3_lightning.rl.advantages import (
 from ra3_lightning.rl.config import LatentLoss
 from ra3_lightning.rl.kl import KL_ESTIMATORS, kl_penalty
 from ra3_lightning.rl.registry import resolve
-from ra3_lightning.rl.returns import discounted_returns, elbo_rewards, latent_pg_loss, normalize_line_logp
+from ra3_lightning.rl.returns import discounted_returns, latent_pg_loss, normalize_line_logp
 
 LATENT_OPTIM = Optim(lr=1e-5)  # q's default optimizer group: a constant LR
 
@@ -125,7 +121,7 @@ class LatentPolicyModule(CausalLMModule):
         self.optim = optim
         self.pi: torch.nn.Module | None = None
         self.generator = torch.Generator().manual_seed(seed)
-        self._vocab: LatentVocab | None = None
+        self._estep: EStep | None = None
 
     # ----------------------------------------------------------------------------------------- hooks
     def latent_format(self) -> LatentFormat:
@@ -133,10 +129,15 @@ class LatentPolicyModule(CausalLMModule):
         return self._latent_format
 
     @property
+    def estep(self) -> EStep:
+        """Rollout → scoring → rewards with this module's ``latent`` group (training, the logged gain, annotation)."""
+        if self._estep is None:
+            self._estep = EStep(self.latent, LatentVocab.from_tokenizer(self.tokenizer, self.latent_format()))
+        return self._estep
+
+    @property
     def vocab(self) -> LatentVocab:
-        if self._vocab is None:
-            self._vocab = LatentVocab.from_tokenizer(self.tokenizer, self.latent_format())
-        return self._vocab
+        return self.estep.vocab
 
     def configure_model(self) -> None:
         """Build ``q`` and the frozen ``π``, then shard both under FSDP2.
@@ -165,32 +166,16 @@ class LatentPolicyModule(CausalLMModule):
     # ----------------------------------------------------------------------------------------- steps
     def sample_latents(self, texts: list[str]) -> Rollout:
         """``G`` latent rollouts of each text with ``q`` (no grad)."""
-        lt = self.latent
         traces = [encode_trace(self.tokenizer, t) for t in texts]
         # Under FSDP2, ranks roll out different numbers of steps: unshard q once instead of per-forward gathers.
         with unsharded_for_generation(self.model):
-            return rollout(
-                self.model, traces, self.vocab, self.num_generations, lt.max_latent_tokens, lt.temperature,
-                self.generator, lt.engine, lt.hindsight_lines,
-            )  # fmt: skip
-
-    @torch.no_grad()
-    def score(self, roll: Rollout) -> tuple[Tensor, PolicyTerms]:
-        """``log π(a_t | prefix with rationales)`` ``[N, T]`` and ``π``'s own ``log q``-terms (the KL reference)."""
-        temperatures = (1.0,) if self.latent.temperature == 1.0 else (1.0, self.latent.temperature)
-        stats = layout_stats(self.pi, roll.layout, self.vocab, temperatures, self.latent.logprob_chunk_size)  # one pass
-        line_logp = expert_line_logp(
-            stats[0], roll.layout, roll.traces, roll.num_samples, self.vocab, self.latent.act_likelihood
-        )
-        temperature = self.latent.temperature
-        ref = policy_logq(self.pi, roll.layout, roll.think, roll.line_mask, self.vocab, temperature, stats[-1])
-        return line_logp, ref
+            return self.estep.sample(self.model, traces, self.num_generations, self.generator)
 
     def advantages(self, roll: Rollout, line_logp: Tensor) -> tuple[Tensor, Tensor]:
         """Rewards ``[N, T]`` and group advantages of the returns ``[N, T]``."""
         mask = roll.line_mask.to(line_logp.device)
         logp = normalize_line_logp(line_logp, roll.num_tokens.to(line_logp.device), self.loss.reward_norm)
-        rewards = elbo_rewards(logp, roll.think.to(logp.device), self.latent.think_cost) * mask
+        rewards = self.estep.rewards(logp, roll)
         returns = discounted_returns(rewards, self.loss.gamma, mask)
         groups = (-1, self.num_generations, returns.shape[-1])
         adv = group_advantages(
@@ -200,7 +185,8 @@ class LatentPolicyModule(CausalLMModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         roll = self.sample_latents(batch["text"])
-        line_logp, ref = self.score(roll)
+        scores = self.estep.score(self.pi, roll, reference=True)
+        line_logp, ref = scores.line_logp, scores.reference
         rewards, adv = self.advantages(roll, line_logp)
         terms = policy_logq(
             self.model, roll.q_layout, roll.think, roll.line_mask, self.vocab, self.latent.temperature,
@@ -214,12 +200,7 @@ class LatentPolicyModule(CausalLMModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Annotated-trace records for a batch (one sample per trace; see :func:`ra3_lightning.estep.annotate`)."""
-        cfg = self.annotation_config()
-        return annotate_batch(self.model, self.pi, self.vocab, batch["text"], batch["id"], cfg, self.generator)
-
-    def annotation_config(self, num_samples: int = 1, choose: Choose = "sample") -> AnnotationConfig:
-        """Annotation with this E-step's own rollout and scoring settings (the one place they are copied)."""
-        return AnnotationConfig(num_samples=num_samples, choose=choose, latent=self.latent)
+        return annotate_batch(self.model, self.pi, self.estep, batch["text"], batch["id"], Annotation(), self.generator)
 
     # ----------------------------------------------------------------------------------------- logging
     def log_estep(
@@ -229,7 +210,7 @@ class LatentPolicyModule(CausalLMModule):
         mask = roll.line_mask.to(rewards.device)
         think = roll.think.to(rewards.device) & mask
         lines = mask.sum().clamp(min=1)
-        elbo = (line_logp - self.latent.think_cost * think.float()) * mask
+        elbo = self.estep.rewards(line_logp, roll)  # [N, T] log π(a_t | …) − c·1[THINK]
         comment_len = [
             len(c)
             for row, flags in zip(roll.rationales, roll.think, strict=True)
@@ -246,25 +227,19 @@ class LatentPolicyModule(CausalLMModule):
             "perf/rollout_lines_per_s": torch.tensor(float(roll.line_mask.sum()) / max(roll.seconds, 1e-9)),
         }
         if reaches_logger(self):  # the gain needs a forward pass of π without rationales: only when it is logged
-            metrics["estep/elbo_gain_per_line"] = (elbo.sum() - self.plain_logp(roll).sum() * roll.num_samples) / lines
+            plain = self.estep.plain_logp(self.pi, roll.traces, roll.layout.input_ids.device)  # [B, T]
+            metrics["estep/elbo_gain_per_line"] = (elbo.sum() - plain.sum() * roll.num_generations) / lines
         think_rate = metrics.pop("estep/think_rate")
         self.log_dict(metrics, batch_size=len(roll.traces))
         self.log("estep/think_rate", think_rate, prog_bar=True, batch_size=len(roll.traces))
         self._log_samples(roll)
-
-    @torch.no_grad()
-    def plain_logp(self, roll: Rollout) -> Tensor:
-        """``log π(a_t | s_t)`` without rationales, ``[B, T]``."""
-        layout = plain_layout(roll.traces, self.vocab, roll.layout.input_ids.device)
-        stats = layout_stats(self.pi, layout, self.vocab, chunk_size=self.latent.logprob_chunk_size)[0]
-        return expert_line_logp(stats, layout, roll.traces, 1, self.vocab, self.latent.act_likelihood)
 
     def _log_samples(self, roll: Rollout) -> None:
         every = self.hparams.log_samples_every_n_steps
         experiment = getattr(self.logger, "experiment", None) if self._trainer is not None else None
         if not every or self.global_step % every or not hasattr(experiment, "add_text"):
             return
-        texts = [roll.annotated(n * roll.num_samples, self.vocab).text for n in range(min(2, len(roll.traces)))]
+        texts = [roll.annotated(n * roll.num_generations, self.vocab).text for n in range(min(2, len(roll.traces)))]
         body = "\n\n".join(f"```python\n{t}\n```" for t in texts)
         experiment.add_text("estep/annotated_traces", body, global_step=self.global_step)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from torch import Tensor
 
 from ra3_lightning.data.em_data import EMDataModule
 from ra3_lightning.em_schedule import EMPosition, EMSchedule
-from ra3_lightning.estep import Choose, annotate
+from ra3_lightning.estep import Annotation, annotate
 from ra3_lightning.generation import unsharded_for_generation
 from ra3_lightning.lora import merge_into_base, reset_adapter
 from ra3_lightning.losses import LOSS_MASKS, LossOn, loss_mask_for, perplexity
@@ -39,29 +38,6 @@ from ra3_lightning.modules.ntp import check_chunk_size, lm_loss
 from ra3_lightning.optim import Optim
 
 M_OPTIM = Optim(lr=3e-4, weight_decay=0.1, warmup_steps=10, min_lr_ratio=0.1)  # the M-step's default group
-
-
-@dataclass(frozen=True)
-class AnnotationRun:
-    """How ``RA3Module`` annotates an EM iteration's traces (``model.annotation`` in YAML).
-
-    Attributes:
-        choose: ``"sample"`` (one draw from ``q`` per trace) or ``"best"`` of ``num_samples`` by return.
-        num_samples: Rollouts per trace in the annotation pass.
-        batch_size: Traces rolled out together.
-        shard_size: Records per annotation shard (the unit a killed run resumes from).
-    """
-
-    choose: Choose = "sample"
-    num_samples: int = 1
-    batch_size: int = 8
-    shard_size: int = 64
-
-    def __post_init__(self) -> None:
-        if self.choose == "best" and self.num_samples < 2:
-            raise ValueError("annotation.choose='best' needs annotation.num_samples >= 2")
-        if min(self.num_samples, self.batch_size, self.shard_size) < 1:
-            raise ValueError(f"annotation: num_samples, batch_size and shard_size must be >= 1 ({self})")
 
 
 class RA3Module(LatentPolicyModule):
@@ -76,8 +52,9 @@ class RA3Module(LatentPolicyModule):
         m_logprob_chunk_size: Positions per chunk of the LM head in the M-step loss and the raw validation loss
             (:func:`~ra3_lightning.modules.ntp.lm_loss`): the ``[B, L, V]`` logits are never built, each chunk is
             recomputed in the backward pass. ``None`` = dense logits. (The E-step's is ``latent.logprob_chunk_size``.)
-        annotation: How each iteration's traces are annotated (:class:`AnnotationRun`: ``choose``, ``num_samples``,
-            ``batch_size``, ``shard_size``); sampling and scoring are the E-step's ``latent`` group, unchanged.
+        annotation: How each iteration's traces are annotated (:class:`~ra3_lightning.estep.Annotation`: ``choose``,
+            ``num_generations``, ``batch_size``, ``shard_size``); sampling and scoring are the E-step's ``latent``
+            group, unchanged.
         work_dir: Where annotated traces go (``<work_dir>/iter_<k>/rank_<r>``); default: the logger's directory.
         **kwargs: E-step knobs (``num_generations``, ``latent``, ``loss``, ...) and the model source (``pretrained`` /
             ``init_from`` / ``tiny``, ...), see :class:`LatentPolicyModule`.
@@ -89,7 +66,7 @@ class RA3Module(LatentPolicyModule):
         m_optim: Optim = M_OPTIM,
         loss_on: LossOn = "all",
         m_logprob_chunk_size: int | None = 1024,
-        annotation: AnnotationRun = AnnotationRun(),
+        annotation: Annotation = Annotation(),
         work_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -134,8 +111,7 @@ class RA3Module(LatentPolicyModule):
         """Annotate this iteration's traces with ``q`` (each rank a stride, resumable by shard); return the dir."""
         out = self.work_dir() / f"iter_{iteration}"
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        hp, run = self.hparams, self.annotation
-        cfg = self.annotation_config(run.num_samples, run.choose)
+        hp = self.hparams
         records = self.em_data.annotation_records(iteration, rank, world)
         self.optimizers()[1].optimizer.state.clear()  # q's moments: the next E-phase restarts them anyway
         # Ranks annotate different numbers of batches: unshard q and π once instead of per-forward gathers. The EM
@@ -143,8 +119,8 @@ class RA3Module(LatentPolicyModule):
         pi = unsharded_for_generation(self.pi) if isinstance(self.pi, torch.nn.Module) else nullcontext()
         with unsharded_for_generation(self.model), pi, self.precision_context():
             annotated = annotate(
-                self, _as_dataset(records), out / f"rank_{rank}", id_field="id", shard_size=run.shard_size,
-                batch_size=run.batch_size, config=cfg, seed=hp.seed + 7919 * iteration + rank,
+                self, _as_dataset(records), out / f"rank_{rank}", id_field="id", annotation=self.annotation,
+                seed=hp.seed + 7919 * iteration + rank,
                 progress=self.trainer.is_global_zero,
             )  # fmt: skip
         self.log_annotation(iteration, annotated)
