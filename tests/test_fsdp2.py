@@ -34,7 +34,10 @@ def test_fsdp2_fit_on_two_cpu_processes(code_jsonl, tmp_path):
         *("--data.path", code_jsonl, "--model.tiny.tokenizer_corpus", code_jsonl, "--model.tiny.vocab_size", "300"),
         *("--data.max_length", "32", "--data.batch_size", "2", "--data.val_size", "8"),
         *("--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1"),
-        *FSDP2_OVERLAY, *RANK_WEIGHTS, "--trainer.enable_progress_bar", "false",
+        *FSDP2_OVERLAY,
+        *RANK_WEIGHTS,
+        "--trainer.enable_progress_bar",
+        "false",
     )
     out = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out

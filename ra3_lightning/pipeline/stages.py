@@ -272,7 +272,7 @@ def ra3_run(cfg: PipelineConfig, paths: Paths) -> StageRun:
         "model.num_generations": m.num_generations, "model.latent.think_cost": m.think_cost,
         "model.latent.max_latent_tokens": m.max_latent_tokens, "model.latent.temperature": m.temperature,
         "model.latent.act_likelihood": m.act_likelihood, "model.latent.hindsight_lines": m.hindsight_lines,
-        "model.annotation.choose": m.annotate_choose, "model.annotation.num_samples": m.annotate_samples,
+        "model.annotation.choose": m.annotate_choose, "model.annotation.num_generations": m.annotate_samples,
         "model.annotation.batch_size": m.annotate_batch_size,
         "model.optim.lr": m.q_lr, **m_schedule("model.m_optim", m), "model.loss_on": m.loss_on,
         "model.work_dir": str(paths.em_work), "model.seed": cfg.seed,
