@@ -74,16 +74,22 @@ def with_lora(lm):
     return model.eval()
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_wave_equals_line_engine_at_low_mid_high_think_rates(tiny_lm, tiny_tokenizer, code_snippets, lora):
-    lm, vocab, traces = tiny_setup(tiny_lm, tiny_tokenizer, code_snippets)  # 6 traces of 2..6 lines
-    lm = with_lora(lm) if lora else lm
+def equal_rollouts_at_biases(lm, vocab, traces, biases):
+    """For each THINK bias, the wave and the line engine give the same rollout; the THINK rates, the last rollout."""
     rates = []
-    for bias in (0.0, 3.0, 6.0):
+    for bias in biases:
         model = ThinkBias(lm, vocab.think, bias).eval()
         line, wave = _roll(model, vocab, traces, "kv"), _roll(model, vocab, traces, "wave")
         assert_same_rollout(wave, line)
         rates.append(float(line.think[line.line_mask].float().mean()))
+    return rates, line
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_wave_equals_line_engine_at_low_mid_high_think_rates(tiny_lm, tiny_tokenizer, code_snippets, lora):
+    lm, vocab, traces = tiny_setup(tiny_lm, tiny_tokenizer, code_snippets)  # 6 traces of 2..6 lines
+    lm = with_lora(lm) if lora else lm
+    rates, line = equal_rollouts_at_biases(lm, vocab, traces, (0.0, 3.0, 6.0))
     assert 0 < rates[0] < rates[1] < rates[2] and rates[2] > 0.3, rates  # measured 0.014, 0.069, 0.35 (full)
     assert any(len(r) == 4 for row in line.rationales for r in row)  # some rationale hit the cap (forced newline)
 
@@ -93,12 +99,7 @@ def test_wave_equals_line_engine_on_the_real_vocabulary(qwen_lm, qwen_tok, code_
     blank_lines = "import math\n\n\ndef f(x):\n    y = x + 1\n\n    return math.sqrt(y)\n"
     lm, vocab, traces = tiny_setup(qwen_lm, qwen_tok, [blank_lines, *code_snippets[:3]])
     lm = with_lora(lm) if lora else lm
-    rates = []
-    for bias in (5.0, 7.0, 9.0):
-        model = ThinkBias(lm, vocab.think, bias).eval()
-        line, wave = _roll(model, vocab, traces, "kv"), _roll(model, vocab, traces, "wave")
-        assert_same_rollout(wave, line)
-        rates.append(float(line.think[line.line_mask].float().mean()))
+    rates, _ = equal_rollouts_at_biases(lm, vocab, traces, (5.0, 7.0, 9.0))
     assert 0 < rates[0] < rates[1] < rates[2] and rates[2] > 0.3, rates  # measured 0.067, 0.17, 0.47 (full)
 
 
