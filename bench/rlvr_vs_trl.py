@@ -7,7 +7,12 @@ completion budget, sandboxed reward function (one :class:`~ra3_lightning.rewards
 The first ``--warmup`` steps of each are excluded; the median of the rest is reported.
 
     python bench/rlvr_vs_trl.py                 # needs the bench extra: pip install -e ".[bench]"
-    python bench/rlvr_vs_trl.py --steps 12 --prompts 4 --G 8 --max-new-tokens 32
+    python bench/rlvr_vs_trl.py --rounds 3 --steps 8 --prompts 4 --G 8 --max-new-tokens 32
+
+The two trainers run in alternating rounds (ours first in even rounds, TRL first in odd ones), each round a fresh
+trainer of each for ``--steps`` steps; a round's figure is the median step after its ``--warmup`` steps, and the
+ratio is taken round by round, so that a machine busy with other work slows both alike. Printed: the median and the
+range over rounds.
 
 Where ours is faster (docs/rlvr.md, "Speed"): the sandbox scores while the trainer computes the first micro-batch's
 forward pass (with fewer torch threads on CPU, so the two do not fight over the cores), ``KVSample`` generation
@@ -131,8 +136,9 @@ def run_trl(model_dir: Path, records: list[dict], reward, args, out_dir: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (each trains both, fresh)")
+    parser.add_argument("--steps", type=int, default=8, help="steps per trainer per round")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps of each round not timed")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step (x G completions)")
     parser.add_argument("--G", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -145,17 +151,31 @@ def main() -> None:
 
     from ra3_lightning.rewards import SandboxReward
 
+    ours_s, trl_s = [], []
     with tempfile.TemporaryDirectory() as tmp, SandboxReward(mode="binary", workers=args.workers) as reward:
         tmp = Path(tmp)
         build_model_dir(tmp / "model", args.hidden, args.layers)
         records = write_tasks(tmp / "tasks.jsonl", max(16, args.prompts * 4))
-        ours = run_ours(tmp / "model", tmp / "tasks.jsonl", reward, args)
-        trl = run_trl(tmp / "model", records, reward, args, tmp / "trl_out")
-    ours_s, trl_s = statistics.median(ours[args.warmup :]), statistics.median(trl[args.warmup :])
-    print(f"config: {args.prompts} prompts x G={args.G}, max_new_tokens={args.max_new_tokens}, {args.steps} steps")
-    print(f"RLVRModule   : {ours_s:.3f} s/step (median of {len(ours) - args.warmup})")
-    print(f"TRL GRPO     : {trl_s:.3f} s/step (median of {len(trl) - args.warmup})")
-    print(f"ratio ours/TRL: {ours_s / trl_s:.2f}x (target <= 0.8x)")
+        for r in range(args.rounds):  # alternate who goes first, so that a busy machine slows both alike
+            for name in ("ours", "trl") if r % 2 == 0 else ("trl", "ours"):
+                if name == "ours":
+                    times = run_ours(tmp / "model", tmp / "tasks.jsonl", reward, args)
+                else:
+                    times = run_trl(tmp / "model", records, reward, args, tmp / f"trl_out{r}")
+                median = statistics.median(times[args.warmup :])
+                (ours_s if name == "ours" else trl_s).append(median)
+                print(f"round {r}: {name:4s} {median:.3f} s/step", flush=True)
+    ratios = [o / t for o, t in zip(ours_s, trl_s, strict=True)]
+    print(f"config: {args.prompts} prompts x G={args.G}, max_new_tokens={args.max_new_tokens}, "
+          f"{args.rounds} rounds x {args.steps} steps ({args.warmup} warm-up) per trainer")  # fmt: skip
+    print(f"RLVRModule    : {spread(ours_s, 's/step')}")
+    print(f"TRL GRPO      : {spread(trl_s, 's/step')}")
+    print(f"ratio ours/TRL: {spread(ratios, 'x')} per round (target <= 0.6x)")
+
+
+def spread(values: list[float], unit: str) -> str:
+    """``median [min, max] unit`` of per-round figures."""
+    return f"{statistics.median(values):.3f} {unit} median [{min(values):.3f}, {max(values):.3f}] over {len(values)}"
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ every scalar of every TensorBoard log (tag, step, value), every evaluation resul
     python experiments/pipeline_fingerprint.py run /tmp/fp_after
     python experiments/pipeline_fingerprint.py compare /tmp/fp_before/numbers.json /tmp/fp_after/numbers.json
 
+Flags after ``--`` go to ``ra3 demo`` after ``MINI``: e.g. ``run /tmp/fp_line -- --stages.ra3.args
+'{"model.latent.engine": "kv"}'`` forces an engine, to show that a change of default moves the numbers only
+through it.
+
 An older checkout run through ``PYTHONPATH`` needs its own callbacks visible first (``ln -s ../callbacks
 ra3_lightning/callbacks`` inside it): the editable install maps ``ra3_lightning.callbacks`` to *this* checkout's
 ``callbacks/``. The miniature run takes about a minute on 2 CPU cores. The ``MINI`` flags are read from the
@@ -44,13 +48,14 @@ def scalars(tb: Path) -> dict[str, float]:
     return numbers
 
 
-def run(out: Path) -> None:
+def run(out: Path, extra: list[str]) -> None:
     root = Path.cwd()
     sys.path.insert(0, str(root))
     from ra3_lightning.cli import main
     from tests.test_pipeline import MINI
 
-    main(["demo", "-c", str(root / "configs" / "demo" / "pipeline.yaml"), "--out", str(out), "--seed", "1", *MINI])
+    config = str(root / "configs" / "demo" / "pipeline.yaml")
+    main(["demo", "-c", config, "--out", str(out), "--seed", "1", *MINI, *extra])
     numbers = scalars(out / "tb")
     for result in sorted((out / "eval").glob("*.json")):
         numbers |= {f"eval/{result.stem}/{k}": v for k, v in json.loads(result.read_text()).items()}
@@ -80,13 +85,15 @@ def compare(before: Path, after: Path) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run").add_argument("out", type=Path)
+    runner = sub.add_parser("run")
+    runner.add_argument("out", type=Path)
+    runner.add_argument("flags", nargs="*", help="after --: more `ra3 demo` flags (e.g. a stage's args)")
     cmp = sub.add_parser("compare")
     cmp.add_argument("before", type=Path)
     cmp.add_argument("after", type=Path)
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.out)
+        run(args.out, args.flags)
         return 0
     return compare(args.before, args.after)
 
