@@ -78,6 +78,16 @@ def test_two_em_iterations_through_the_cli(tmp_path, monkeypatch):
     # per-iteration summaries, indexed by EM iteration
     assert [s for s, _ in scalars(log_dir, "em_iteration/elbo_per_line")] == [0, 1]
     assert [s for s, _ in scalars(log_dir, "em_iteration/raw_val_loss")] == [0, 1]
+    # where the time went, running totals per iteration: every part took time, and the totals only grow
+    parts = ("estep", "estep/rollout", "estep/score", "estep/policy_forward", "annotation", "annotation/sample",
+             "annotation/score", "annotation/plain", "annotation/write", "mstep", "raw_val_loss")  # fmt: skip
+    for part in parts:
+        (s0, t0), (s1, t1) = scalars(log_dir, f"timing_s/{part}")
+        assert (s0, s1) == (0, 1) and 0 < t0 <= t1, part
+    (_, e), (_, rollout), (_, score), (_, policy) = (
+        scalars(log_dir, f"timing_s/{p}")[1] for p in ("estep", "estep/rollout", "estep/score", "estep/policy_forward")
+    )
+    assert rollout + score + policy < e  # the parts of an E-step lie inside it
 
     # each M-phase trained on the annotation of its own iteration, which covers that iteration's records once
     data, tokenizer = cli.datamodule, cli.model.tokenizer

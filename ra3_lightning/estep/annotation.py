@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ra3_lightning.estep.core import EStep
 from ra3_lightning.estep.sampler import Rollout
 from ra3_lightning.estep.text import strip_rationales
 from ra3_lightning.estep.vocab import LatentVocab, encode_trace
+from ra3_lightning.stopwatch import Stopwatch
 
 ANNOTATION_FEATURES = datasets.Features(
     {
@@ -65,18 +67,24 @@ def annotate_batch(
     ids: Sequence[str],
     annotation: Annotation,
     generator: torch.Generator | None = None,
+    stopwatch: Stopwatch | None = None,
 ) -> list[dict[str, Any]]:
     """Annotate ``texts`` (one record per text, in order) with the annotated-trace schema: ``estep`` rolls out
-    ``annotation.num_generations`` annotations per text and scores them, ``annotation.choose`` keeps one."""
+    ``annotation.num_generations`` annotations per text and scores them, ``annotation.choose`` keeps one.
+    ``stopwatch`` times the three passes (``annotation/sample``, ``annotation/score``, ``annotation/plain``)."""
     for i, text in zip(ids, texts, strict=True):
         problem = text_problem(text)
         if problem:
             raise DataError(f"record {i!r}: field 'text' {problem}")
     g, vocab = annotation.num_generations, estep.vocab
+    watch, device = stopwatch or Stopwatch(), next(pi.parameters()).device
     traces = [encode_trace(vocab.tokenizer, t) for t in texts]
-    roll = estep.sample(q, traces, g, generator)
-    line_logp = estep.score(pi, roll).line_logp.cpu()  # [B*G, T]
-    without = estep.plain_logp(pi, traces, next(pi.parameters()).device).cpu()  # [B, T]
+    with watch("annotation/sample", device):
+        roll = estep.sample(q, traces, g, generator)
+    with watch("annotation/score", device):
+        line_logp = estep.score(pi, roll).line_logp.cpu()  # [B*G, T]
+    with watch("annotation/plain", device):
+        without = estep.plain_logp(pi, traces, device).cpu()  # [B, T]
     returns = estep.rewards(line_logp, roll).sum(-1).view(len(texts), g)  # [B, G]: each annotation's ELBO
     with_r = line_logp * roll.line_mask
     picks = CHOOSERS[annotation.choose](returns)
@@ -128,6 +136,7 @@ def annotate(
     seed: int = 0,
     max_records: int | None = None,
     progress: bool = True,
+    stopwatch: Stopwatch | None = None,
 ) -> datasets.Dataset:
     """Annotate every record of ``dataset`` and save the annotated traces to ``out_dir`` (resumable by shard).
 
@@ -143,6 +152,7 @@ def annotate(
         seed: Seed; shard ``i`` uses ``seed + i``, so a resumed run writes what an uninterrupted one would.
         max_records: Annotate only the first records.
         progress: Show a tqdm progress bar.
+        stopwatch: Adds the seconds of each pass (:func:`annotate_batch`) and of writing (``annotation/write``).
     """
     run = annotation or Annotation()
     q, pi, estep = _models(source, latent)
@@ -159,9 +169,10 @@ def annotate(
             rows = [
                 row
                 for i in range(0, len(chunk), run.batch_size)
-                for row in _annotate_rows(q, pi, estep, chunk[i : i + run.batch_size], run, generator)
+                for row in _annotate_rows(q, pi, estep, chunk[i : i + run.batch_size], run, generator, stopwatch)
             ]
-            _save_atomically(datasets.Dataset.from_list(rows, features=ANNOTATION_FEATURES), path)
+            with stopwatch("annotation/write") if stopwatch else nullcontext():
+                _save_atomically(datasets.Dataset.from_list(rows, features=ANNOTATION_FEATURES), path)
         bar.update(len(chunk))
     bar.close()
     shards = [datasets.load_from_disk(str(shard_root / f"shard-{i:05d}")) for i in range(len(starts))]
@@ -174,10 +185,10 @@ def annotate(
     return datasets.load_from_disk(str(out / "data"))
 
 
-def _annotate_rows(q, pi, estep, rows, annotation, generator) -> list[dict[str, Any]]:
+def _annotate_rows(q, pi, estep, rows, annotation, generator, stopwatch) -> list[dict[str, Any]]:
     ids = [r["id"] for r in rows]
     try:
-        return annotate_batch(q, pi, estep, [r["text"] for r in rows], ids, annotation, generator)
+        return annotate_batch(q, pi, estep, [r["text"] for r in rows], ids, annotation, generator, stopwatch)
     except DataError:
         raise
     except Exception as e:

@@ -61,6 +61,7 @@ from ra3_lightning.rl.config import LatentLoss
 from ra3_lightning.rl.kl import KL_ESTIMATORS, kl_penalty
 from ra3_lightning.rl.registry import resolve
 from ra3_lightning.rl.returns import discounted_returns, latent_pg_loss, normalize_line_logp
+from ra3_lightning.stopwatch import Stopwatch
 
 LATENT_OPTIM = Optim(lr=1e-5)  # q's default optimizer group: a constant LR
 
@@ -122,6 +123,7 @@ class LatentPolicyModule(CausalLMModule):
         self.pi: torch.nn.Module | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self._estep: EStep | None = None
+        self.stopwatch = Stopwatch()  # seconds per part of the E-step (and of RA3's EM loop), see timing_s/*
 
     # ----------------------------------------------------------------------------------------- hooks
     def latent_format(self) -> LatentFormat:
@@ -168,7 +170,7 @@ class LatentPolicyModule(CausalLMModule):
         """``G`` latent rollouts of each text with ``q`` (no grad)."""
         traces = [encode_trace(self.tokenizer, t) for t in texts]
         # Under FSDP2, ranks roll out different numbers of steps: unshard q once instead of per-forward gathers.
-        with unsharded_for_generation(self.model):
+        with unsharded_for_generation(self.model), self.stopwatch("estep/rollout", self.device):
             return self.estep.sample(self.model, traces, self.num_generations, self.generator)
 
     def advantages(self, roll: Rollout, line_logp: Tensor) -> tuple[Tensor, Tensor]:
@@ -185,13 +187,15 @@ class LatentPolicyModule(CausalLMModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         roll = self.sample_latents(batch["text"])
-        scores = self.estep.score(self.pi, roll, reference=True)
+        with self.stopwatch("estep/score", self.device):
+            scores = self.estep.score(self.pi, roll, reference=True)
         line_logp, ref = scores.line_logp, scores.reference
         rewards, adv = self.advantages(roll, line_logp)
-        terms = policy_logq(
-            self.model, roll.q_layout, roll.think, roll.line_mask, self.vocab, self.latent.temperature,
-            chunk_size=self.latent.logprob_chunk_size,
-        )  # fmt: skip
+        with self.stopwatch("estep/policy_forward", self.device):
+            terms = policy_logq(
+                self.model, roll.q_layout, roll.think, roll.line_mask, self.vocab, self.latent.temperature,
+                chunk_size=self.latent.logprob_chunk_size,
+            )  # fmt: skip
         kl = kl_penalty(terms.logq, ref.logq, self.kl_estimator)  # [N, T]
         loss, stats = latent_pg_loss(terms.logq, adv, roll.line_mask.to(adv.device), kl, self.loss.beta)
         self.log_estep(roll, line_logp, rewards, terms, stats)
@@ -227,7 +231,8 @@ class LatentPolicyModule(CausalLMModule):
             "perf/rollout_lines_per_s": torch.tensor(float(roll.line_mask.sum()) / max(roll.seconds, 1e-9)),
         }
         if reaches_logger(self):  # the gain needs a forward pass of π without rationales: only when it is logged
-            plain = self.estep.plain_logp(self.pi, roll.traces, roll.layout.input_ids.device)  # [B, T]
+            with self.stopwatch("estep/elbo_gain", self.device):
+                plain = self.estep.plain_logp(self.pi, roll.traces, roll.layout.input_ids.device)  # [B, T]
             metrics["estep/elbo_gain_per_line"] = (elbo.sum() - plain.sum() * roll.num_generations) / lines
         think_rate = metrics.pop("estep/think_rate")
         self.log_dict(metrics, batch_size=len(roll.traces))

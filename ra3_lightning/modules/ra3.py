@@ -117,12 +117,13 @@ class RA3Module(LatentPolicyModule):
         # Ranks annotate different numbers of batches: unshard q and π once instead of per-forward gathers. The EM
         # scheduler calls this between steps, outside the training step's autocast: enter the trainer's precision.
         pi = unsharded_for_generation(self.pi) if isinstance(self.pi, torch.nn.Module) else nullcontext()
-        with unsharded_for_generation(self.model), pi, self.precision_context():
-            annotated = annotate(
-                self, _as_dataset(records), out / f"rank_{rank}", id_field="id", annotation=self.annotation,
-                seed=hp.seed + 7919 * iteration + rank,
-                progress=self.trainer.is_global_zero,
-            )  # fmt: skip
+        with self.stopwatch("annotation", self.device), unsharded_for_generation(self.model), pi:
+            with self.precision_context():
+                annotated = annotate(
+                    self, _as_dataset(records), out / f"rank_{rank}", id_field="id", annotation=self.annotation,
+                    seed=hp.seed + 7919 * iteration + rank, progress=self.trainer.is_global_zero,
+                    stopwatch=self.stopwatch,
+                )  # fmt: skip
         self.log_annotation(iteration, annotated)
         self.trainer.strategy.barrier("ra3-annotation")
         return str(out)
@@ -153,25 +154,28 @@ class RA3Module(LatentPolicyModule):
         model's loss on raw (un-annotated) validation traces — comparable with NTP's."""
         if self.lora is not None:
             merge_into_base(self.model)
-        with self.precision_context():
+        with self.precision_context(), self.stopwatch("raw_val_loss", self.device):
             loss = self.raw_val_loss()
         if loss is not None:
             self.log("mstep/raw_val_loss", loss, sync_dist=True)
             self._add_scalar("em_iteration/raw_val_loss", loss, iteration)
             self._add_scalar("em_iteration/raw_val_ppl", perplexity(loss), iteration)
+        self.log_timing(iteration)
 
     # ----------------------------------------------------------------------------------------- steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         position = self.em_position
         rank, world = self.trainer.global_rank, self.trainer.world_size
         if position.phase == "E":
-            loss = super().training_step(
-                self.em_data.e_batch(position.iteration, position.step_in_phase, rank, world), batch_idx
-            )
-            self._step(self.optimizers()[1], self.lr_schedulers()[1], loss, "estep/lr", self.optim)
+            with self.stopwatch("estep", self.device):
+                loss = super().training_step(
+                    self.em_data.e_batch(position.iteration, position.step_in_phase, rank, world), batch_idx
+                )
+                self._step(self.optimizers()[1], self.lr_schedulers()[1], loss, "estep/lr", self.optim)
         else:
-            loss = self.m_step(self.em_data.m_batch(position.iteration, position.step_in_phase, rank, world))
-            self._step(self.optimizers()[0], self.lr_schedulers()[0], loss, "mstep/lr", self.m_optim)
+            with self.stopwatch("mstep", self.device):
+                loss = self.m_step(self.em_data.m_batch(position.iteration, position.step_in_phase, rank, world))
+                self._step(self.optimizers()[0], self.lr_schedulers()[0], loss, "mstep/lr", self.m_optim)
         self.log("em/iteration", float(position.iteration))
         self.log("em/phase_is_m", float(position.phase == "M"))
         return loss
@@ -226,6 +230,14 @@ class RA3Module(LatentPolicyModule):
         experiment = getattr(self.logger, "experiment", None)
         if self.trainer.is_global_zero and hasattr(experiment, "add_text") and len(annotated):
             experiment.add_text("em_iteration/annotated_trace", f"```python\n{annotated[0]['text']}\n```", iteration)
+
+    def log_timing(self, iteration: int) -> None:
+        """This rank's seconds so far in each part of the EM loop, as ``timing_s/<part>`` by iteration: ``estep``
+        (whole E-steps; within them ``estep/rollout``, ``estep/score``, ``estep/policy_forward`` and, on logging
+        steps, ``estep/elbo_gain``), ``annotation`` (``annotation/sample``, ``annotation/score``,
+        ``annotation/plain``, ``annotation/write``), ``mstep`` and ``raw_val_loss``."""
+        for part, seconds in self.stopwatch.totals().items():
+            self._add_scalar(f"timing_s/{part}", seconds, iteration)
 
     def _add_scalar(self, tag: str, value: float | Tensor, iteration: int) -> None:
         experiment = getattr(self.logger, "experiment", None)
