@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import datasets
 import pytest
@@ -11,6 +12,7 @@ import torch
 from ra3_lightning.data.sources import DataError
 from ra3_lightning.data.traces import TraceDataModule
 from ra3_lightning.estep import Annotation, LatentRL, LatentVocab, ThinkBias, annotate, strip_rationales
+from ra3_lightning.estep.config import scores_batch
 
 
 @pytest.fixture
@@ -90,3 +92,34 @@ def test_annotation_group_validates_and_reads_the_old_key():
     assert old == Annotation(choose="best", num_generations=4)
     with pytest.raises(ValueError, match="set only annotation.num_generations"):
         Annotation(num_generations=2, num_samples=4)
+    with pytest.raises(ValueError, match="lie in"):
+        Annotation(score_fraction=1.5)
+    with pytest.raises(ValueError, match="needs score_fraction=1.0"):
+        Annotation(choose="best", num_generations=2, score_fraction=0.5)
+
+
+def test_scored_batches_are_the_fraction_evenly_spread():
+    assert [i for i in range(12) if scores_batch(i, 1.0)] == list(range(12))
+    assert [i for i in range(12) if scores_batch(i, 0.5)] == [1, 3, 5, 7, 9, 11]  # floor((i+1)/2) steps at odd i
+    assert [i for i in range(30) if scores_batch(i, 0.1)] == [9, 19, 29]
+    assert [i for i in range(7) if scores_batch(i, 1 / 3)] == [2, 5]
+    assert not any(scores_batch(i, 0.0) for i in range(12))
+
+
+def test_unscored_batches_keep_the_same_annotations_and_hold_nan_scores(models, tmp_path, code_snippets):
+    source, latent = _corpus(tmp_path, code_snippets * 2), LatentRL(max_latent_tokens=5)
+    runs = {f: Annotation(num_generations=2, batch_size=1, shard_size=3, score_fraction=f) for f in (1.0, 0.5)}
+    full, half = (
+        annotate(models, source, tmp_path / f"out{f}", annotation=run, latent=latent, progress=False)
+        for f, run in runs.items()
+    )
+    assert half["text"] == full["text"] and half["think_lines"] == full["think_lines"]  # scoring draws nothing
+    # batch size 1, 3 records a shard: batches are numbered 0 1 2 | 3 4 5 | ..., every odd one scored at 0.5
+    for i, (h, f) in enumerate(zip(half, full, strict=True)):
+        if i % 2:
+            assert (h["elbo"], h["line_logp_with"], h["line_logp_without"]) == (
+                f["elbo"], f["line_logp_with"], f["line_logp_without"],
+            )  # fmt: skip
+        else:
+            assert math.isnan(h["elbo"]) and len(h["line_logp_with"]) == len(f["line_logp_with"])
+            assert all(math.isnan(x) for x in h["line_logp_with"] + h["line_logp_without"])

@@ -13,6 +13,7 @@ original raises an error that names the record id(s).
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ra3_lightning.data.sources import DataError, text_problem
 from ra3_lightning.data.texts import load_trace_records
-from ra3_lightning.estep.config import Annotation, LatentRL
+from ra3_lightning.estep.config import Annotation, LatentRL, scores_batch
 from ra3_lightning.estep.core import EStep
 from ra3_lightning.estep.sampler import Rollout
 from ra3_lightning.estep.text import strip_rationales
@@ -68,9 +69,11 @@ def annotate_batch(
     annotation: Annotation,
     generator: torch.Generator | None = None,
     stopwatch: Stopwatch | None = None,
+    score: bool = True,
 ) -> list[dict[str, Any]]:
     """Annotate ``texts`` (one record per text, in order) with the annotated-trace schema: ``estep`` rolls out
-    ``annotation.num_generations`` annotations per text and scores them, ``annotation.choose`` keeps one.
+    ``annotation.num_generations`` annotations per text and (with ``score``) ``π`` scores them,
+    ``annotation.choose`` keeps one. Without ``score`` the records' scores are NaN (``choose="sample"`` only).
     ``stopwatch`` times the three passes (``annotation/sample``, ``annotation/score``, ``annotation/plain``)."""
     for i, text in zip(ids, texts, strict=True):
         problem = text_problem(text)
@@ -81,12 +84,19 @@ def annotate_batch(
     traces = [encode_trace(vocab.tokenizer, t) for t in texts]
     with watch("annotation/sample", device):
         roll = estep.sample(q, traces, g, generator)
-    with watch("annotation/score", device):
-        line_logp = estep.score(pi, roll).line_logp.cpu()  # [B*G, T]
-    with watch("annotation/plain", device):
-        without = estep.plain_logp(pi, traces, device).cpu()  # [B, T]
-    returns = estep.rewards(line_logp, roll).sum(-1).view(len(texts), g)  # [B, G]: each annotation's ELBO
-    with_r = line_logp * roll.line_mask
+    if score:
+        with watch("annotation/score", device):
+            line_logp = estep.score(pi, roll).line_logp.cpu()  # [B*G, T]
+        with watch("annotation/plain", device):
+            without = estep.plain_logp(pi, traces, device).cpu()  # [B, T]
+        returns = estep.rewards(line_logp, roll).sum(-1).view(len(texts), g)  # [B, G]: each annotation's ELBO
+        with_r = line_logp * roll.line_mask
+    else:
+        if annotation.choose != "sample":
+            raise ValueError(f"annotation.choose={annotation.choose!r} needs the scores of every batch")
+        with_r = torch.full(roll.line_mask.shape, float("nan"))  # [B*G, T]
+        without = with_r[::g]  # [B, T]
+        returns = torch.full((len(texts), g), float("nan"))  # [B, G]
     picks = CHOOSERS[annotation.choose](returns)
     return [
         _record(roll, b * g + int(k), ids[b], with_r, without[b], float(returns[b, k]), vocab)
@@ -160,6 +170,7 @@ def annotate(
     out, shard_root = Path(out_dir), Path(out_dir) / "_shards"
     shard_root.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(records), run.shard_size)
+    per_shard = math.ceil(run.shard_size / run.batch_size)  # batches per shard: batch numbers survive a resume
     bar = tqdm(total=len(records), desc="annotate", disable=not progress)
     for index, start in enumerate(starts):
         path = shard_root / f"shard-{index:05d}"
@@ -169,7 +180,16 @@ def annotate(
             rows = [
                 row
                 for i in range(0, len(chunk), run.batch_size)
-                for row in _annotate_rows(q, pi, estep, chunk[i : i + run.batch_size], run, generator, stopwatch)
+                for row in _annotate_rows(
+                    q,
+                    pi,
+                    estep,
+                    chunk[i : i + run.batch_size],
+                    run,
+                    generator,
+                    stopwatch,
+                    scores_batch(index * per_shard + i // run.batch_size, run.score_fraction),
+                )  # fmt: skip
             ]
             with stopwatch("annotation/write") if stopwatch else nullcontext():
                 _save_atomically(datasets.Dataset.from_list(rows, features=ANNOTATION_FEATURES), path)
@@ -185,10 +205,10 @@ def annotate(
     return datasets.load_from_disk(str(out / "data"))
 
 
-def _annotate_rows(q, pi, estep, rows, annotation, generator, stopwatch) -> list[dict[str, Any]]:
+def _annotate_rows(q, pi, estep, rows, annotation, generator, stopwatch, score) -> list[dict[str, Any]]:
     ids = [r["id"] for r in rows]
     try:
-        return annotate_batch(q, pi, estep, [r["text"] for r in rows], ids, annotation, generator, stopwatch)
+        return annotate_batch(q, pi, estep, [r["text"] for r in rows], ids, annotation, generator, stopwatch, score)
     except DataError:
         raise
     except Exception as e:

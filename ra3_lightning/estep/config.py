@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -77,6 +78,11 @@ class Annotation:
         batch_size: Traces rolled out together (``batch_size · num_generations`` sequences).
         shard_size: Records per shard, the unit a killed run resumes from. Shard ``i`` samples from its own seed, so
             the shard size is part of what is sampled.
+        score_fraction: The share of batches whose annotations ``π`` scores (line log-likelihoods with and without
+            the rationales, the ELBO). With ``choose="sample"`` the scores only feed diagnostics (the logged ELBO per
+            line and log-likelihood gain), so scoring every ``1/score_fraction``-th batch estimates them at a
+            fraction of the cost: the two scoring passes are two of annotation's three forward passes. Unscored
+            records hold NaN scores. ``"best"`` needs every score (1.0, the default).
         num_samples: The old name of ``num_generations``: still read, with a warning that names the new key (setting
             both to different values raises).
     """
@@ -85,6 +91,7 @@ class Annotation:
     num_generations: int = 1
     batch_size: int = 8
     shard_size: int = 64
+    score_fraction: float = 1.0
     num_samples: int | None = None
 
     def __post_init__(self) -> None:
@@ -105,5 +112,16 @@ class Annotation:
             raise ValueError(f"annotation.choose={self.choose!r}; choose one of {list(get_args(Choose))}")
         if self.choose == "best" and self.num_generations < 2:
             raise ValueError("annotation.choose='best' needs annotation.num_generations >= 2")
+        if not 0.0 <= self.score_fraction <= 1.0:
+            raise ValueError(f"annotation.score_fraction={self.score_fraction} must lie in [0, 1]")
+        if self.choose == "best" and self.score_fraction < 1.0:
+            raise ValueError("annotation.choose='best' ranks rollouts by their scores: it needs score_fraction=1.0")
         if min(self.num_generations, self.batch_size, self.shard_size) < 1:
             raise ValueError(f"annotation: num_generations, batch_size and shard_size must be >= 1 ({self})")
+
+
+def scores_batch(index: int, fraction: float) -> bool:
+    """Whether annotation batch ``index`` (counted from 0 over the whole corpus) is scored at ``score_fraction``:
+    batches where ``floor((index + 1) * fraction)`` steps up, so ``fraction`` of them, evenly spread (every batch at
+    1.0, the 10th, 20th, ... at 0.1, none at 0)."""
+    return math.floor((index + 1) * fraction) > math.floor(index * fraction)

@@ -18,6 +18,7 @@ E-phase). Both are in the checkpoint, so a resumed run continues either phase ex
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -219,14 +220,18 @@ class RA3Module(LatentPolicyModule):
 
     # ----------------------------------------------------------------------------------------- logging
     def log_annotation(self, iteration: int, annotated: Any) -> None:
-        """Per-iteration ELBO per line, THINK rate and rationale count of the annotated traces, plus a sample."""
+        """Per-iteration THINK rate (every record), ELBO per line and log-likelihood gain (the records ``π`` scored,
+        all unless ``annotation.score_fraction < 1``), plus a sample."""
         lines = sum(len(x) for x in annotated["line_logp_with"])
         thinks = sum(len(x) for x in annotated["think_lines"])
-        self._add_scalar("em_iteration/elbo_per_line", sum(annotated["elbo"]) / max(1, lines), iteration)
         self._add_scalar("em_iteration/think_rate", thinks / max(1, lines), iteration)
-        pairs = zip(annotated["line_logp_with"], annotated["line_logp_without"], strict=True)
-        gain = sum(sum(with_) - sum(without) for with_, without in pairs)
-        self._add_scalar("em_iteration/logp_gain_per_line", gain / max(1, lines), iteration)
+        scored = [i for i, elbo in enumerate(annotated["elbo"]) if not math.isnan(elbo)]
+        if scored:
+            with_, without, elbo = (annotated[k] for k in ("line_logp_with", "line_logp_without", "elbo"))
+            scored_lines = max(1, sum(len(with_[i]) for i in scored))
+            self._add_scalar("em_iteration/elbo_per_line", sum(elbo[i] for i in scored) / scored_lines, iteration)
+            gain = sum(sum(with_[i]) - sum(without[i]) for i in scored)
+            self._add_scalar("em_iteration/logp_gain_per_line", gain / scored_lines, iteration)
         experiment = getattr(self.logger, "experiment", None)
         if self.trainer.is_global_zero and hasattr(experiment, "add_text") and len(annotated):
             experiment.add_text("em_iteration/annotated_trace", f"```python\n{annotated[0]['text']}\n```", iteration)
