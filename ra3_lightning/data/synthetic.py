@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import os
 import random
 import shutil
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import datasets
@@ -66,6 +67,8 @@ EMPTY: dict[str, object] = {"int": 0, "ints": [], "str": "", "strs": [], "counts
 INDENT = "    "
 _PARTITION_SALT = "ra3-synthetic-v1"
 _MAX_TRIES_PER_PROGRAM = 1000
+DOCSTRINGS: tuple[str, ...] = ("steps", "shuffled", "reversed", "examples")
+NUM_EXAMPLES = 3  # input/output examples in an "examples" docstring
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,13 @@ class WorldConfig:
         heldout_fraction: Share of the composition space reserved for ``eval``.
         comment_rate: ``pretrain`` only: probability of a ground-truth comment before each skill start.
         docstring_width: Wrap width of the docstring text.
+        docstring: How the docstring states the task (:data:`DOCSTRINGS`): ``"steps"`` (the default) spells out the
+            plan, skill by skill in execution order; the others keep every task solvable from its prompt but stop
+            it from dictating the body block by block — ``"shuffled"`` lists the same steps in a random order (the
+            order follows from the types: draws where more than one order is well-typed are rejected, the number
+            of skills kept), ``"reversed"`` states the composition from the outside in ("the result of: <last
+            step>, applied to the result of: ..., applied to <arg>"), ``"examples"`` gives only the input and output
+            types and three input/output examples (inputs other than the tests'). Every split uses it.
     """
 
     min_skills: int = 2
@@ -89,6 +99,7 @@ class WorldConfig:
     heldout_fraction: float = 0.1
     comment_rate: float = 0.2
     docstring_width: int = 88
+    docstring: str = "steps"
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_skills <= self.max_skills:
@@ -97,6 +108,8 @@ class WorldConfig:
             raise ValueError(f"heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
         if not 0.0 <= self.comment_rate <= 1.0:
             raise ValueError(f"comment_rate must lie in [0, 1], got {self.comment_rate}")
+        if self.docstring not in DOCSTRINGS:
+            raise ValueError(f"docstring={self.docstring!r}; choose one of {list(DOCSTRINGS)}")
         if self.num_tests < 2:
             raise ValueError(f"num_tests must be >= 2 (one empty input and at least one random), got {self.num_tests}")
 
@@ -112,6 +125,8 @@ class Program:
     chunks: list[list[str]]
     footer: list[str]
     tests: list[tuple[object, object]]
+    phrases: list[str] = field(default_factory=list)  # each skill's docstring phrase, in execution order
+    arg: str = ""
 
     @property
     def composition(self) -> tuple[str, ...]:
@@ -209,11 +224,13 @@ def render_program(skills: tuple[Skill, ...], rng: random.Random, cfg: WorldConf
     signature = f"def {entry_point}({arg}: {TYPE_HINTS[arg_type]}) -> {TYPE_HINTS[skills[-1].produces]}:"
     doc = f"Given {arg} ({TYPE_WORDS[arg_type]}), " + ", then ".join(phrases) + ", and return the result."
     header = [signature, *_docstring(doc, cfg.docstring_width)]
-    return Program(entry_point, arg_type, skills, header, chunks, [f"{INDENT}return {var}"], tests=[])
+    return Program(entry_point, arg_type, skills, header, chunks, [f"{INDENT}return {var}"], [], phrases, arg)
 
 
-def _docstring(text: str, width: int) -> list[str]:
-    wrapped = textwrap.wrap(text, width=width)
+def _docstring(text: str, width: int, split_words: bool = True) -> list[str]:
+    """``text`` wrapped as an indented docstring; ``split_words=False`` never breaks inside a word or at a hyphen
+    (an example's value stays on one line)."""
+    wrapped = textwrap.wrap(text, width=width, break_on_hyphens=split_words, break_long_words=split_words)
     wrapped[0] = '"""' + wrapped[0]
     wrapped[-1] += '"""'
     return [INDENT + line for line in wrapped]
@@ -269,17 +286,84 @@ def generate_programs(split: str, n: int, seed: int, cfg: WorldConfig) -> list[P
         if len(programs) == n:
             return programs
         skills = sample_composition(rng, cfg)
+        if cfg.docstring == "shuffled":
+            skills = redraw_until_one_order(skills, rng, cfg)
         if is_heldout(tuple(s.id for s in skills), cfg.heldout_fraction) != want_heldout:
             continue
         program = render_program(skills, rng, cfg)
-        if len(program.header) + sum(map(len, program.chunks)) + 1 > cfg.max_lines or program.source in seen:
+        if cfg.docstring == "steps" and (too_long(program, cfg) or program.source in seen):
+            continue  # the default world's draws and checks, in their original order (its records are unchanged)
+        if not attach_tests(program, rng, cfg.num_tests):
             continue
-        if attach_tests(program, rng, cfg.num_tests):
-            programs.append(program)
-            seen.add(program.source)
+        if cfg.docstring != "steps":
+            doc = _docstring(variant_docstring(program, rng, cfg), cfg.docstring_width, split_words=False)
+            program.header = [program.header[0], *doc]
+            if too_long(program, cfg) or program.source in seen:
+                continue
+        programs.append(program)
+        seen.add(program.source)
     if len(programs) < n:
         raise ValueError(f"synthetic:{split}: could only generate {len(programs)} of {n} distinct programs")
     return programs
+
+
+def too_long(program: Program, cfg: WorldConfig) -> bool:
+    """Whether the program (header, body and return line, no comments) exceeds ``cfg.max_lines``."""
+    return len(program.header) + sum(map(len, program.chunks)) + 1 > cfg.max_lines
+
+
+def well_typed_orders(skills: Sequence[Skill], start: str) -> set[tuple[str, ...]]:
+    """The orders of ``skills`` (as id tuples) that form a chain from type ``start``: each consumes what the one
+    before produced, no skill twice in a row."""
+    orders = set()
+    for order in itertools.permutations(skills):
+        chained = all(a.produces == b.consumes and a is not b for a, b in itertools.pairwise(order))
+        if order[0].consumes == start and chained:
+            orders.add(tuple(s.id for s in order))
+    return orders
+
+
+def redraw_until_one_order(skills: tuple[Skill, ...], rng: random.Random, cfg: WorldConfig) -> tuple[Skill, ...]:
+    """``skills``, or a redraw of the same length, whose steps admit exactly one well-typed order (the
+    ``"shuffled"`` docstring must determine the body)."""
+    for _ in range(_MAX_TRIES_PER_PROGRAM):
+        if len(well_typed_orders(skills, skills[0].consumes)) == 1:
+            return skills
+        length = len(skills)
+        skills = sample_composition(rng, replace(cfg, min_skills=length, max_skills=length))
+    tries = _MAX_TRIES_PER_PROGRAM
+    raise ValueError(f"no composition of {len(skills)} skills with a single well-typed order in {tries} draws")
+
+
+def variant_docstring(program: Program, rng: random.Random, cfg: WorldConfig) -> str:
+    """The docstring text of ``program`` in the world's ``docstring`` style (not ``"steps"``, built on rendering)."""
+    arg, arg_words = program.arg, TYPE_WORDS[program.arg_type]
+    if cfg.docstring == "shuffled":
+        steps = rng.sample(program.phrases, len(program.phrases))
+        return (f"Given {arg} ({arg_words}), apply these steps, listed in no particular order (the order follows from "
+                f"what each step takes and gives): " + "; ".join(steps) + "; and return the result.")  # fmt: skip
+    if cfg.docstring == "reversed":
+        inner = ", applied to the result of: ".join(reversed(program.phrases))
+        return f"Return the result of: {inner}, applied to {arg} ({arg_words})."
+    out_words = TYPE_WORDS[program.skills[-1].produces]
+    examples = example_calls(program, rng)
+    return f"Given {arg} ({arg_words}), compute {out_words}. Examples: " + "; ".join(examples) + "."
+
+
+def example_calls(program: Program, rng: random.Random) -> list[str]:
+    """:data:`NUM_EXAMPLES` ``f(input) == output`` strings of the reference function, on inputs other than the
+    tests' (the first one non-empty output where possible)."""
+    fn, tested = reference_function(program), [value for value, _ in program.tests]
+    calls: list[str] = []
+    for _ in range(50 * NUM_EXAMPLES):
+        value = VALUE_SAMPLERS[program.arg_type](rng)
+        if value in tested:
+            continue
+        tested.append(value)
+        calls.append(f"{program.entry_point}({value!r}) == {fn(copy.deepcopy(value))!r}")
+        if len(calls) == NUM_EXAMPLES:
+            break
+    return calls
 
 
 def _ground_truth(program: Program, record_id: str) -> dict[str, object]:
@@ -314,7 +398,7 @@ def build_records(split: str, n: int, seed: int, cfg: WorldConfig) -> list[dict[
     return [_text_record(p, i, rng, comment_rate) for p, i in zip(programs, ids, strict=True)]
 
 
-def load_split(split: str, n: int | None = None, seed: int = 0, **kw: float | int) -> datasets.Dataset:
+def load_split(split: str, n: int | None = None, seed: int = 0, **kw: float | int | str) -> datasets.Dataset:
     """Generate a split of the synthetic world as an in-memory ``datasets.Dataset`` (nothing is cached).
 
     Args:
@@ -339,7 +423,7 @@ def load_split(split: str, n: int | None = None, seed: int = 0, **kw: float | in
 
 
 def write_splits(
-    out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0, **kw: float | int
+    out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0, **kw: float | int | str
 ) -> dict[str, Path]:
     """Generate every split (``sizes`` overrides :data:`DEFAULT_SIZES`) and ``save_to_disk`` it under ``out_dir``.
 

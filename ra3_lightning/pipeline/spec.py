@@ -39,6 +39,9 @@ class WorldSpec:
         rlvr: RLVR training tasks.
         eval: Held-out evaluation tasks (compositions never seen in training).
         comment_rate: Probability of a ``# <skill>`` comment before a skill start in the pre-training corpus.
+        docstring: How a program's docstring states its task, the same in every split
+            (:class:`~ra3_lightning.data.synthetic.WorldConfig`): ``steps`` (the plan, step by step in order),
+            ``shuffled``, ``reversed`` or ``examples`` (worlds whose docstring does not dictate the body).
     """
 
     pretrain: int = 3000
@@ -46,6 +49,7 @@ class WorldSpec:
     rlvr: int = 128
     eval: int = 64
     comment_rate: float = 0.2
+    docstring: str = "steps"
 
 
 @dataclass

@@ -329,7 +329,7 @@ def stage_data(cfg: PipelineConfig, paths: Paths) -> None:
 
     w = cfg.world
     sizes = {"pretrain": w.pretrain, "midtrain": w.midtrain, "rlvr": w.rlvr, "eval": w.eval}
-    write_splits(paths.data, sizes, seed=cfg.seed, comment_rate=w.comment_rate)
+    write_splits(paths.data, sizes, seed=cfg.seed, comment_rate=w.comment_rate, docstring=w.docstring)
     (paths.data / "DONE").write_text(json.dumps(sizes))
 
 
