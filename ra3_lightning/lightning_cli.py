@@ -51,7 +51,7 @@ def moved_key_hints(message: str) -> str:
     """
     keys = {a or b for a, b in _REJECTED.findall(message)}
     hints = [f"  {key!r} moved: use {MOVED_KEYS[key]}" for key in sorted(keys) if key in MOVED_KEYS]
-    return "\n".join([message, *hints])
+    return "\n".join([message, *(h for h in hints if h.strip() not in message)])  # nested parsers: hint once
 
 
 class RA3ArgumentParser(LightningArgumentParser):
