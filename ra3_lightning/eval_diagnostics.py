@@ -6,8 +6,9 @@ torchmetrics accumulator (:class:`EvalDiagnostics`, synced across processes) and
 * :func:`completion_stats` — per completion: tokens in total, *rationale lines* (lines whose stripped text starts
   with the comment marker ``#``) and the tokens on them, and *code tokens* (all the others, EOS included);
 * :func:`rationale_counts` — for a task with ground truth (the synthetic world's ``rlvr`` / ``eval`` splits, whose
-  :attr:`~ra3_lightning.data.tasks.CodingTask.meta` holds ``skills``, ``skill_starts``, ``skill_ends``): how many
-  comments name a known skill, and how many name the skill the task implements where the comment stands;
+  :attr:`~ra3_lightning.data.tasks.CodingTask.meta` holds ``skills``, ``skill_starts``, ``skill_ends`` and the
+  world's ``skill_comments``, :func:`task_skill_phrases`): how many comments name a known skill, and how many name the
+  skill the task implements where the comment stands;
 * :func:`summarize_diagnostics` — the logged scalars (rates, means, pass@1 by number of skills);
 * :func:`think_logit_bias` — a ``[V]`` bias on comment-start tokens; ``-inf`` forbids comments while sampling, so
   a model that writes rationales can also be scored without them;
@@ -23,7 +24,9 @@ Rules, stated once:
   indentation and its newline (what the line costs of the budget).
 * **Comment to skill.** A comment is mapped to a skill by its text: :func:`~ra3_lightning.abstraction_metrics.
   rationale_key` (no ``#``, no surrounding space, lower case) equal to the key of a skill's ground-truth comment
-  phrase (the ``# <Skill.comment>`` lines the pre-training corpus carries); any other text is *unmatched*.
+  phrase (the ``# <Skill.comment>`` lines the pre-training corpus carries; the task's ``meta`` lists them as
+  ``skill_comments``, so this module knows no task world); any other text is *unmatched*. A task without
+  ``skill_comments`` (a task file written before they were) has no rationale accuracy, its pass rate still counts.
 * **Which skill the task implements there** — by *line alignment*, not by order: the comment is scored against the
   skill whose reference ``[start, end)`` span contains the index of the code line that follows the comment (code
   lines are numbered as ``skill_starts`` numbers them: the non-comment lines of prompt + completion, ``def`` = 0).
@@ -52,7 +55,6 @@ from torchmetrics.utilities import dim_zero_cat
 from transformers import PreTrainedTokenizerBase
 
 from ra3_lightning.abstraction_metrics import rationale_key, skill_at_line
-from ra3_lightning.data.skills import SKILLS, Skill
 from ra3_lightning.data.tasks import CodingTask
 from ra3_lightning.estep import LatentFormat, encode_line, line_indent, split_lines
 
@@ -68,6 +70,7 @@ COUNTERS: tuple[str, ...] = (
     "gt_comments",  # rationale lines in completions of tasks with ground truth
     "gt_matched",  # ... whose text is a known skill's phrase
     "gt_correct",  # ... naming the skill the task implements at that line
+    "gt_scored",  # completions whose comments were scored against ground truth (tasks with skill_comments)
 )
 
 
@@ -119,19 +122,30 @@ def has_ground_truth(meta: Mapping[str, Any]) -> bool:
     return all(meta.get(name) is not None for name in GROUND_TRUTH_FIELDS)
 
 
-def skill_phrases(skills: Iterable[Skill] = SKILLS) -> dict[str, str]:
-    """``{rationale_key(skill.comment): skill.id}``: the comment text that names each skill.
+def skill_phrases(comments: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    """``{rationale_key(comment): skill id}`` from ``{"skill": id, "comment": text}`` entries (a synthetic task's
+    ``meta["skill_comments"]``): the comment text that names each skill.
+
+    Example:
+        >>> skill_phrases([{"skill": "sum_list", "comment": "Sum the values"}])
+        {'sum the values': 'sum_list'}
 
     Raises:
         ValueError: when two skills share a phrase (a comment could not be mapped to one skill).
     """
     phrases: dict[str, str] = {}
-    for skill in skills:
-        key = rationale_key(skill.comment)
+    for entry in comments:
+        key, skill = rationale_key(entry["comment"]), entry["skill"]
         if key in phrases:
-            raise ValueError(f"skills {phrases[key]!r} and {skill.id!r} share the comment phrase {key!r}")
-        phrases[key] = skill.id
+            raise ValueError(f"skills {phrases[key]!r} and {skill!r} share the comment phrase {key!r}")
+        phrases[key] = skill
     return phrases
+
+
+def task_skill_phrases(meta: Mapping[str, Any]) -> dict[str, str] | None:
+    """The phrases of a task's world (:func:`skill_phrases` of ``meta["skill_comments"]``); ``None`` without them."""
+    comments = meta.get("skill_comments")
+    return None if comments is None else skill_phrases(comments)
 
 
 def commented_code_lines(prompt: str, completion: str, marker: str = "#") -> list[tuple[str, int]]:
@@ -186,7 +200,8 @@ def summarize_diagnostics(
 ) -> dict[str, float]:
     """The logged scalars from summed :data:`COUNTERS` and per-task (number of skills, pass rate) of tasks with
     ground truth. Empty (``{}``) without any completion; an undefined ratio (no rationale, no comment, no matched
-    comment) is NaN; the rationale-accuracy keys appear only when some task had ground truth.
+    comment) is NaN; the rationale-accuracy keys appear only when some completion was scored against ground truth
+    (``gt_scored``).
 
     Returns:
         ``truncation_rate``, ``rationale_rate`` (share of completions with a rationale), ``rationales_per_completion``,
@@ -206,7 +221,7 @@ def summarize_diagnostics(
         "completion_tokens": _ratio(totals["tokens"], n),
         "code_tokens": _ratio(totals["code_tokens"], n),
     }
-    if task_skills:
+    if totals.get("gt_scored"):
         out["rationale_matched_rate"] = _ratio(totals["gt_matched"], totals["gt_comments"])
         out["rationale_accuracy"] = _ratio(totals["gt_correct"], totals["gt_matched"])
     for k in sorted(set(task_skills)):
@@ -262,6 +277,7 @@ class EvalDiagnostics(Metric):
             "gt_comments": sum(r.comments for r in rationale),
             "gt_matched": sum(r.matched for r in rationale),
             "gt_correct": sum(r.correct for r in rationale),
+            "gt_scored": len(rationale),
         }
         # Not in place: a state reset under ``trainer.validate`` (inference mode) is then updated under ``fit``.
         self.totals = self.totals + torch.tensor(

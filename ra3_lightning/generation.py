@@ -161,6 +161,17 @@ class SamplingBackend(GenerationBackend):
         Rows may run past a stop string (:meth:`generate` trims them); stopping early is a speed-up."""
 
 
+def with_stop(backend: GenerationBackend, stop: StopStrings | None) -> GenerationBackend:
+    """``backend`` with the module's stop strings (a copy; unchanged when there are none)."""
+    if stop is None:
+        return backend
+    if not isinstance(backend, SamplingBackend):
+        raise TypeError(f"stop_strings need a SamplingBackend, got {type(backend).__name__}")
+    backend = copy.copy(backend)
+    backend.stop = stop
+    return backend
+
+
 class HFGenerate(SamplingBackend):
     """``model.generate`` with the KV cache (see :class:`SamplingBackend` for the arguments)."""
 

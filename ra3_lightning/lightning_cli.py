@@ -9,22 +9,56 @@ unreadable file, or a checkpoint written by another module class than the config
 the model class to the checkpoint's), is a :class:`~ra3_lightning.errors.CheckpointError` that names both and what to
 do. And every trainer whose strategy uses Lightning's default checkpoint IO gets
 :class:`~ra3_lightning.checkpoint_io.AtomicCheckpointIO`, so that a killed save never leaves a broken checkpoint.
+
+A key that moved (:data:`MOVED_KEYS`, e.g. RLVR's ``val_generation``, now ``model.evaluation.generation``) still fails
+as an unknown option, and the error names where it went (:func:`moved_key_hints`).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from ra3_lightning.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from ra3_lightning.config_paths import rebase_output_paths
 from ra3_lightning.errors import CheckpointError
+
+# model init_args that moved into the evaluation group: the old key -> where it is now
+MOVED_KEYS = {
+    "val_generation": "model.evaluation.generation (RLVR's validation / test backend)",
+    "latent_format": "model.evaluation.latent_format (what evaluation counts as a rationale; the E-step modules keep "
+    "model.latent_format)",
+    "max_completion_length": "model.evaluation.max_completion_length (a module without a completion budget of its "
+    "own, e.g. CausalLMModule in configs/eval_humaneval.yaml)",
+    "reward_fn": "model.evaluation.reward_fn (how a module without a reward of its own scores its evaluation)",
+}
+_REJECTED = re.compile(r"Option '(\w+)[.']|unrecognized arguments:.*?--(?:model\.)?(?:init_args\.)?(\w+)")
+
+
+def moved_key_hints(message: str) -> str:
+    """``message`` plus, for each rejected option of :data:`MOVED_KEYS` it names, where that key is now.
+
+    Example:
+        >>> moved_key_hints("Option 'val_generation.class_path' is not accepted").splitlines()[-1]
+        "  'val_generation' moved: use model.evaluation.generation (RLVR's validation / test backend)"
+    """
+    keys = {a or b for a, b in _REJECTED.findall(message)}
+    hints = [f"  {key!r} moved: use {MOVED_KEYS[key]}" for key in sorted(keys) if key in MOVED_KEYS]
+    return "\n".join([message, *(h for h in hints if h.strip() not in message)])  # nested parsers: hint once
+
+
+class RA3ArgumentParser(LightningArgumentParser):
+    """Lightning's parser, whose errors say where a moved key went (:func:`moved_key_hints`)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        super().error(moved_key_hints(message), ex)
 
 
 class RA3CLI(LightningCLI):
@@ -38,6 +72,7 @@ class RA3CLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            parser_class=RA3ArgumentParser,
             args=args,
             run=run,
         )

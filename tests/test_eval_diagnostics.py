@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ra3_lightning.eval_diagnostics as diag
-from ra3_lightning.data.skills import SKILLS, SKILLS_BY_ID, Skill
+from ra3_lightning.data.skills import SKILLS, SKILLS_BY_ID, skill_comments
 from ra3_lightning.data.synthetic import load_split
 from ra3_lightning.data.tasks import CodingTask, tasks_from_records
 from ra3_lightning.estep import insert_rationales, split_lines, think_token_mask, token_texts
@@ -30,6 +30,7 @@ from ra3_lightning.eval_diagnostics import (
     sample_record,
     skill_phrases,
     summarize_diagnostics,
+    task_skill_phrases,
     think_logit_bias,
 )
 from ra3_lightning.models import TinyLMConfig, tokenizer_for_tiny, train_bpe_tokenizer
@@ -89,18 +90,26 @@ def test_comments_are_aligned_to_the_code_line_that_follows():
 
 def test_rationale_counts_by_hand():
     # 5 comments; matched: "keep even values", "sum the values" (twice); correct: the first and the last of those
-    assert rationale_counts(COMPLETION, PROMPT, TRUTH, skill_phrases()) == RationaleCounts(5, 3, 2)
+    assert rationale_counts(COMPLETION, PROMPT, TRUTH, skill_phrases(skill_comments())) == RationaleCounts(5, 3, 2)
     # the same completion written in a "; " format scores the same under marker ";"
     semicolon = COMPLETION.replace("# ", "; ")
-    assert rationale_counts(semicolon, PROMPT, TRUTH, skill_phrases(), marker=";") == RationaleCounts(5, 3, 2)
+    phrases = skill_phrases(skill_comments())
+    assert rationale_counts(semicolon, PROMPT, TRUTH, phrases, marker=";") == RationaleCounts(5, 3, 2)
 
 
 def test_skill_phrases_map_each_ground_truth_comment_to_its_skill():
-    phrases = skill_phrases()
+    phrases = skill_phrases(skill_comments())
     assert len(phrases) == len(SKILLS) and phrases["keep even values"] == "filter_even"
-    clash = Skill("other", "ints", "int", ("a", "b"), "d", "Keep even values")
+    clash = {"skill": "other", "comment": "Keep even values"}
     with pytest.raises(ValueError, match="share the comment phrase 'keep even values'"):
-        skill_phrases([*SKILLS, clash])
+        skill_phrases([*skill_comments(), clash])
+
+
+def test_synthetic_tasks_carry_the_phrases_of_their_world():
+    """The evaluation takes the phrases from the task, so it imports no task world; old task files have none."""
+    task = tasks_from_records(load_split("eval", n=1, seed=0))[0]
+    assert task_skill_phrases(task.meta) == skill_phrases(skill_comments())
+    assert task_skill_phrases({k: v for k, v in task.meta.items() if k != "skill_comments"}) is None
 
 
 def _commented(task: CodingTask, comment_of: dict[int, str]) -> str:
@@ -115,7 +124,7 @@ def test_rationale_accuracy_on_synthetic_eval_tasks():
     a skipped comment does not shift the others (line alignment, not order)."""
     for task in tasks_from_records(load_split("eval", n=16, seed=0)):
         skills = task.meta["skills"]
-        k, phrases = len(skills), skill_phrases()
+        k, phrases = len(skills), task_skill_phrases(task.meta)
         exact = {i: SKILLS_BY_ID[s].comment for i, s in enumerate(skills)}
         assert rationale_counts(_commented(task, exact), task.prompt, task.meta, phrases) == RationaleCounts(k, k, k)
         rotated = {i: SKILLS_BY_ID[skills[(i + 1) % k]].comment for i in range(k)}
@@ -130,7 +139,7 @@ def test_rationale_accuracy_on_synthetic_eval_tasks():
 # --------------------------------------------------------------------------------------------- summaries
 TOTALS = {
     "completions": 4, "truncated": 1, "with_rationale": 2, "rationales": 3, "rationale_tokens": 12, "tokens": 100,
-    "code_tokens": 88, "gt_comments": 3, "gt_matched": 2, "gt_correct": 1,
+    "code_tokens": 88, "gt_comments": 3, "gt_matched": 2, "gt_correct": 1, "gt_scored": 4,
 }  # fmt: skip
 
 
@@ -154,12 +163,14 @@ def test_summarize_diagnostics_by_hand():
 
 def test_summaries_without_ground_truth_rationales_or_completions():
     no_comments = {**TOTALS, "with_rationale": 0, "rationales": 0, "rationale_tokens": 0, "gt_comments": 0,
-                   "gt_matched": 0, "gt_correct": 0}  # fmt: skip
+                   "gt_matched": 0, "gt_correct": 0, "gt_scored": 0}  # fmt: skip
     out = summarize_diagnostics(no_comments, [], [])
     assert math.isnan(out["rationale_tokens"]) and out["rationale_rate"] == 0.0
     assert not any(k.startswith(("rationale_matched", "rationale_accuracy", "pass@1_skills")) for k in out)
-    out = summarize_diagnostics(no_comments, [2], [1.0])
+    out = summarize_diagnostics({**no_comments, "gt_scored": 1}, [2], [1.0])
     assert math.isnan(out["rationale_matched_rate"]) and math.isnan(out["rationale_accuracy"])
+    out = summarize_diagnostics(no_comments, [2], [1.0])  # ground truth but no phrases (an older task file)
+    assert "rationale_accuracy" not in out and out["pass@1_skills2"] == 1.0
     assert summarize_diagnostics({**TOTALS, "completions": 0}, [], []) == {}
 
 

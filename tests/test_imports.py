@@ -115,3 +115,12 @@ def test_experiments_use_only_public_names_and_the_package_never_imports_them():
         assert not private, f"{script.name} imports private names: {private}"
     for name, path in modules().items():
         assert not {n for n in imported_names(path) if n.split(".")[0] == "experiments"}, name
+
+
+def test_evaluation_knows_no_task_world():
+    """The modules, the evaluation component and its diagnostics take a task's ground truth (skills, their comment
+    phrases) from the task itself: none of them imports the synthetic world's skill library."""
+    world = {"ra3_lightning.data.skills", "ra3_lightning.data.synthetic"}
+    for name, path in modules().items():
+        if name.startswith(("ra3_lightning.modules", "ra3_lightning.evaluation")) or name.endswith("eval_diagnostics"):
+            assert not {n for n in imported_names(path) if n in world or n.rpartition(".")[0] in world}, name

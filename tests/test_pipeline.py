@@ -113,7 +113,7 @@ def test_ra3_test_on_a_task_file(demo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli_args = [
         "test", "-c", str(ROOT / "configs" / "eval_humaneval.yaml"), "--data.path", str(tasks),
-        "--model.init_from", str(demo / "checkpoints" / "ntp.ckpt"), "--model.max_completion_length", "8",
+        "--model.init_from", str(demo / "checkpoints" / "ntp.ckpt"), "--model.evaluation.max_completion_length", "8",
         "--model.evaluation.num_samples", "2", "--model.evaluation.pass_at_k", "[1, 2]", "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
@@ -123,7 +123,7 @@ def test_ra3_test_on_a_task_file(demo, tmp_path, monkeypatch):
     assert len(cli.datamodule.test_tasks) == 3
     metrics = cli.trainer.callback_metrics
     assert 0.0 <= float(metrics["test/pass@1"]) <= float(metrics["test/pass@2"]) <= 1.0
-    assert len(cli.model.reward_fn.last_results) == 3 * 2  # one batch (val_batch_size 8): 3 tasks x 2 samples
+    assert len(cli.model.evaluator.reward_fn.last_results) == 3 * 2  # one batch (val_batch_size 8): 3 x 2 samples
     assert "val/pass@1" not in metrics
 
 

@@ -4,6 +4,7 @@ micro-batch invariance, resumable data order and seeded rollouts, prompt templat
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -187,12 +188,13 @@ def test_chunked_log_probs_give_the_dense_loss_and_gradient(tmp_path, tok_dir):
 def test_eos_list_stop_strings_and_a_configurable_validation_backend(tok_dir):
     from ra3_lightning.generation import HFGenerate
 
-    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, stop_strings=["\ndef "], val_generation=HFGenerate(temperature=0))
+    evaluation = Evaluation(generation=HFGenerate(temperature=0))
+    module = RLVRModule(tiny=TINY, tokenizer=tok_dir, stop_strings=["\ndef "], evaluation=evaluation)
     module.configure_model()
     eos = module.tokenizer.eos_token_id
     module.model.generation_config.eos_token_id = [eos, 7]  # e.g. <|endoftext|> and <|im_end|>
     assert module.eos_token_ids() == [eos, 7]
-    assert isinstance(module.val_generation, HFGenerate) and module.val_generation.stop is module.stop
+    assert isinstance(module.evaluator.generation, HFGenerate) and module.evaluator.generation.stop is module.stop
     assert module.generation.stop is module.stop
     ids = module.tokenizer(["    return 1\n\ndef other():\n"], return_tensors="pt")["input_ids"]
     rollout = module.generation.generate(module.model, ids[:, :1], torch.ones_like(ids[:, :1]), 1, 1, eos, 0)
@@ -292,6 +294,15 @@ def test_default_prompt_is_plain_even_when_the_tokenizer_has_a_chat_template(tmp
     assert prompts["auto"][0].startswith("<user>") and prompts["auto"][0].endswith("<assistant>")
 
 
+def test_the_constructor_holds_only_rl_knobs():
+    """Evaluation, stop strings and the seed are the base module's (``**kwargs``); at most 12 knobs of RLVR's own."""
+    own = [
+        p.name for p in inspect.signature(RLVRModule.__init__).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
+    assert len(own[1:]) <= 12, own
+    assert not {"evaluation", "val_generation", "latent_format", "stop_strings", "seed"} & set(own)
+
+
 def test_bad_configuration_is_rejected(tok_dir):
     with pytest.raises(ValueError, match="num_generations"):
         RLVRModule(tiny=TINY, tokenizer=tok_dir, num_generations=1)
@@ -346,8 +357,9 @@ def _test_with_diagnostics(
     module = RLVRModule(
         tiny=TINY, tokenizer=tok_dir, num_generations=2, max_completion_length=12, reward_fn=even_length_reward,
         evaluation=Evaluation(
-            num_samples=3, think_bias=think_bias, samples_path=str(tmp_path / "samples_{stage}_{step}.jsonl")
-        ), latent_format=fmt,
+            num_samples=3, think_bias=think_bias, samples_path=str(tmp_path / "samples_{stage}_{step}.jsonl"),
+            latent_format=fmt,
+        ),
     )  # fmt: skip
     torch.manual_seed(0)  # the weights; sampling is seeded by the module
     module.configure_model()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Params = dict[str, object]
@@ -304,6 +304,14 @@ SKILLS: tuple[Skill, ...] = (
 )
 # fmt: on
 SKILLS_BY_ID: dict[str, Skill] = {s.id: s for s in SKILLS}
+
+
+def skill_comments(skills: Sequence[Skill] = SKILLS) -> list[dict[str, str]]:
+    """``[{"skill": id, "comment": text}, ...]``: each skill's ground-truth comment, as the synthetic task splits
+    carry it in ``skill_comments`` (what evaluation maps a model's comments to skills with)."""
+    return [{"skill": skill.id, "comment": skill.comment} for skill in skills]
+
+
 CONSUMERS: dict[str, tuple[Skill, ...]] = {t: tuple(s for s in SKILLS if s.consumes == t) for t in TYPE_HINTS}
 
 

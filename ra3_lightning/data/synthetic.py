@@ -16,7 +16,9 @@ Splits (``load_split(split, n, seed)``, or the data source ``synthetic:<split>?n
 All splits carry the ground truth: ``id``, ``skills`` (skill ids in order), ``skill_starts`` / ``skill_ends``
 (0-based ``[start, end)`` indices, among the *non-comment* lines of the whole program — the ``def`` line is 0 —
 of each skill's lines; for task splits the program is ``prompt + canonical_solution``). These are the same line
-indices as ``think_lines`` of an annotated trace of the ``midtrain`` text.
+indices as ``think_lines`` of an annotated trace of the ``midtrain`` text. The task splits also carry the world's
+``skill_comments`` (each skill id with its ground-truth comment, :func:`~ra3_lightning.data.skills.skill_comments`):
+what evaluation maps a sampled comment to a skill with, so it needs no knowledge of this world.
 
 Held-out compositions: a composition (the ordered tuple of skill ids) is held out when a fixed hash of it falls
 below ``heldout_fraction``; ``eval`` draws only held-out compositions, all other splits never do. The partition
@@ -57,6 +59,7 @@ from ra3_lightning.data.skills import (
     TYPE_WORDS,
     VALUE_NAMES,
     Skill,
+    skill_comments,
 )
 
 SPLITS: tuple[str, ...] = ("pretrain", "midtrain", "rlvr", "eval")
@@ -384,7 +387,7 @@ def _task_record(program: Program, record_id: str) -> dict[str, object]:
         "canonical_solution": program.body,
         "test": program.check_code(),
     }
-    return {**task, **_ground_truth(program, record_id)}
+    return {**task, **_ground_truth(program, record_id), "skill_comments": skill_comments()}
 
 
 def build_records(split: str, n: int, seed: int, cfg: WorldConfig) -> list[dict[str, object]]:

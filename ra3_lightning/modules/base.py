@@ -1,8 +1,14 @@
 """The LightningModule every stage derives from: one causal LM (``self.model``) and its tokenizer.
 
 It owns what all stages share — where the weights come from (``pretrained`` / ``init_from`` / ``tiny``), FSDP2
-sharding under ``ModelParallelStrategy``, the tokenizer travelling inside every checkpoint, and export to a
-Hugging Face directory — so that ``NTPModule``, ``LatentPolicyModule`` and ``RLVRModule`` only add their step logic.
+sharding under ``ModelParallelStrategy``, the tokenizer travelling inside every checkpoint, export to a Hugging Face
+directory, and sampling completions for evaluation — so that ``NTPModule``, ``LatentPolicyModule`` and ``RLVRModule``
+only add their step logic.
+
+Evaluation is a component every module can run: given ``evaluation`` (an
+:class:`~ra3_lightning.evaluation.Evaluation` group), ``ra3 test`` samples, sandbox-scores and logs pass@k and the
+diagnostics on the data module's test tasks (:class:`~ra3_lightning.evaluation.PassAtKEvaluation`); ``RLVRModule``
+also validates with it. A module used only for evaluation is this class itself (``configs/eval_humaneval.yaml``).
 
 Convention: the trained LM is always ``self.model``; checkpoints therefore hold its weights under ``model.*``,
 which is what ``init_from`` and ``ra3 export`` read back, whatever module wrote the checkpoint.
@@ -16,10 +22,14 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ra3_lightning.checkpoint_io import read_checkpoint
+from ra3_lightning.data.task_data import TaskBatch
 from ra3_lightning.errors import CheckpointError
+from ra3_lightning.evaluation import Evaluation, PassAtKEvaluation
+from ra3_lightning.generation import GenerationBackend, Rollout, StopStrings, eos_list
 from ra3_lightning.lora import LoRASpec, apply_lora, base_lm, is_lora_state_dict, merged_state_dict
 from ra3_lightning.models import (
     DType,
@@ -54,6 +64,19 @@ class CausalLMModule(L.LightningModule):
         attn_implementation: Passed to ``from_pretrained`` (``"sdpa"``, ``"flash_attention_2"``, ...).
         lora: Train a LoRA adapter instead of every weight (see :mod:`ra3_lightning.lora`); the frozen models a stage
             compares against are then the base weights with the adapter off. ``None``: full fine-tuning.
+        evaluation: The pass@k evaluation group (:class:`~ra3_lightning.evaluation.Evaluation`: samples per task,
+            temperature, pass@k, THINK bias, samples file, budget, backend, latent format, reward) that ``ra3 test``
+            runs on the data module's test tasks (``RLVRModule`` also validates with it). ``None``: no evaluation.
+        stop_strings: Also end a sampled completion (evaluation's; RLVR's rollouts too) once its text contains one
+            of these (base-model completions of HumanEval-style prompts: ``["\\ndef ", "\\nclass ", "\\nif __name__",
+            "\\nprint(", "\\n#"]``, :data:`~ra3_lightning.generation.HUMANEVAL_STOP`; of MBPP-style prompts, which the
+            completion answers with a whole program: :data:`~ra3_lightning.generation.MBPP_STOP`). They match the
+            decoded text, so an indented comment (``"\\n    #"``, a rationale) is no ``"\\n#"``. The text the sandbox
+            scores is cut before the stop string. ``None`` = EOS and the budget only. The backends must be
+            ``SamplingBackend`` s. Every EOS id of the tokenizer and of the model's ``generation_config`` (e.g.
+            ``<|endoftext|>`` and ``<|im_end|>``) ends a completion.
+        seed: Seed of the sampling RNG: each batch's samples are drawn from ``(seed, step, rank)`` (evaluation, RL
+            rollouts of RLVR and the E-step).
     """
 
     def __init__(
@@ -66,6 +89,9 @@ class CausalLMModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
         lora: LoRASpec | None = None,
+        evaluation: Evaluation | None = None,
+        stop_strings: list[str] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         given = [name for name, v in (("pretrained", pretrained), ("init_from", init_from), ("tiny", tiny)) if v]
@@ -79,6 +105,9 @@ class CausalLMModule(L.LightningModule):
         self.attn_implementation, self.lora = attn_implementation, lora
         self.tokenizer: PreTrainedTokenizerBase = self._load_tokenizer(tokenizer)
         self.model: PreTrainedModel | None = None
+        self.seed, self.evaluation = seed, evaluation
+        self.stop = StopStrings(self.tokenizer, stop_strings) if stop_strings else None
+        self.evaluator = PassAtKEvaluation(evaluation, self.tokenizer, self.stop) if evaluation else None
 
     # ----------------------------------------------------------------------------------------- building
     def _load_tokenizer(self, tokenizer: str | None) -> PreTrainedTokenizerBase:
@@ -115,6 +144,84 @@ class CausalLMModule(L.LightningModule):
             self.model = self.build_model()
         if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
             shard_lm(self.model, self.device_mesh)
+
+    # ----------------------------------------------------------------------------------------- sampling
+    def sample(
+        self,
+        prompt_ids: Tensor,  # [B, P]
+        prompt_mask: Tensor,  # [B, P]
+        backend: GenerationBackend,
+        num_samples: int,
+        max_new_tokens: int,
+        step: int,
+    ) -> Rollout:
+        """``num_samples`` completions per prompt, sampled with an RNG seeded from ``(seed, step, rank)``."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed * 1_000_003 + step * 1_009 + self.global_rank)
+            return backend.generate(
+                self.model,
+                prompt_ids,
+                prompt_mask,
+                num_samples,
+                max_new_tokens,
+                self.eos_token_ids(),
+                self.tokenizer.pad_token_id,
+            )
+
+    def eos_token_ids(self) -> list[int]:
+        """The tokenizer's EOS and every EOS id of the model's ``generation_config`` (one id or a list)."""
+        config_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = [self.tokenizer.eos_token_id, *([] if config_eos is None else eos_list(config_eos))]
+        return eos_list([i for i in ids if i is not None])
+
+    def decode(self, rollout: Rollout) -> list[str]:
+        """The text of each completion, cut before a stop string."""
+        ids = rollout.completion_ids.masked_fill(rollout.completion_mask == 0, self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return texts if self.stop is None else [self.stop.cut(t) for t in texts]
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def sandbox_workers(self) -> int | None:
+        """Sandbox workers of this rank: the CPUs this process may use divided by the trainer's ranks per node
+        (``trainer.num_devices``); ``None`` without a trainer (the sandbox's own default then)."""
+        if self._trainer is None:
+            return None
+        from ra3_lightning.sandbox.pool import default_workers
+
+        return default_workers(ranks_on_node=self.trainer.num_devices)
+
+    def evaluation_reward_fn(self) -> Any:
+        """Hook: the reward evaluation scores with when ``evaluation.reward_fn`` is unset (a binary
+        :class:`~ra3_lightning.rewards.SandboxReward` with :meth:`sandbox_workers` workers; RLVR: its own)."""
+        from ra3_lightning.rewards import SandboxReward
+
+        return SandboxReward(mode="binary", workers=self.sandbox_workers())
+
+    def setup(self, stage: str) -> None:
+        if self.evaluator is not None:
+            self.evaluator.setup(self)
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        """``ra3 test``: pass@k and the diagnostics on the data module's test tasks, logged as ``test/...``."""
+        if self.evaluator is None:
+            raise ValueError(
+                f"{type(self).__name__} has no evaluation to test with: give model.evaluation (e.g. "
+                "`--model.evaluation.num_samples 4 --model.evaluation.max_completion_length 256`)"
+            )
+        self.evaluator.step(self, batch, batch_idx)
+
+    def on_test_epoch_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.start(self, "test")
+
+    def on_test_epoch_end(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.end(self, "test")
+
+    def on_test_end(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()  # stop the sandbox workers
 
     # ----------------------------------------------------------------------------------------- optimisation
     def configure_gradient_clipping(

@@ -94,9 +94,8 @@ class LatentPolicyModule(CausalLMModule):
             (:class:`~ra3_lightning.estep.LatentFormat`; default: a ``# `` comment line). Another format by
             ``class_path`` (or ``init_args: {comment_prefix: "// "}``); its marker must begin some token's text.
         log_samples_every_n_steps: Log an annotated trace as TensorBoard text every this many steps (0 = never).
-        seed: Seed of the rollout sampler.
-        **kwargs: Model source and loading options of :class:`CausalLMModule` (``pretrained`` / ``init_from`` /
-            ``tiny``, ``tokenizer``, ``dtype``, ...).
+        **kwargs: Of :class:`CausalLMModule`: the model source and loading options (``pretrained`` / ``init_from`` /
+            ``tiny``, ``tokenizer``, ``dtype``, ...) and ``seed`` (of the rollout sampler).
     """
 
     def __init__(
@@ -107,7 +106,6 @@ class LatentPolicyModule(CausalLMModule):
         optim: Optim = LATENT_OPTIM,
         latent_format: LatentFormat | None = None,
         log_samples_every_n_steps: int = 50,
-        seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -121,7 +119,7 @@ class LatentPolicyModule(CausalLMModule):
         self._latent_format = latent_format or LatentFormat()
         self.optim = optim
         self.pi: torch.nn.Module | None = None
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self._estep: EStep | None = None
         self.stopwatch = Stopwatch()  # seconds per part of the E-step (and of RA3's EM loop), see timing_s/*
 

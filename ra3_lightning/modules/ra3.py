@@ -112,7 +112,6 @@ class RA3Module(LatentPolicyModule):
         """Annotate this iteration's traces with ``q`` (each rank a stride, resumable by shard); return the dir."""
         out = self.work_dir() / f"iter_{iteration}"
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        hp = self.hparams
         records = self.em_data.annotation_records(iteration, rank, world)
         self.optimizers()[1].optimizer.state.clear()  # q's moments: the next E-phase restarts them anyway
         # Ranks annotate different numbers of batches: unshard q and π once instead of per-forward gathers. The EM
@@ -122,7 +121,7 @@ class RA3Module(LatentPolicyModule):
             with self.precision_context():
                 annotated = annotate(
                     self, _as_dataset(records), out / f"rank_{rank}", id_field="id", annotation=self.annotation,
-                    seed=hp.seed + 7919 * iteration + rank, progress=self.trainer.is_global_zero,
+                    seed=self.seed + 7919 * iteration + rank, progress=self.trainer.is_global_zero,
                     stopwatch=self.stopwatch,
                 )  # fmt: skip
         self.log_annotation(iteration, annotated)

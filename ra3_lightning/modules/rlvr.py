@@ -31,12 +31,11 @@ only those steps reach the logger): ``train/reward_mean|std``, ``train/pass_rate
 outcome as TensorBoard text; validation ``val/pass@k`` via :class:`PassAtK` (and
 ``test/pass@k`` from ``ra3 test``, on the data module's test tasks).
 
-Evaluation explains itself (:mod:`ra3_lightning.eval_diagnostics`): besides pass@k each validation / test logs
-``{val,test}/truncation_rate``, ``rationale_rate``, ``rationales_per_completion``, ``rationale_tokens``,
-``completion_tokens``, ``code_tokens``; for tasks with ground truth (the synthetic world) ``rationale_matched_rate``,
-``rationale_accuracy``, ``pass@1_skills{n}`` and ``tasks_skills{n}``. ``evaluation.think_bias`` biases (``-inf``:
-forbids) comment-start tokens while sampling for evaluation; ``evaluation.samples_path`` writes one JSON line per
-sample (one file, also with several processes: rank 0 merges the ranks' parts at the end of the evaluation).
+Validation (and ``ra3 test``) is the evaluation component every module has
+(:class:`~ra3_lightning.evaluation.PassAtKEvaluation`, the ``evaluation`` group of :class:`CausalLMModule`): pass@k
+and the diagnostics of :mod:`ra3_lightning.eval_diagnostics`, a samples file, the THINK bias. RLVR validates with it
+on the data module's validation tasks (``Evaluation()`` when no group is given) and hands it its
+``max_completion_length`` and ``reward_fn`` where the group leaves them unset.
 
 Each rank's sandbox gets its share of the node's CPUs (:meth:`RLVRModule.setup`): ``trainer.devices`` ranks per
 node each start ``usable CPUs // devices`` workers unless ``reward_fn.workers`` is given.
@@ -45,16 +44,11 @@ node each start ``usable CPUs // devices`` workers unless ``reward_fn.workers`` 
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,34 +57,13 @@ from torch import Tensor
 
 from ra3_lightning.data.task_data import TaskBatch
 from ra3_lightning.data.tasks import CodingTask
-from ra3_lightning.estep import LatentFormat
-from ra3_lightning.eval_diagnostics import (
-    CompletionStats,
-    EvalDiagnostics,
-    comment_start_mask,
-    completion_stats,
-    has_ground_truth,
-    merge_sample_files,
-    rank_samples_path,
-    rationale_counts,
-    sample_record,
-    skill_phrases,
-    think_logit_bias,
-)
-from ra3_lightning.generation import (
-    GenerationBackend,
-    KVSample,
-    Rollout,
-    SamplingBackend,
-    StopStrings,
-    eos_list,
-    unsharded_for_generation,
-)
+from ra3_lightning.evaluation import Evaluation, completion_token_lists
+from ra3_lightning.generation import GenerationBackend, KVSample, Rollout, with_stop
 from ra3_lightning.logprobs import selective_logprobs
 from ra3_lightning.lora import AdapterOff
-from ra3_lightning.metrics import PassAtK
 from ra3_lightning.modules.base import CausalLMModule, reaches_logger, shard_lm
 from ra3_lightning.optim import Optim
+from ra3_lightning.rewards import RewardFn
 from ra3_lightning.rl.advantages import (
     BASELINES,
     SCALERS,
@@ -115,46 +88,10 @@ from ra3_lightning.rl.losses import (
 )
 from ra3_lightning.rl.registry import resolve
 
-RewardFn = Callable[[list[str], list[CodingTask]], list[float]]
+# Evaluation, RewardFn, with_stop and completion_token_lists are imported here by older code: they stay importable.
+__all__ = ["RLVR_OPTIM", "Evaluation", "RLVRModule", "RewardFn", "completion_token_lists", "rows_share", "with_stop"]
+
 RLVR_OPTIM = Optim(lr=1e-6, max_grad_norm=1.0)  # the default optimizer group: constant LR, clipped
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The validation / test group of ``RLVRModule`` (``model.evaluation`` in YAML).
-
-    Attributes:
-        num_samples: Samples per task for pass@k (``n``).
-        temperature: Sampling temperature of the default validation backend (``0`` = greedy).
-        pass_at_k: The k values of pass@k (each ``<= num_samples``).
-        think_bias: Added to the logits of rationale-opening tokens (text starting with the ``latent_format``'s
-            marker, ``#`` by default, after spaces/tabs) when
-            sampling for validation / test: ``-inf`` (``-.inf`` in YAML and on the command line) or a large negative
-            number forbids rationales, so an RA3 model can be scored without them; ``None`` or ``0`` = off.
-            Training rollouts never see it.
-        samples_path: Write one JSON line per validation / test sample here: ``task_id``, ``completion``,
-            ``passed``, ``truncated``, ``num_tokens``, ``num_code_tokens``, ``num_rationales`` (and ``skills`` when
-            the task has them). ``{stage}`` (``val`` / ``test``) and ``{step}`` (global step) in the path are
-            filled in; each evaluation rewrites its file. With several processes each rank writes its part,
-            ``<stem>.rank<r><suffix>``, and at the end of the evaluation (after a barrier) rank 0 merges the parts
-            into the one ``samples_path`` file — ordered by task id, then sample — and deletes them
-            (:func:`~ra3_lightning.eval_diagnostics.merge_sample_files`); the ranks must share the file system
-            (else the parts are kept and a warning says so). Not written during the sanity check. ``None`` = no
-            file. A relative path follows ``--trainer.default_root_dir``.
-    """
-
-    num_samples: int = 4
-    temperature: float = 1.0
-    pass_at_k: tuple[int, ...] = (1,)
-    think_bias: float | None = None
-    samples_path: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "pass_at_k", tuple(self.pass_at_k))  # YAML gives a list
-        if self.pass_at_k and max(self.pass_at_k) > self.num_samples:
-            raise ValueError(f"evaluation.pass_at_k={self.pass_at_k} needs num_samples >= {max(self.pass_at_k)}")
-        if self.think_bias is not None and math.isnan(self.think_bias):
-            raise ValueError("evaluation.think_bias is NaN; give a number, -.inf to forbid comments, or null for off")
 
 
 class RLVRModule(CausalLMModule):
@@ -162,11 +99,14 @@ class RLVRModule(CausalLMModule):
 
     Args:
         num_generations: ``G``, completions sampled per prompt (one group).
-        max_completion_length: Completion budget in tokens (Dr. GRPO's constant normaliser).
+        max_completion_length: Completion budget in tokens (Dr. GRPO's constant normaliser); also the evaluation's
+            unless ``evaluation.max_completion_length`` is set.
         generation: Sampling backend (default :class:`~ra3_lightning.generation.KVSample` at temperature 1;
-            :class:`~ra3_lightning.generation.HFGenerate` runs ``model.generate``).
+            :class:`~ra3_lightning.generation.HFGenerate` runs ``model.generate``). It gets the module's
+            ``stop_strings`` (it must then be a ``SamplingBackend``).
         reward_fn: ``(completions, tasks) -> list[float]``; default ``SandboxReward(mode="binary")``. Override by
-            ``class_path`` in YAML or by overriding :meth:`compute_rewards` in a subclass.
+            ``class_path`` in YAML or by overriding :meth:`compute_rewards` in a subclass. Evaluation scores with it
+            too unless ``evaluation.reward_fn`` is set.
         format_reward: Weight of the format reward (1 when the program parses as Python) added to the reward.
         loss: The policy-loss group (:class:`~ra3_lightning.rl.config.PolicyLoss`: ``loss_type``, ``epsilon`` /
             ``epsilon_high``, ``num_iterations``, ``beta``, ``kl_estimator``, ``scale_rewards``,
@@ -181,26 +121,12 @@ class RLVRModule(CausalLMModule):
             logits, e.g. soft-capping, need it).
         optim: The optimizer group (:class:`~ra3_lightning.optim.Optim`, default :data:`RLVR_OPTIM`);
             ``total_steps`` defaults to ``trainer.max_steps`` (in updates).
-        evaluation: The validation / test group (:class:`Evaluation`: samples per task, temperature, pass@k,
-            think bias, samples file).
-        latent_format: How a rationale is written (:class:`~ra3_lightning.estep.LatentFormat`, the E-step's
-            ``latent_format``; default a ``# `` comment line): which tokens ``evaluation.think_bias`` biases and
-            which lines the diagnostics count as rationales.
-        val_generation: Validation / test backend (default :class:`~ra3_lightning.generation.KVSample` at
-            ``evaluation.temperature``); e.g. ``HFGenerate`` or a vLLM backend, by ``class_path`` in YAML.
-        stop_strings: Also end a completion once its text contains one of these (base-model completions of
-            HumanEval-style prompts: ``["\\ndef ", "\\nclass ", "\\nif __name__", "\\nprint(", "\\n#"]``,
-            :data:`~ra3_lightning.generation.HUMANEVAL_STOP`; of MBPP-style prompts, which the completion answers
-            with a whole program: :data:`~ra3_lightning.generation.MBPP_STOP`). They match the decoded text, so an
-            indented comment (``"\\n    #"``, a rationale) is no ``"\\n#"``. The text the sandbox scores is cut
-            before the stop string. ``None`` = EOS and the budget only. Both backends get it (they must be
-            ``SamplingBackend`` s). Every EOS id of the tokenizer and of the model's ``generation_config`` (e.g.
-            ``<|endoftext|>`` and ``<|im_end|>``) ends a completion.
         log_samples_every_n_steps: Write sample prompts / completions as TensorBoard text this often (0 = never).
         num_logged_samples: How many samples to write each time.
-        seed: Seed of the per-step rollout RNG.
-        **kwargs: Model source and loading options of :class:`CausalLMModule` (``pretrained`` / ``init_from`` /
-            ``tiny``, ``tokenizer``, ``dtype``, ...).
+        **kwargs: Of :class:`CausalLMModule`: the model source and loading options (``pretrained`` / ``init_from``
+            / ``tiny``, ``tokenizer``, ``dtype``, ...), ``evaluation`` (the validation / test group; default
+            ``Evaluation()``), ``stop_strings`` (training rollouts and evaluation) and ``seed`` (of the per-step
+            rollout RNG).
     """
 
     def __init__(
@@ -215,28 +141,21 @@ class RLVRModule(CausalLMModule):
         micro_batch_tokens: int | None = None,
         logprob_chunk_size: int | None = 256,
         optim: Optim = RLVR_OPTIM,
-        evaluation: Evaluation = Evaluation(),
-        latent_format: LatentFormat | None = None,
-        val_generation: GenerationBackend | None = None,
-        stop_strings: list[str] | None = None,
         log_samples_every_n_steps: int = 50,
         num_logged_samples: int = 4,
-        seed: int = 0,
         **kwargs: Any,
     ) -> None:
+        kwargs["evaluation"] = kwargs.get("evaluation") or Evaluation()  # RLVR always validates
         super().__init__(**kwargs)
         if num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 for a group baseline (got {num_generations})")
-        self.save_hyperparameters(ignore=["generation", "val_generation", "reward_fn", "latent_format"])
+        self.save_hyperparameters(ignore=["generation", "reward_fn"])
         self.automatic_optimization = False
         self.G, self.max_completion_length = num_generations, max_completion_length
-        self.loss, self.evaluation = loss, evaluation  # the groups as given; estimator names resolved below
-        self.stop = StopStrings(self.tokenizer, stop_strings) if stop_strings else None
+        self.loss = loss  # the group as given; estimator names resolved below
         self.generation = with_stop(generation or KVSample(), self.stop)
-        self.val_generation = with_stop(val_generation or KVSample(temperature=evaluation.temperature), self.stop)
         self.reward_fn = reward_fn
         self.optim = optim
-        self.latent_format = latent_format or LatentFormat()
         self.format_reward = format_reward
         self.scale_rewards = resolve(loss.scale_rewards, SCALERS, "loss.scale_rewards")
         self.advantage_baseline = resolve(loss.advantage_baseline, BASELINES, "loss.advantage_baseline")
@@ -246,13 +165,6 @@ class RLVRModule(CausalLMModule):
         if micro_batch_tokens is not None and micro_batch_tokens < 1:
             raise ValueError(f"micro_batch_tokens={micro_batch_tokens} must be >= 1 (or None)")
         self.micro_batch_tokens = micro_batch_tokens
-        self.pass_at_k = PassAtK(ks=evaluation.pass_at_k)
-        self.eval_diagnostics = EvalDiagnostics()
-        self._token_pieces: dict[int, str] = {}  # token id -> its text ("" for special tokens), filled lazily
-        self._skill_phrases = skill_phrases()
-        self._samples_file: str | None = None  # this rank's samples file of this evaluation (set at epoch start)
-        self._merged_samples_file: str | None = None  # the file rank 0 merges the ranks' parts into (several ranks)
-        self._think_bias: Tensor | None = None  # [V], built on first use
         self.ref_model: torch.nn.Module | None = None  # set in configure_model only when beta > 0
         self._executor: ThreadPoolExecutor | None = None
         self._last_pass = torch.zeros(0)
@@ -284,17 +196,9 @@ class RLVRModule(CausalLMModule):
         does not set ``LOCAL_WORLD_SIZE``, from which the sandbox alone would read the number of ranks."""
         from ra3_lightning.rewards import SandboxReward
 
+        super().setup(stage)
         if isinstance(self.reward_fn, SandboxReward) and self.reward_fn.workers is None:
             self.reward_fn.workers = self.sandbox_workers()
-
-    def sandbox_workers(self) -> int | None:
-        """Sandbox workers of this rank: the CPUs this process may use divided by the trainer's ranks per node
-        (``trainer.num_devices``); ``None`` without a trainer (the sandbox's own default then)."""
-        if self._trainer is None:
-            return None
-        from ra3_lightning.sandbox.pool import default_workers
-
-        return default_workers(ranks_on_node=self.trainer.num_devices)
 
     # ----------------------------------------------------------------------------------------- hooks
     def default_reward_fn(self) -> RewardFn:
@@ -303,6 +207,12 @@ class RLVRModule(CausalLMModule):
         from ra3_lightning.rewards import SandboxReward
 
         return SandboxReward(mode="binary", workers=self.sandbox_workers())
+
+    def evaluation_reward_fn(self) -> RewardFn:
+        """Evaluation scores with the training reward (one sandbox) unless ``evaluation.reward_fn`` is set."""
+        if self.reward_fn is None:
+            self.reward_fn = self.default_reward_fn()
+        return self.reward_fn
 
     def submit_rewards(self, completions: list[str], tasks: list[CodingTask]) -> Future[list[float]]:
         """Hook: start scoring ``completions`` and return a future (the trainer keeps working meanwhile)."""
@@ -358,30 +268,9 @@ class RLVRModule(CausalLMModule):
             torch.set_num_threads(threads)
 
     def rollout(self, batch: TaskBatch, backend: GenerationBackend, num_samples: int, step: int) -> Rollout:
-        """``num_samples`` completions per prompt, sampled with an RNG seeded from ``(seed, step, rank)``."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.hparams.seed * 1_000_003 + step * 1_009 + self.global_rank)
-            return backend.generate(
-                self.model,
-                batch.prompt_ids,
-                batch.prompt_mask,
-                num_samples,
-                self.max_completion_length,
-                self.eos_token_ids(),
-                self.tokenizer.pad_token_id,
-            )
-
-    def eos_token_ids(self) -> list[int]:
-        """The tokenizer's EOS and every EOS id of the model's ``generation_config`` (one id or a list)."""
-        config_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids = [self.tokenizer.eos_token_id, *([] if config_eos is None else eos_list(config_eos))]
-        return eos_list([i for i in ids if i is not None])
-
-    def decode(self, rollout: Rollout) -> list[str]:
-        ids = rollout.completion_ids.masked_fill(rollout.completion_mask == 0, self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return texts if self.stop is None else [self.stop.cut(t) for t in texts]
+        """``num_samples`` completions per prompt within ``max_completion_length``, seeded from ``(seed, step,
+        rank)`` (:meth:`CausalLMModule.sample`)."""
+        return self.sample(batch.prompt_ids, batch.prompt_mask, backend, num_samples, self.max_completion_length, step)
 
     def await_rewards(
         self, pending: Future[list[float]], texts: list[str], tasks: list[CodingTask], t_start: float
@@ -609,146 +498,17 @@ class RLVRModule(CausalLMModule):
 
     # ----------------------------------------------------------------------------------------- validation / test
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self.pass_at_k_step(batch, batch_idx)
-
-    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        """``ra3 test``: the validation pass@k on the data module's test tasks, logged as ``test/pass@k``."""
-        self.pass_at_k_step(batch, batch_idx)
-
-    def pass_at_k_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        """Sample ``evaluation.num_samples`` completions per task, score them in the sandbox, update
-        :class:`PassAtK` and the diagnostics, and append the samples to ``evaluation.samples_path``."""
-        if len(batch) == 0:  # a padding batch: join the collective unshard/reshard so FSDP2 ranks stay in step
-            with unsharded_for_generation(self.model):
-                return
-        n = self.evaluation.num_samples
-        rollout = self.rollout(batch, self.eval_generation(), n, -1 - batch_idx)
-        texts, tasks = self.decode(rollout), [t for t in batch.tasks for _ in range(n)]
-        passed = self.eval_passed(texts, tasks)  # [B*n] bool
-        correct = passed.float().view(-1, n).sum(-1)  # [B]
-        self.pass_at_k.update(torch.full_like(correct, n), correct)
-        marker = self.latent_format.comment_start
-        stats = [completion_stats(self.token_pieces(ids), marker) for ids in completion_token_lists(rollout)]
-        self.update_diagnostics(batch, texts, passed, rollout.truncated, stats)
-        self.write_samples(tasks, texts, passed, rollout.truncated, stats)
-
-    def eval_generation(self) -> GenerationBackend:
-        """The validation / test backend: ``val_generation``, THINK-biased when ``evaluation.think_bias`` is set."""
-        if not self.evaluation.think_bias:
-            return self.val_generation
-        if not isinstance(self.val_generation, SamplingBackend):
-            raise TypeError(f"evaluation.think_bias needs a SamplingBackend, got {type(self.val_generation).__name__}")
-        if self._think_bias is None or self._think_bias.device != self.device:
-            mask = comment_start_mask(self.tokenizer, self.latent_format)  # [V]
-            self._think_bias = think_logit_bias(mask, self.evaluation.think_bias).to(self.device)  # [V]
-        return self.val_generation.with_logit_bias(self._think_bias)
-
-    def eval_passed(self, texts: list[str], tasks: list[CodingTask]) -> Tensor:  # [N] bool
-        """Whether each completion passes its task's tests (the sandbox's verdict, else ``reward >= 1``)."""
-        rewards = self.submit_rewards(texts, tasks).result()
-        passed = torch.tensor([r.passed for r in getattr(self.reward_fn, "last_results", [])], dtype=torch.bool)
-        if passed.numel() != len(tasks):  # a plain reward callable without last_results: reward >= 1 is a pass
-            passed = torch.tensor(rewards) >= 1.0
-        return passed
-
-    def token_pieces(self, ids: list[int]) -> list[str]:
-        """The text of each token (``""`` for special tokens such as EOS), decoded once per vocabulary id."""
-        for i in ids:
-            if i not in self._token_pieces:
-                self._token_pieces[i] = self.tokenizer.decode([i], skip_special_tokens=True)
-        return [self._token_pieces[i] for i in ids]
-
-    def update_diagnostics(
-        self, batch: TaskBatch, texts: list[str], passed: Tensor, truncated: Tensor, stats: list[CompletionStats]
-    ) -> None:  # passed [B*n] bool, truncated [B*n] bool
-        """Token accounting of every completion; rationale accuracy and pass rate of tasks with ground truth."""
-        n = self.evaluation.num_samples
-        rationale, skills, pass_rates = [], [], []
-        marker = self.latent_format.comment_start
-        for b, task in enumerate(batch.tasks):
-            if not has_ground_truth(task.meta):
-                continue
-            rows = range(b * n, (b + 1) * n)
-            rationale += [rationale_counts(texts[i], task.prompt, task.meta, self._skill_phrases, marker) for i in rows]
-            skills.append(len(task.meta["skills"]))
-            pass_rates.append(float(passed[b * n : (b + 1) * n].float().mean()))
-        self.eval_diagnostics.update(stats, truncated.tolist(), rationale, skills, pass_rates)
+        """pass@k and the diagnostics on the validation tasks (the evaluation component), logged as ``val/...``."""
+        self.evaluator.step(self, batch, batch_idx)
 
     def on_validation_epoch_start(self) -> None:
-        self.start_samples_file("val")
-
-    def on_test_epoch_start(self) -> None:
-        self.start_samples_file("test")
-
-    def start_samples_file(self, stage: str) -> None:
-        """Empty this evaluation's ``samples_path`` file, or this rank's part of it (none during the sanity check)."""
-        self._samples_file = self._merged_samples_file = None
-        if self.evaluation.samples_path is None or self.trainer.sanity_checking:
-            return
-        path = Path(self.evaluation.samples_path.format(stage=stage, step=self.global_step))
-        if self.trainer.world_size > 1:
-            self._merged_samples_file = str(path)
-            path = rank_samples_path(path, self.global_rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-        self._samples_file = str(path)
-
-    def write_samples(
-        self,
-        tasks: list[CodingTask],
-        texts: list[str],
-        passed: Tensor,  # [N] bool
-        truncated: Tensor,  # [N] bool
-        stats: list[CompletionStats],
-    ) -> None:
-        """Append one :func:`~ra3_lightning.eval_diagnostics.sample_record` line per sample to the samples file."""
-        if self._samples_file is None:
-            return
-        rows = zip(tasks, texts, passed.tolist(), truncated.tolist(), stats, strict=True)
-        with open(self._samples_file, "a") as f:
-            f.writelines(json.dumps(sample_record(*row)) + "\n" for row in rows)
-
-    def merge_samples_files(self) -> None:
-        """With several processes: once every rank has written its part (a barrier), rank 0 merges the parts into
-        the one ``samples_path`` file and deletes them; parts it cannot see (no shared file system) are kept, with
-        a warning."""
-        merged, self._merged_samples_file = self._merged_samples_file, None
-        if merged is None:
-            return
-        self.trainer.strategy.barrier("ra3-samples-file")
-        if not self.trainer.is_global_zero:
-            return
-        parts = [rank_samples_path(merged, r) for r in range(self.trainer.world_size)]
-        missing = [str(p) for p in parts if not p.exists()]
-        if missing:
-            warnings.warn(f"samples file not merged: rank 0 does not see {missing}; the parts are kept", stacklevel=1)
-            return
-        merge_sample_files(parts, merged)
+        self.evaluator.start(self, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_pass_at_k("val")
-        self.log_diagnostics("val")
-        self.merge_samples_files()
-
-    def on_test_epoch_end(self) -> None:
-        self.log_pass_at_k("test")
-        self.log_diagnostics("test")
-        self.merge_samples_files()
-
-    def log_pass_at_k(self, prefix: str) -> None:
-        results = self.pass_at_k.compute()
-        self.pass_at_k.reset()
-        for name, value in results.items():
-            self.log(f"{prefix}/{name}", value, prog_bar=name == "pass@1")
-
-    def log_diagnostics(self, prefix: str) -> None:
-        """The evaluation's diagnostics (already summed over ranks) as ``<prefix>/<name>`` scalars."""
-        results = self.eval_diagnostics.compute()
-        self.eval_diagnostics.reset()
-        for name, value in results.items():
-            self.log(f"{prefix}/{name}", float(value))
+        self.evaluator.end(self, "val")
 
     def on_test_end(self) -> None:
+        super().on_test_end()
         self.on_fit_end()  # stop the sandbox workers and the reward thread
 
     def on_fit_end(self) -> None:
@@ -757,23 +517,6 @@ class RLVRModule(CausalLMModule):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-
-
-def with_stop(backend: GenerationBackend, stop: StopStrings | None) -> GenerationBackend:
-    """``backend`` with the module's stop strings (a copy; unchanged when there are none)."""
-    if stop is None:
-        return backend
-    if not isinstance(backend, SamplingBackend):
-        raise TypeError(f"stop_strings need a SamplingBackend, got {type(backend).__name__}")
-    backend = copy.copy(backend)
-    backend.stop = stop
-    return backend
-
-
-def completion_token_lists(rollout: Rollout) -> list[list[int]]:
-    """Each completion's token ids up to and including its EOS."""
-    lengths = rollout.completion_mask.sum(-1).tolist()  # [N]
-    return [row[:length] for row, length in zip(rollout.completion_ids.tolist(), lengths, strict=True)]
 
 
 def rows_share(rows: slice, rollout: Rollout) -> float:
