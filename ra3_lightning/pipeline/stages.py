@@ -316,7 +316,7 @@ def eval_run(cfg: PipelineConfig, paths: Paths, run: EvalRun) -> StageRun:
             "think_bias": run.think_bias, "samples_path": str(samples),
         },
         "model.reward_fn.init_args.workers": cfg.rlvr.workers, "model.seed": cfg.seed,
-        "data.path": paths.split("eval"), "data.val_path": None, "data.val_batch_size": e.batch_size,
+        "data.path": paths.split(run.tasks), "data.val_path": None, "data.val_batch_size": e.batch_size,
         "data.shuffle": False,
     }  # fmt: skip
     return StageRun(f"eval_{run.name}", cfg.stages.eval, flags, subcommand="test")
@@ -397,12 +397,14 @@ def rlvr_stage(arm: str) -> Callable[[PipelineConfig, Paths], None]:
 
 @dataclass(frozen=True)
 class EvalRun:
-    """One evaluation of the eval stage: result name, checkpoint, decode-time THINK bias, samples per task."""
+    """One evaluation of the eval stage: result name, checkpoint, decode-time THINK bias, samples per task, and the
+    task split under ``<out>/data`` (``eval``, the held-out tasks; ``rlvr_heldin``, the held-in slice tuning uses)."""
 
     name: str
     checkpoint: str
     think_bias: float | None = None
     num_samples: int | None = None
+    tasks: str = "eval"
 
 
 def eval_runs(cfg: PipelineConfig) -> list[EvalRun]:
