@@ -27,9 +27,9 @@ MINI = [
     "--pretrain.steps", "4", "--pretrain.batch_size", "4", "--pretrain.max_length", "128", "--pretrain.val_every", "2",
     "--pretrain.warmup_steps", "1",
     "--midtrain.iterations", "2", "--midtrain.e_steps", "1", "--midtrain.m_steps", "2", "--midtrain.batch_size", "2",
-    "--midtrain.max_length", "128", "--midtrain.warmup_steps", "1", "--midtrain.num_generations", "2",
-    "--midtrain.max_latent_tokens", "4", "--midtrain.e_batch_size", "2", "--midtrain.records_per_iteration", "4",
-    "--midtrain.annotate_batch_size", "4",
+    "--midtrain.max_length", "128", "--midtrain.warmup_steps", "1", "--midtrain.e_batch_size", "2",
+    "--midtrain.records_per_iteration", "4",
+    "--ra3.num_generations", "2", "--ra3.latent.max_latent_tokens", "4", "--ra3.annotation.batch_size", "4",
     "--rlvr.steps", "2", "--rlvr.batch_size", "2", "--rlvr.num_generations", "2", "--rlvr.max_completion_length", "16",
     "--rlvr.smoothing", "1", "--rlvr.heldin", "2", "--rlvr.val_every", "1", "--rlvr.val_num_samples", "2",
     "--rlvr.checkpoint_every", "1", "--rlvr.train_tasks", "4",
@@ -128,8 +128,8 @@ def test_ra3_test_on_a_task_file(demo, tmp_path, monkeypatch):
 
 
 def test_config_knobs_reach_the_pipeline():
-    cfg = parse_config(["-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--midtrain.think_cost", "0.2"])
-    assert cfg.midtrain.think_cost == 0.2 and cfg.eval.ks == (1, 8)
+    cfg = parse_config(["-c", str(ROOT / "configs" / "demo" / "pipeline.yaml"), "--ra3.latent.think_cost", "0.2"])
+    assert cfg.ra3.latent["think_cost"] == 0.2 and cfg.ra3.latent["max_latent_tokens"] == 8 and cfg.eval.ks == (1, 8)
     with pytest.raises(ValueError, match="num_samples"):
         parse_config(["--eval.ks", "[1, 16]", "--eval.num_samples", "8"])
     with pytest.raises(ValueError, match=r"rlvr.train_tasks=97 must be in \[0, 96\]"):  # 128 rlvr tasks, 32 held in

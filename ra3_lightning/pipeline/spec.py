@@ -9,11 +9,13 @@ module and :mod:`.stages` depends on them, never the other way round.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ra3_lightning.estep.config import Annotation, LatentRL
 from ra3_lightning.models import TinyLMConfig
+from ra3_lightning.optim import Optim
 
 ARMS: tuple[str, ...] = ("ntp", "ra3")  # the two mid-training arms
 # Oracle mid-training arms, by name -> what they write at every true skill start (``synthetic.ORACLE_CONTENTS``).
@@ -79,7 +81,8 @@ class PretrainSpec:
 
 @dataclass
 class MidtrainSpec:
-    """Both mid-training arms: NTP (``iterations * m_steps`` steps) and RA3 EM (the same M-steps plus E-steps).
+    """Both mid-training arms: NTP (``iterations * m_steps`` steps) and RA3 EM (the same M-steps plus E-steps) — their
+    schedule, batches, data and the LR of the M-step, which is the NTP arm's. The RA3 arm's own knobs are in ``ra3``.
 
     Args:
         iterations: ``K`` EM iterations.
@@ -91,21 +94,11 @@ class MidtrainSpec:
         warmup_steps: Warm-up steps of that LR.
         min_lr_ratio: Cosine floor of that LR.
         weight_decay: AdamW weight decay of both arms.
-        think_cost: ``c``, the E-step reward cost per THINK.
-        num_generations: ``G``, latent rollouts per trace in an E-step.
-        max_latent_tokens: Rationale length cap in tokens.
         e_batch_size: Traces per E-step.
-        q_lr: Learning rate of the latent policy ``q``.
-        temperature: Sampling temperature of ``q``.
         records_per_iteration: Traces annotated per EM iteration (``None``: every training program, so no M-phase
             is confined to a slice of the corpus; an ``int`` takes a wrapping slice per iteration).
-        annotate_batch_size: Traces rolled out together while annotating.
         loss_on: M-step loss on ``"all"`` tokens or ``"code"`` only.
         val_size: The validation holdout of the mid-training corpus, shared by both arms (fraction < 1 or count).
-        act_likelihood: ``"conditional"`` or ``"marginal"`` scoring of expert lines in the E-step.
-        hindsight_lines: ``k`` next expert lines ``q`` sees before writing a rationale (0: none).
-        annotate_choose: ``"sample"`` (one draw of ``q``) or ``"best"`` of ``annotate_samples`` by return.
-        annotate_samples: Rollouts per trace when annotating.
     """
 
     iterations: int = 2
@@ -117,20 +110,78 @@ class MidtrainSpec:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
-    think_cost: float = 0.05
-    num_generations: int = 4
-    max_latent_tokens: int = 8
     e_batch_size: int = 4
-    q_lr: float = 2e-4
-    temperature: float = 1.0
     records_per_iteration: int | None = None
-    annotate_batch_size: int = 16
     loss_on: str = "all"
     val_size: float = 0.05
-    act_likelihood: str = "conditional"
-    hindsight_lines: int = 0
-    annotate_choose: str = "sample"
-    annotate_samples: int = 1
+
+
+# RA3Module's E-step groups that the ``ra3`` section passes through, by their name in the module's signature.
+RA3_GROUPS: dict[str, type] = {"latent": LatentRL, "annotation": Annotation, "optim": Optim}
+# The pipeline's defaults of the latent and annotation groups (the demo stage YAMLs' values, and the paper's ``c``).
+RA3_LATENT: dict[str, Any] = {
+    "think_cost": 0.05, "max_latent_tokens": 8, "temperature": 1.0, "act_likelihood": "conditional",
+    "hindsight_lines": 0,
+}  # fmt: skip
+RA3_ANNOTATION: dict[str, Any] = {"choose": "sample", "num_generations": 1, "batch_size": 16}
+
+
+@dataclass
+class RA3Spec:
+    """The RA3 arm's own knobs: :class:`~ra3_lightning.modules.RA3Module`'s E-step groups, in the module's own names.
+
+    The ``ra3`` stage gets ``model.num_generations`` and ``model.<group>.<key>`` for every key a group here gives, as
+    it is; a key left out keeps the stage YAML's value, and a group given whole (in a YAML file or as
+    ``--ra3.latent '{...}'``) replaces the one below (``--ra3.latent.think_cost 0.2`` changes one key). Each group's
+    keys and values are checked against its dataclass, so every field of it can be set here.
+
+    Args:
+        num_generations: ``G``, latent rollouts per trace in an E-step.
+        latent: How ``q`` writes rationales and ``π`` scores them (:class:`~ra3_lightning.estep.LatentRL`:
+            ``think_cost``, ``max_latent_tokens``, ``temperature``, ``act_likelihood``, ``hindsight_lines``,
+            ``engine``, ``logprob_chunk_size``).
+        annotation: How each EM iteration's traces are annotated (:class:`~ra3_lightning.estep.Annotation`:
+            ``choose``, ``num_generations``, ``batch_size``, ``shard_size``, ``score_fraction``).
+        optim: The optimizer of the latent policy ``q`` (:class:`~ra3_lightning.optim.Optim`: ``lr``, ...); the
+            M-step's is ``midtrain``'s schedule.
+    """
+
+    num_generations: int = 4
+    latent: dict[str, Any] = field(default_factory=lambda: dict(RA3_LATENT))
+    annotation: dict[str, Any] = field(default_factory=lambda: dict(RA3_ANNOTATION))
+    optim: dict[str, Any] = field(default_factory=lambda: {"lr": 2e-4})
+
+    def __post_init__(self) -> None:
+        for name, group in RA3_GROUPS.items():
+            setattr(self, name, group_values(group, dict(getattr(self, name)), f"ra3.{name}"))
+
+    def latent_value(self, key: str) -> Any:
+        """``latent.<key>`` as this section gives it, else ``LatentRL``'s default (the stage YAML may set another)."""
+        return self.latent.get(key, getattr(LatentRL(), key))
+
+
+def group_values(group: type, values: dict[str, Any], name: str) -> dict[str, Any]:
+    """``values`` of a dataclass ``group`` (a subset of its fields) checked and typed as the stage's parser will type
+    them (``100`` for a float field is ``100.0``), and run through the group's own checks (with its defaults for the
+    rest); raises ``ValueError`` naming ``name`` and the group's fields."""
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    known = [f.name for f in fields(group)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{name}: {unknown} not a field of {group.__name__} ({', '.join(known)})")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(group, fail_untyped=True)
+    try:
+        parsed = parser.parse_object(values)
+    except ArgumentError as error:  # which key, what type it expected
+        raise ValueError(f"{name}: {error}") from error
+    typed = {key: parsed[key] for key in values}
+    try:
+        group(**typed)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from error
+    return typed
 
 
 @dataclass
@@ -184,7 +235,8 @@ class EvalSpec:
         ks: The ``k`` values of pass@k (each ``<= num_samples``).
         temperature: Sampling temperature.
         max_completion_length: Completion budget in tokens (checked: the longest reference body plus one rationale of
-            ``midtrain.max_latent_tokens`` per skill must fit).
+            ``ra3.latent.max_latent_tokens`` per skill must fit; ``LatentRL``'s default when ``ra3.latent`` leaves
+            it out).
         batch_size: Tasks per generation batch.
         no_rationale_models: Models also scored with comment-start tokens forbidden at decode time (reported as
             ``<model>_nothink``): how much the model leans on its rationales.
@@ -271,7 +323,8 @@ class PipelineConfig:
         model: The tiny base model (and its tokenizer).
         world: Sizes of the synthetic splits.
         pretrain: Pre-training of the base model.
-        midtrain: The NTP and RA3 mid-training arms.
+        midtrain: The NTP and RA3 mid-training arms: what they share.
+        ra3: The RA3 arm's own knobs (RA3Module's E-step groups).
         rlvr: RLVR from each arm.
         eval: pass@k evaluation.
         oracle: Oracle mid-training arms (off by default).
@@ -286,6 +339,7 @@ class PipelineConfig:
     world: WorldSpec = field(default_factory=WorldSpec)
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     midtrain: MidtrainSpec = field(default_factory=MidtrainSpec)
+    ra3: RA3Spec = field(default_factory=RA3Spec)
     rlvr: RLVRSpec = field(default_factory=RLVRSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     oracle: OracleSpec = field(default_factory=OracleSpec)

@@ -58,16 +58,19 @@ from ra3_lightning.config_paths import PACKAGED_CONFIGS, resolve_config_paths
 from ra3_lightning.em_schedule import EMSchedule
 from ra3_lightning.lightning_cli import RA3CLI
 from ra3_lightning.models import TinyLMConfig
+from ra3_lightning.pipeline.old_keys import add_old_keys, move_old_keys, printing_config
 from ra3_lightning.pipeline.spec import (
     ARMS,
     MODELS,
     ORACLE_ARMS,
+    RA3_GROUPS,
     EvalSpec,
     MidtrainSpec,
     OracleSpec,
     Paths,
     PipelineConfig,
     PretrainSpec,
+    RA3Spec,
     RLVRSpec,
     StageConfigs,
     StageYAML,
@@ -269,12 +272,7 @@ def ra3_run(cfg: PipelineConfig, paths: Paths) -> StageRun:
     total = EMSchedule(**schedule).total_steps
     flags = trainer_flags(cfg, paths, "ra3", total) | start_from(paths, "pretrain") | {
         "trainer.callbacks": [{"class_path": "ra3_lightning.callbacks.EMScheduler", "init_args": schedule}],
-        "model.num_generations": m.num_generations, "model.latent.think_cost": m.think_cost,
-        "model.latent.max_latent_tokens": m.max_latent_tokens, "model.latent.temperature": m.temperature,
-        "model.latent.act_likelihood": m.act_likelihood, "model.latent.hindsight_lines": m.hindsight_lines,
-        "model.annotation.choose": m.annotate_choose, "model.annotation.num_generations": m.annotate_samples,
-        "model.annotation.batch_size": m.annotate_batch_size,
-        "model.optim.lr": m.q_lr, **m_schedule("model.m_optim", m), "model.loss_on": m.loss_on,
+        **ra3_module_flags(cfg.ra3), **m_schedule("model.m_optim", m), "model.loss_on": m.loss_on,
         "model.work_dir": str(paths.em_work), "model.seed": cfg.seed,
         "model.log_samples_every_n_steps": max(1, m.e_steps),
         "data.path": paths.split("midtrain"), "data.id_field": "id", "data.e_batch_size": m.e_batch_size,
@@ -282,6 +280,13 @@ def ra3_run(cfg: PipelineConfig, paths: Paths) -> StageRun:
         "data.records_per_iteration": m.records_per_iteration, "data.val_size": m.val_size, "data.seed": cfg.seed,
     }  # fmt: skip
     return StageRun("ra3", cfg.stages.ra3, flags)
+
+
+def ra3_module_flags(r: RA3Spec) -> dict[str, Any]:
+    """The ``ra3`` section as the RA3 stage's flags: ``model.num_generations`` and ``model.<group>.<key>`` for every
+    key each group gives (the stage YAML keeps the rest)."""
+    groups = {f"model.{name}.{key}": value for name in RA3_GROUPS for key, value in getattr(r, name).items()}
+    return {"model.num_generations": r.num_generations, **groups}
 
 
 def rlvr_run(cfg: PipelineConfig, paths: Paths, arm: str) -> StageRun:
@@ -428,7 +433,8 @@ def check_budget(cfg: PipelineConfig, paths: Paths, tokenizer: Any) -> None:
     from ra3_lightning.data.tasks import load_tasks
     from ra3_lightning.eval_diagnostics import required_completion_budget
 
-    need = required_completion_budget(load_tasks(paths.split("eval")), tokenizer, cfg.midtrain.max_latent_tokens)
+    latent_tokens = cfg.ra3.latent_value("max_latent_tokens")
+    need = required_completion_budget(load_tasks(paths.split("eval")), tokenizer, latent_tokens)
     if cfg.eval.max_completion_length < need.tokens:
         raise ValueError(
             f"eval.max_completion_length={cfg.eval.max_completion_length} < {need.tokens} tokens, what task "
@@ -569,6 +575,7 @@ def build_parser() -> Any:
     parser = ArgumentParser(prog="ra3 demo", description=__doc__.splitlines()[0], default_meta=False)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="a pipeline YAML (configs/demo/pipeline.yaml)")
     parser.add_class_arguments(PipelineConfig, fail_untyped=True)
+    add_old_keys(parser)
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=None,
         help="several seeds: one run per seed into OUT/seed{S}, then mean ± std in OUT/summary.md (not with --seed)",
@@ -578,8 +585,11 @@ def build_parser() -> Any:
 
 def parse_args(argv: Sequence[str]) -> tuple[PipelineConfig, list[int] | None]:
     """``argv`` (without ``demo``) as a :class:`PipelineConfig` and the ``--seeds`` list (``None``: one run)."""
-    parser = build_parser()
-    namespace = parser.parse_args(list(argv))
+    parser, printing = build_parser(), printing_config(argv)
+    namespace = parser.parse_args([a for a in argv if a not in printing])
+    move_old_keys(namespace)
+    if printing:  # with the old keys in their new places
+        parser.parse_args(printing[-1:], namespace=namespace)
     namespace.pop("config", None)
     seeds = namespace.pop("seeds", None)
     check_seed_options(argv, seeds)
@@ -610,7 +620,7 @@ def parse_config(argv: Sequence[str]) -> PipelineConfig:
 
 def _build(values: dict[str, Any]) -> PipelineConfig:
     specs = {"model": TinyLMConfig, "world": WorldSpec, "pretrain": PretrainSpec, "midtrain": MidtrainSpec}
-    specs |= {"rlvr": RLVRSpec, "eval": EvalSpec, "oracle": OracleSpec, "stages": _stage_configs}
+    specs |= {"ra3": RA3Spec, "rlvr": RLVRSpec, "eval": EvalSpec, "oracle": OracleSpec, "stages": _stage_configs}
     kwargs = {k: (specs[k](**v) if k in specs and isinstance(v, dict) else v) for k, v in values.items()}
     if isinstance(kwargs.get("eval"), EvalSpec):
         kwargs["eval"].ks = tuple(kwargs["eval"].ks)
