@@ -5,7 +5,7 @@ pre-trained base model, the NTP arm and its evaluation — and reruns the ``ra3`
 model (with and without its rationales) under the same seed, config and code, with the overrides given::
 
     python experiments/ablations.py run --base reports/full --out reports/ablations --name hindsight2 --seeds 0 1 2 \\
-        -c configs/demo/pipeline_full.yaml -- --midtrain.hindsight_lines 2
+        -c configs/demo/pipeline_full.yaml -- --ra3.latent.hindsight_lines 2
     python experiments/ablations.py table --base reports/full --out reports/ablations
 
 ``run`` writes ``<out>/<name>/seed<S>/ablation.json`` (resumable: a finished stage or evaluation is skipped).

@@ -1,9 +1,10 @@
 """The ``ra3 demo`` configuration and its report directory: what every stage, the report and the tables share.
 
-:class:`PipelineConfig` groups the knobs of the pipeline by stage (``world``, ``pretrain``, ``midtrain``, ``oracle``,
-``rlvr``, ``eval``); :class:`Paths` says where each stage reads and writes under the report directory. Nothing here runs
-a stage, so the report modules (:mod:`.report`, :mod:`.aggregate`, :mod:`.fairness`, :mod:`.signals`) depend on this
-module and :mod:`.stages` depends on them, never the other way round.
+:class:`PipelineConfig` groups the knobs of the pipeline by stage (``world``, ``pretrain``, ``midtrain``, ``ra3``,
+``oracle``, ``rlvr``, ``eval``); ``ra3`` holds the RA3 arm's own knobs as RA3Module's groups (``latent``,
+``annotation``, ``optim``), passed through. :class:`Paths` says where each stage reads and writes under the report
+directory. Nothing here runs a stage, so the report modules (:mod:`.report`, :mod:`.aggregate`, :mod:`.fairness`,
+:mod:`.signals`) depend on this module and :mod:`.stages` depends on them, never the other way round.
 """
 
 from __future__ import annotations
