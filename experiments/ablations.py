@@ -36,7 +36,7 @@ and ``pretrain`` stages of each seed (deterministic on CPU), checks that the reb
 committed ``eval/base.json``, and writes the committed NTP and RA3 results where ``run`` and ``table`` read them
 (run it from a checkout at the commit the raw results name)::
 
-    python experiments/ablations.py base --raw docs/fair_results/raw --base reports/full --seeds 1 2 \\
+    python experiments/ablations.py base --raw docs/results/fair_results/raw --base reports/full --seeds 1 2 \\
         -c configs/demo/pipeline_full.yaml
 
 ``pair`` builds a new pairing of a seed on this machine, for when ``base`` cannot (another CPU trains another base
@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         rerun.add_argument("-c", "--config", required=True, help="the pipeline YAML the base seeds ran with")
         rerun.add_argument("overrides", nargs="*", help="pipeline overrides after `--`, e.g. --rlvr.train_tasks 64")
     base = sub.add_parser("base", help="rebuild finished seeds' data + base model from the committed raw results")
-    base.add_argument("--raw", required=True, help="the folder of the committed seed<S>.json (docs/fair_results/raw)")
+    base.add_argument("--raw", required=True, help="the folder of the committed seed<S>.json (docs/results/fair_results/raw)")
     base.add_argument("--base", required=True, help="where the rebuilt seeds go (seed<S>/ inside)")
     base.add_argument("--seeds", type=int, nargs="+", required=True)
     base.add_argument("-c", "--config", required=True, help="the pipeline YAML the raw results ran with")

@@ -1,4 +1,4 @@
-"""The tables of ``docs/fair_results.md`` from finished ``ra3 demo`` seed directories (their ``results.json``).
+"""The tables of ``docs/results/fair_results.md`` from finished ``ra3 demo`` seed directories (their ``results.json``).
 
     python experiments/fair_tables.py reports/full/seed0 reports/full/seed1 reports/full/seed2
 

@@ -65,7 +65,7 @@ def test_restore_results_writes_the_committed_midtraining_results(tmp_path):
 
 
 def test_restore_results_reads_a_committed_raw_file(tmp_path):
-    raw = json.loads((ROOT / "docs" / "fair_results" / "raw" / "seed0.json").read_text())
+    raw = json.loads((ROOT / "docs" / "results" / "fair_results" / "raw" / "seed0.json").read_text())
     load_script().restore_results(raw, tmp_path / "seed0")
     for name in ("base", "ntp", "ra3"):
         assert json.loads((tmp_path / "seed0" / "eval" / f"{name}.json").read_text()) == raw["eval"][name]
