@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         rerun.add_argument("-c", "--config", required=True, help="the pipeline YAML the base seeds ran with")
         rerun.add_argument("overrides", nargs="*", help="pipeline overrides after `--`, e.g. --rlvr.train_tasks 64")
     base = sub.add_parser("base", help="rebuild finished seeds' data + base model from the committed raw results")
-    base.add_argument("--raw", required=True, help="the folder of the committed seed<S>.json (docs/results/fair_results/raw)")
+    raw_help = "the folder of the committed seed<S>.json (docs/results/fair_results/raw)"
+    base.add_argument("--raw", required=True, help=raw_help)
     base.add_argument("--base", required=True, help="where the rebuilt seeds go (seed<S>/ inside)")
     base.add_argument("--seeds", type=int, nargs="+", required=True)
     base.add_argument("-c", "--config", required=True, help="the pipeline YAML the raw results ran with")
