@@ -221,12 +221,12 @@ class RA3Module(LatentPolicyModule):
     def log_annotation(self, iteration: int, annotated: Any) -> None:
         """Per-iteration THINK rate (every record), ELBO per line and log-likelihood gain (the records ``π`` scored,
         all unless ``annotation.score_fraction < 1``), plus a sample."""
-        lines = sum(len(x) for x in annotated["line_logp_with"])
+        with_, without, elbo = (annotated[k] for k in ("line_logp_with", "line_logp_without", "elbo"))  # read once
+        lines = sum(len(x) for x in with_)
         thinks = sum(len(x) for x in annotated["think_lines"])
         self._add_scalar("em_iteration/think_rate", thinks / max(1, lines), iteration)
-        scored = [i for i, elbo in enumerate(annotated["elbo"]) if not math.isnan(elbo)]
+        scored = [i for i, value in enumerate(elbo) if not math.isnan(value)]
         if scored:
-            with_, without, elbo = (annotated[k] for k in ("line_logp_with", "line_logp_without", "elbo"))
             scored_lines = max(1, sum(len(with_[i]) for i in scored))
             self._add_scalar("em_iteration/elbo_per_line", sum(elbo[i] for i in scored) / scored_lines, iteration)
             gain = sum(sum(with_[i]) - sum(without[i]) for i in scored)
