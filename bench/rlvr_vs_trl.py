@@ -8,6 +8,7 @@ The first ``--warmup`` steps of each are excluded; the median of the rest is rep
 
     python bench/rlvr_vs_trl.py                 # needs the bench extra: pip install -e ".[bench]"
     python bench/rlvr_vs_trl.py --rounds 3 --steps 8 --prompts 4 --G 8 --max-new-tokens 32
+    python bench/rlvr_vs_trl.py --reward length  # a pure-Python reward: the two steps' model work alone
 
 The two trainers run in alternating rounds (ours first in even rounds, TRL first in odd ones), each round a fresh
 trainer of each for ``--steps`` steps; a round's figure is the median step after its ``--warmup`` steps, and the
@@ -146,13 +147,18 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--workers", type=int, default=2, help="sandbox worker processes")
+    parser.add_argument(
+        "--reward", choices=("sandbox", "length"), default="sandbox",
+        help="sandbox: run the tests (the real step); length: an instant pure-Python reward (no sandbox to hide)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from ra3_lightning.rewards import SandboxReward
 
     ours_s, trl_s = [], []
-    with tempfile.TemporaryDirectory() as tmp, SandboxReward(mode="binary", workers=args.workers) as reward:
+    with tempfile.TemporaryDirectory() as tmp, SandboxReward(mode="binary", workers=args.workers) as sandbox:
+        reward = sandbox if args.reward == "sandbox" else length_reward
         tmp = Path(tmp)
         build_model_dir(tmp / "model", args.hidden, args.layers)
         records = write_tasks(tmp / "tasks.jsonl", max(16, args.prompts * 4))
@@ -165,12 +171,43 @@ def main() -> None:
                 median = statistics.median(times[args.warmup :])
                 (ours_s if name == "ours" else trl_s).append(median)
                 print(f"round {r}: {name:4s} {median:.3f} s/step", flush=True)
+        floor = decode_floor(tmp / "model", args)
     ratios = [o / t for o, t in zip(ours_s, trl_s, strict=True)]
-    print(f"config: {args.prompts} prompts x G={args.G}, max_new_tokens={args.max_new_tokens}, "
+    print(f"config: {args.prompts} prompts x G={args.G}, max_new_tokens={args.max_new_tokens}, reward={args.reward}, "
           f"{args.rounds} rounds x {args.steps} steps ({args.warmup} warm-up) per trainer")  # fmt: skip
     print(f"RLVRModule    : {spread(ours_s, 's/step')}")
     print(f"TRL GRPO      : {spread(trl_s, 's/step')}")
     print(f"ratio ours/TRL: {spread(ratios, 'x')} per round (target <= 0.6x)")
+    print(f"floor         : {floor:.3f} s for a bare transformers prefill + "
+          f"{args.max_new_tokens} cached decoding calls on {args.prompts * args.G} rows, argmax only")  # fmt: skip
+
+
+@torch.no_grad()
+def decode_floor(model_dir: Path, args, repeats: int = 10) -> float:
+    """Median time of the least any sampler built on the ``transformers`` model can do: prefill, then one cached
+    forward per new token, argmax — no sampling, log-probs, stopping or bookkeeping."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompts = torch.randint(5, 300, (args.prompts * args.G, 12))
+
+    def run() -> None:
+        cache = DynamicCache(config=model.config)
+        token = model(prompts, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        for _ in range(args.max_new_tokens):
+            token = model(token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def length_reward(completions: list[str], tasks: list) -> list[float]:
+    """An instant reward with variance inside each group (so both trainers take a real policy-gradient step)."""
+    return [float(len(c) % 2) for c in completions]
 
 
 def spread(values: list[float], unit: str) -> str:
