@@ -10,6 +10,13 @@ batch of the wrong phase at a phase switch, and every rank takes its own stride 
 Iteration ``k`` works on a slice of ``records_per_iteration`` training records (wrapping around the corpus, in a
 seeded order; default: the whole training split every iteration): its E-phase samples batches from the slice, its
 annotation pass annotates the whole slice (each rank a stride of it), its M-phase trains on the packed annotation.
+
+The M-phases' batch order (``m_order``) is by default the NTP arm's: the annotated traces are packed in corpus order,
+and M-step ``s``, counted over all M-phases, takes batch ``s`` of the stream a
+:class:`~ra3_lightning.data.traces.TraceDataModule` with the same seed and batch size draws (one seeded shuffle of
+the blocks per epoch, epochs running on across phases, the last batch of an epoch short). An annotation without a
+single rationale therefore trains on exactly the NTP arm's batches, so the two arms differ in their rationales and
+nothing else.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import lightning as L
@@ -60,6 +67,11 @@ class EMDataModule(L.LightningDataModule):
         seed: Seed of the split and of every batch order.
         max_records: Read at most this many records.
         split: Split of a hub dataset or saved ``DatasetDict``.
+        m_order: The M-phases' batches. ``"ntp"`` (default): the NTP arm's stream over the annotated traces, packed
+            in corpus order (module docstring; on one device and with every iteration annotating the whole split,
+            no rationale = the NTP arm's batches exactly). ``"per_phase"``: each iteration's annotation packed in
+            annotation order, every M-phase drawing from its own seeded shuffles from epoch 0, no short batch (the
+            order of releases before this option; it gives the arms different batch streams).
     """
 
     def __init__(
@@ -75,14 +87,17 @@ class EMDataModule(L.LightningDataModule):
         seed: int = 0,
         max_records: int | None = None,
         split: str = "train",
+        m_order: Literal["ntp", "per_phase"] = "ntp",
     ) -> None:
         super().__init__()
+        if m_order not in ("ntp", "per_phase"):
+            raise ValueError(f"m_order={m_order!r} must be 'ntp' or 'per_phase'")
         if min(e_batch_size, m_batch_size) < 1 or (records_per_iteration is not None and records_per_iteration < 1):
             raise ValueError("e_batch_size, m_batch_size and records_per_iteration must be >= 1")
         self.path, self.text_field, self.id_field, self.split = path, text_field, id_field, split
         self.e_batch_size, self.m_batch_size, self.max_length = e_batch_size, m_batch_size, max_length
         self.records_per_iteration, self.val_size, self.seed = records_per_iteration, val_size, seed
-        self.max_records = max_records
+        self.max_records, self.m_order = max_records, m_order
         self.tokenizer = None
         self.train_records: list[dict[str, str]] = []
         self.val_blocks: datasets.Dataset | None = None
@@ -150,14 +165,30 @@ class EMDataModule(L.LightningDataModule):
     def load_annotated(self, iteration: int, directories: list[Path]) -> datasets.Dataset:
         """Read the annotated traces of ``iteration`` (one directory per rank) and pack them for the M-phase."""
         annotated = datasets.concatenate_datasets([datasets.load_from_disk(str(d)) for d in directories])
-        self.m_blocks[iteration] = self._packer(spans=True).prepare(annotated)
+        packed = annotated if self.m_order == "per_phase" else self._in_corpus_order(annotated)
+        self.m_blocks[iteration] = self._packer(spans=True).prepare(packed)
         return annotated
+
+    def _in_corpus_order(self, annotated: datasets.Dataset) -> datasets.Dataset:
+        """``annotated`` sorted as its records stand in the training split (ranks write strides of another order)."""
+        position = {r["id"]: i for i, r in enumerate(self.train_records)}
+        ids = annotated["id"]
+        missing = [i for i in ids if i not in position]
+        if missing:
+            raise ValueError(f"annotated traces with ids not in the training split: {missing[:5]}")
+        return annotated.select(sorted(range(len(ids)), key=lambda row: position[ids[row]]))
 
     def m_batch(self, iteration: int, step: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
         """Packed annotated sequences of M-step ``step`` of ``iteration`` on ``rank``."""
         blocks = self.m_blocks[iteration]
-        rows = [blocks[i] for i in _indices(len(blocks), self.m_batch_size, step, rank, world, self.seed + iteration)]
-        return PadCollator(self.tokenizer.pad_token_id)(rows)
+        if self.m_order == "per_phase":
+            indices = _indices(len(blocks), self.m_batch_size, step, rank, world, self.seed + iteration)
+        else:
+            if self.em_schedule is None:
+                raise RuntimeError("m_order='ntp' counts M-steps across phases: call use_em_schedule first")
+            global_step = iteration * self.em_schedule.m_steps + step
+            indices = stream_indices(len(blocks), self.m_batch_size, global_step, rank, world, self.seed)
+        return PadCollator(self.tokenizer.pad_token_id)([blocks[i] for i in indices])
 
     def val_batches(self, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """Packed raw (un-annotated) validation sequences, this rank's stride, in order."""
@@ -182,3 +213,16 @@ def _indices(n: int, batch_size: int, step: int, rank: int, world: int, seed: in
         epoch, offset = divmod(position, n)
         out.append(_permutation(n, seed * 1_000_003 + epoch)[offset])
     return out
+
+
+def stream_indices(n: int, batch_size: int, step: int, rank: int, world: int, seed: int) -> list[int]:
+    """Indices of batch ``step`` of the stream :class:`~ra3_lightning.data.traces.TraceDataModule` draws on one
+    device: epoch ``e`` is ``randperm(n)`` seeded ``seed * 1_000_003 + e`` cut into batches of ``batch_size``, the
+    last one short. Over ``world`` ranks each epoch's order is padded from its start to a multiple of ``world`` and
+    ranks take strides of it (as ``DistributedSampler`` does), so every rank has the same number of batches."""
+    per_rank = -(-n // world)  # ceil
+    batches_per_epoch = -(-per_rank // batch_size)
+    epoch, batch = divmod(step, batches_per_epoch)
+    order = _permutation(n, seed * 1_000_003 + epoch)
+    mine = [order[i % n] for i in range(rank, per_rank * world, world)]
+    return list(mine[batch * batch_size : (batch + 1) * batch_size])
