@@ -224,5 +224,5 @@ def stream_indices(n: int, batch_size: int, step: int, rank: int, world: int, se
     batches_per_epoch = -(-per_rank // batch_size)
     epoch, batch = divmod(step, batches_per_epoch)
     order = _permutation(n, seed * 1_000_003 + epoch)
-    mine = [order[i % n] for i in range(rank, per_rank * world, world)]
-    return list(mine[batch * batch_size : (batch + 1) * batch_size])
+    first = batch * batch_size  # this rank's positions in the epoch; rank r's p-th is the padded order's r + p*world
+    return [order[(rank + p * world) % n] for p in range(first, min(first + batch_size, per_rank))]
