@@ -43,15 +43,20 @@ def save_unannotated(records: list[dict], out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("m_order, same", [("ntp", True), ("per_phase", False)])
-def test_rationale_free_m_phases_train_on_the_ntp_arms_batches(code_jsonl, tiny_tokenizer, tmp_path, m_order, same):
+@pytest.mark.parametrize(
+    "m_order, ntp_order, em_order, same",
+    [("ntp", None, None, True), ("ntp", 5, 5, True), ("ntp", None, 5, False), ("per_phase", None, None, False)],
+)
+def test_rationale_free_m_phases_train_on_the_ntp_arms_batches(
+    code_jsonl, tiny_tokenizer, tmp_path, m_order, ntp_order, em_order, same
+):
     common = {"max_length": 48, "val_size": 0.1, "seed": 3}
-    ntp = TraceDataModule(code_jsonl, batch_size=4, **common)
+    ntp = TraceDataModule(code_jsonl, batch_size=4, shuffle_seed=ntp_order, **common)
     ntp.connect(tiny_tokenizer)
     ntp.setup()
     ntp_batches = list(itertools.islice(_epochs(ntp.train_dataloader()), 3 * 40))  # > 2 epochs of blocks
 
-    em = EMDataModule(code_jsonl, id_field="id", m_batch_size=4, m_order=m_order, **common)
+    em = EMDataModule(code_jsonl, id_field="id", m_batch_size=4, m_order=m_order, shuffle_seed=em_order, **common)
     em.connect(tiny_tokenizer)
     em.setup()
     em.use_em_schedule(EMSchedule(iterations=3, e_steps=1, m_steps=40))
@@ -68,6 +73,17 @@ def test_rationale_free_m_phases_train_on_the_ntp_arms_batches(code_jsonl, tiny_
         for a, b in zip(ntp_batches, em_batches, strict=True)
     ]
     assert all(equal) if same else not all(equal)
+
+
+def test_shuffle_seed_changes_the_batch_order_and_nothing_else(code_jsonl, tiny_tokenizer):
+    modules = [EMDataModule(code_jsonl, id_field="id", val_size=0.1, seed=3, shuffle_seed=s) for s in (None, 5)]
+    for em in modules:
+        em.connect(tiny_tokenizer)
+        em.setup()
+    same, other = modules
+    assert same.train_records == other.train_records and same.iteration_records(1) == other.iteration_records(1)
+    assert same.val_blocks.with_format(None)["input_ids"] == other.val_blocks.with_format(None)["input_ids"]
+    assert same.e_batch(0, 0) == other.e_batch(0, 0)
 
 
 def test_unknown_m_order_is_refused(code_jsonl):

@@ -64,7 +64,7 @@ class EMDataModule(L.LightningDataModule):
         max_length: Tokens per packed M-step sequence.
         records_per_iteration: Training records each EM iteration works on (``None``: all of them).
         val_size: Raw validation traces (fraction < 1 or count), for the M-step loss on un-annotated code.
-        seed: Seed of the split and of every batch order.
+        seed: Seed of the split and, unless ``shuffle_seed`` is given, of every batch order.
         max_records: Read at most this many records.
         split: Split of a hub dataset or saved ``DatasetDict``.
         m_order: The M-phases' batches. ``"ntp"`` (default): the NTP arm's stream over the annotated traces, packed
@@ -72,6 +72,9 @@ class EMDataModule(L.LightningDataModule):
             no rationale = the NTP arm's batches exactly). ``"per_phase"``: each iteration's annotation packed in
             annotation order, every M-phase drawing from its own seeded shuffles from epoch 0, no short batch (the
             order of releases before this option; it gives the arms different batch streams).
+        shuffle_seed: Seed of the M-phases' batch order only (``None``: ``seed``); the split, the packing and the
+            validation set stay those of ``seed``. With ``m_order="ntp"`` the arms share one stream when this equals
+            the NTP arm's ``TraceDataModule.shuffle_seed``.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class EMDataModule(L.LightningDataModule):
         max_records: int | None = None,
         split: str = "train",
         m_order: Literal["ntp", "per_phase"] = "ntp",
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if m_order not in ("ntp", "per_phase"):
@@ -98,6 +102,7 @@ class EMDataModule(L.LightningDataModule):
         self.e_batch_size, self.m_batch_size, self.max_length = e_batch_size, m_batch_size, max_length
         self.records_per_iteration, self.val_size, self.seed = records_per_iteration, val_size, seed
         self.max_records, self.m_order = max_records, m_order
+        self.order_seed = seed if shuffle_seed is None else shuffle_seed
         self.tokenizer = None
         self.train_records: list[dict[str, str]] = []
         self.val_blocks: datasets.Dataset | None = None
@@ -182,12 +187,12 @@ class EMDataModule(L.LightningDataModule):
         """Packed annotated sequences of M-step ``step`` of ``iteration`` on ``rank``."""
         blocks = self.m_blocks[iteration]
         if self.m_order == "per_phase":
-            indices = _indices(len(blocks), self.m_batch_size, step, rank, world, self.seed + iteration)
+            indices = _indices(len(blocks), self.m_batch_size, step, rank, world, self.order_seed + iteration)
         else:
             if self.em_schedule is None:
                 raise RuntimeError("m_order='ntp' counts M-steps across phases: call use_em_schedule first")
             global_step = iteration * self.em_schedule.m_steps + step
-            indices = stream_indices(len(blocks), self.m_batch_size, global_step, rank, world, self.seed)
+            indices = stream_indices(len(blocks), self.m_batch_size, global_step, rank, world, self.order_seed)
         return PadCollator(self.tokenizer.pad_token_id)([blocks[i] for i in indices])
 
     def val_batches(self, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
