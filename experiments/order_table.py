@@ -1,0 +1,102 @@
+"""The arms paired by seed *and* batch order (issue 29, protocol part 0c of ``docs/results/arms_and_oracle.md``).
+
+The RA3 arm's M-phases draw the NTP arm's batch stream (``m_order: ntp``), and both arms take the same
+``shuffle_seed``, so RA3 with order ``k`` and NTP with order ``k`` saw the same batches up to the rationales. This
+script reads the committed raw results and prints, for every seed, each arm's held-out pass@1 by order, the paired
+differences ``arm(s, k) - NTP(s, k)``, and over seeds their mean ± standard error with the protocol's reading::
+
+    python experiments/order_table.py docs/results/arms_and_oracle/raw --seeds 3 4 5
+
+Where each order's number lives under the raw directory (order 0 is the pairing's NTP and the first stream runs):
+
+- NTP: ``pair/seed<S>/ntp.json`` (order 0), ``ntp_order<k>/seed<S>/ablation.json``;
+- RA3: ``ra3_stream/seed<S>`` (order 0), ``ra3_stream_order<k>/seed<S>``;
+- machinery only (``think_cost`` 100): ``think100_stream/seed<S>``, ``think100_stream_order<k>/seed<S>``.
+
+The orders used are those every arm has on every seed asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+ARMS = {"NTP": ("ntp", "ntp"), "RA3": ("ra3_stream", "ra3"), "machinery only": ("think100_stream", "ra3")}
+CLOSE = 0.02  # the protocol's resolution: a mean within 2 s.e. of 0 and within this is "nothing separates the arms"
+
+
+def pass_at_1(raw: Path, arm: str, seed: int, order: int) -> float | None:
+    """Held-out pass@1 of ``arm`` with batch order ``order`` on ``seed`` (``None``: not run)."""
+    name, model = ARMS[arm]
+    if arm == "NTP" and order == 0:
+        path = raw / "pair" / f"seed{seed}" / "ntp.json"
+        return json.loads(path.read_text())["pass@1"] if path.exists() else None
+    path = raw / (name if order == 0 else f"{name}_order{order}") / f"seed{seed}" / "ablation.json"
+    return json.loads(path.read_text())["eval"][model]["pass@1"] if path.exists() else None
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / sqrt(n); NaN for one value)."""
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return statistics.mean(values), se
+
+
+def reading(mean: float, se: float) -> str:
+    """The protocol's reading of a paired difference's mean over seeds and its standard error."""
+    if abs(mean) <= min(2 * se, CLOSE):
+        return "closed: nothing separates the arms at this resolution"
+    if mean <= -CLOSE and mean < -2 * se:
+        return "differs: the arm is below NTP beyond the order noise"
+    return f"unresolved at this resolution (2 s.e. = {2 * se:.3f})"
+
+
+def common_orders(raw: Path, seeds: list[int], max_order: int = 9) -> list[int]:
+    """The orders every arm has on every seed."""
+    return [
+        k for k in range(max_order + 1) if all(pass_at_1(raw, arm, s, k) is not None for arm in ARMS for s in seeds)
+    ]
+
+
+def table(raw: Path, seeds: list[int]) -> str:
+    orders = common_orders(raw, seeds)
+    if not orders:
+        raise SystemExit(f"no batch order is complete for every arm on seeds {seeds} under {raw}")
+    rows = ["| seed | order | NTP | RA3 | machinery only | RA3 − NTP | machinery − NTP |", "|---" * 7 + "|"]
+    per_seed = {arm: [] for arm in ("RA3", "machinery only")}
+    pairs = {arm: [] for arm in per_seed}
+    order_sd = []
+    for s in seeds:
+        ntp = [pass_at_1(raw, "NTP", s, k) for k in orders]
+        order_sd.append(statistics.stdev(ntp) if len(ntp) > 1 else math.nan)
+        for arm in per_seed:
+            diffs = [pass_at_1(raw, arm, s, k) - n for k, n in zip(orders, ntp, strict=True)]
+            pairs[arm] += diffs
+            per_seed[arm].append(statistics.mean(diffs))
+        for k, n in zip(orders, ntp, strict=True):
+            ra3, mach = pass_at_1(raw, "RA3", s, k), pass_at_1(raw, "machinery only", s, k)
+            rows.append(f"| {s} | {k} | {n:.3f} | {ra3:.3f} | {mach:.3f} | {ra3 - n:+.3f} | {mach - n:+.3f} |")
+    lines = [f"Orders {orders} on seeds {seeds}.", "", *rows, ""]
+    lines.append("NTP's order spread (sample std over orders) per seed: " + ", ".join(f"{x:.3f}" for x in order_sd))
+    for arm, means in per_seed.items():
+        mean, se = mean_se(means)
+        below = sum(d < 0 for d in pairs[arm])
+        lines.append(
+            f"{arm} − NTP: per-seed means {', '.join(f'{m:+.3f}' for m in means)}; over seeds {mean:+.3f} ± {se:.3f} "
+            f"(s.e.); below 0 in {below} of {len(pairs[arm])} pairs; reading: {reading(mean, se)}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("raw", type=Path, help="the raw results directory (docs/results/arms_and_oracle/raw)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
+    args = parser.parse_args()
+    print(table(args.raw, args.seeds))
+
+
+if __name__ == "__main__":
+    main()
