@@ -64,28 +64,23 @@ def table(raw: Path, seeds: list[int]) -> str:
     orders = common_orders(raw, seeds)
     if not orders:
         raise SystemExit(f"no batch order is complete for every arm on seeds {seeds} under {raw}")
+    score = {(arm, s, k): pass_at_1(raw, arm, s, k) for arm in ARMS for s in seeds for k in orders}
     rows = ["| seed | order | NTP | RA3 | machinery only | RA3 − NTP | machinery − NTP |", "|---" * 7 + "|"]
-    per_seed = {arm: [] for arm in ("RA3", "machinery only")}
-    pairs = {arm: [] for arm in per_seed}
-    order_sd = []
+    pairs = {arm: {s: [score[arm, s, k] - score["NTP", s, k] for k in orders] for s in seeds} for arm in ARMS}
     for s in seeds:
-        ntp = [pass_at_1(raw, "NTP", s, k) for k in orders]
-        order_sd.append(statistics.stdev(ntp) if len(ntp) > 1 else math.nan)
-        for arm in per_seed:
-            diffs = [pass_at_1(raw, arm, s, k) - n for k, n in zip(orders, ntp, strict=True)]
-            pairs[arm] += diffs
-            per_seed[arm].append(statistics.mean(diffs))
-        for k, n in zip(orders, ntp, strict=True):
-            ra3, mach = pass_at_1(raw, "RA3", s, k), pass_at_1(raw, "machinery only", s, k)
+        for k in orders:
+            n, ra3, mach = (score[arm, s, k] for arm in ARMS)
             rows.append(f"| {s} | {k} | {n:.3f} | {ra3:.3f} | {mach:.3f} | {ra3 - n:+.3f} | {mach - n:+.3f} |")
+    order_sd = [statistics.stdev([score["NTP", s, k] for k in orders]) if len(orders) > 1 else math.nan for s in seeds]
     lines = [f"Orders {orders} on seeds {seeds}.", "", *rows, ""]
     lines.append("NTP's order spread (sample std over orders) per seed: " + ", ".join(f"{x:.3f}" for x in order_sd))
-    for arm, means in per_seed.items():
+    for arm in ("RA3", "machinery only"):
+        means = [statistics.mean(pairs[arm][s]) for s in seeds]
         mean, se = mean_se(means)
-        below = sum(d < 0 for d in pairs[arm])
+        diffs = [d for s in seeds for d in pairs[arm][s]]
         lines.append(
             f"{arm} − NTP: per-seed means {', '.join(f'{m:+.3f}' for m in means)}; over seeds {mean:+.3f} ± {se:.3f} "
-            f"(s.e.); below 0 in {below} of {len(pairs[arm])} pairs; reading: {reading(mean, se)}"
+            f"(s.e.); below 0 in {sum(d < 0 for d in diffs)} of {len(diffs)} pairs; reading: {reading(mean, se)}"
         )
     return "\n".join(lines)
 

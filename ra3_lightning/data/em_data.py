@@ -64,7 +64,7 @@ class EMDataModule(L.LightningDataModule):
         max_length: Tokens per packed M-step sequence.
         records_per_iteration: Training records each EM iteration works on (``None``: all of them).
         val_size: Raw validation traces (fraction < 1 or count), for the M-step loss on un-annotated code.
-        seed: Seed of the split and, unless ``shuffle_seed`` is given, of every batch order.
+        seed: Seed of the split, of the E-step batches and, unless ``shuffle_seed`` is given, of the M-phases' order.
         max_records: Read at most this many records.
         split: Split of a hub dataset or saved ``DatasetDict``.
         m_order: The M-phases' batches. ``"ntp"`` (default): the NTP arm's stream over the annotated traces, packed
