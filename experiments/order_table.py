@@ -9,11 +9,12 @@ differences ``arm(s, k) - NTP(s, k)``, and over seeds their mean ± standard err
 
 Where each order's number lives under the raw directory (order 0 is the pairing's NTP and the first stream runs):
 
-- NTP: ``pair/seed<S>/ntp.json`` (order 0), ``ntp_order<k>/seed<S>/ablation.json``;
-- RA3: ``ra3_stream/seed<S>`` (order 0), ``ra3_stream_order<k>/seed<S>``;
+- NTP: ``pair/seed<S>/ntp.json`` or ``pair_stream/seed<S>/ntp.json`` (order 0), ``ntp_order<k>/seed<S>/ablation.json``;
+- RA3: ``ra3_stream/seed<S>`` (order 0 of a pairing made before the shared stream, ``pair/``) or the stream
+  pairing's own ``pair_stream/seed<S>/ra3.json``, and ``ra3_stream_order<k>/seed<S>``;
 - machinery only (``think_cost`` 100): ``think100_stream/seed<S>``, ``think100_stream_order<k>/seed<S>``.
 
-The orders used are those every arm has on every seed asked for.
+A seed counts with the orders every arm has on it; over seeds, each seed weighs as one (the mean of its orders).
 """
 
 from __future__ import annotations
@@ -25,17 +26,31 @@ import statistics
 from pathlib import Path
 
 ARMS = {"NTP": ("ntp", "ntp"), "RA3": ("ra3_stream", "ra3"), "machinery only": ("think100_stream", "ra3")}
+ORDER0 = {  # where order 0 of each arm may live (folder, file); one of them per seed
+    "NTP": (("pair", "ntp.json"), ("pair_stream", "ntp.json")),
+    "RA3": (("ra3_stream", "ablation.json"), ("pair_stream", "ra3.json")),  # pair/'s RA3 predates the shared stream
+    "machinery only": (("think100_stream", "ablation.json"),),
+}
 CLOSE = 0.02  # the protocol's resolution: a mean within 2 s.e. of 0 and within this is "nothing separates the arms"
+
+
+def _score(path: Path, model: str) -> float | None:
+    """pass@1 in an evaluation result (``<model>.json``) or an ablation record (``ablation.json``); ``None``: absent."""
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    return result["pass@1"] if path.name != "ablation.json" else result["eval"][model]["pass@1"]
 
 
 def pass_at_1(raw: Path, arm: str, seed: int, order: int) -> float | None:
     """Held-out pass@1 of ``arm`` with batch order ``order`` on ``seed`` (``None``: not run)."""
     name, model = ARMS[arm]
-    if arm == "NTP" and order == 0:
-        path = raw / "pair" / f"seed{seed}" / "ntp.json"
-        return json.loads(path.read_text())["pass@1"] if path.exists() else None
-    path = raw / (name if order == 0 else f"{name}_order{order}") / f"seed{seed}" / "ablation.json"
-    return json.loads(path.read_text())["eval"][model]["pass@1"] if path.exists() else None
+    if order > 0:
+        return _score(raw / f"{name}_order{order}" / f"seed{seed}" / "ablation.json", model)
+    found = [x for folder, file in ORDER0[arm] if (x := _score(raw / folder / f"seed{seed}" / file, model)) is not None]
+    if len(found) > 1:
+        raise SystemExit(f"{arm} order 0 on seed {seed} is in more than one of {ORDER0[arm]} under {raw}")
+    return found[0] if found else None
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -53,26 +68,25 @@ def reading(mean: float, se: float) -> str:
     return f"unresolved at this resolution (2 s.e. = {2 * se:.3f})"
 
 
-def common_orders(raw: Path, seeds: list[int], max_order: int = 9) -> list[int]:
-    """The orders every arm has on every seed."""
-    return [
-        k for k in range(max_order + 1) if all(pass_at_1(raw, arm, s, k) is not None for arm in ARMS for s in seeds)
-    ]
+def seed_orders(raw: Path, seed: int, max_order: int = 9) -> list[int]:
+    """The orders every arm has on ``seed``."""
+    return [k for k in range(max_order + 1) if all(pass_at_1(raw, arm, seed, k) is not None for arm in ARMS)]
 
 
 def table(raw: Path, seeds: list[int]) -> str:
-    orders = common_orders(raw, seeds)
-    if not orders:
-        raise SystemExit(f"no batch order is complete for every arm on seeds {seeds} under {raw}")
-    score = {(arm, s, k): pass_at_1(raw, arm, s, k) for arm in ARMS for s in seeds for k in orders}
+    orders = {s: seed_orders(raw, s) for s in seeds}
+    if missing := [s for s in seeds if not orders[s]]:
+        raise SystemExit(f"no batch order is complete for every arm on seed(s) {missing} under {raw}")
+    score = {(arm, s, k): pass_at_1(raw, arm, s, k) for arm in ARMS for s in seeds for k in orders[s]}
     rows = ["| seed | order | NTP | RA3 | machinery only | RA3 − NTP | machinery − NTP |", "|---" * 7 + "|"]
-    pairs = {arm: {s: [score[arm, s, k] - score["NTP", s, k] for k in orders] for s in seeds} for arm in ARMS}
+    pairs = {arm: {s: [score[arm, s, k] - score["NTP", s, k] for k in orders[s]] for s in seeds} for arm in ARMS}
     for s in seeds:
-        for k in orders:
+        for k in orders[s]:
             n, ra3, mach = (score[arm, s, k] for arm in ARMS)
             rows.append(f"| {s} | {k} | {n:.3f} | {ra3:.3f} | {mach:.3f} | {ra3 - n:+.3f} | {mach - n:+.3f} |")
-    order_sd = [statistics.stdev([score["NTP", s, k] for k in orders]) if len(orders) > 1 else math.nan for s in seeds]
-    lines = [f"Orders {orders} on seeds {seeds}.", "", *rows, ""]
+    ntp_by_order = [[score["NTP", s, k] for k in orders[s]] for s in seeds]
+    order_sd = [statistics.stdev(values) if len(values) > 1 else math.nan for values in ntp_by_order]
+    lines = ["Orders per seed: " + "; ".join(f"{s}: {orders[s]}" for s in seeds) + ".", "", *rows, ""]
     lines.append("NTP's order spread (sample std over orders) per seed: " + ", ".join(f"{x:.3f}" for x in order_sd))
     for arm in ("RA3", "machinery only"):
         means = [statistics.mean(pairs[arm][s]) for s in seeds]

@@ -18,10 +18,10 @@ RA3 = {3: [0.38, 0.40], 4: [0.61, 0.69]}  # diffs -0.02, -0.02 | +0.01, -0.01: s
 MACHINERY = {3: [0.30, 0.32], 4: [0.55, 0.63]}  # diffs -0.10, -0.10 | -0.05, -0.07: seed means -0.10, -0.06
 
 
-def write(raw: Path, name: str, seed: int, payload: dict) -> None:
+def write(raw: Path, name: str, seed: int, payload: dict, file: str = "ablation.json") -> None:
     out = raw / name / f"seed{seed}"
-    out.mkdir(parents=True)
-    (out / ("ntp.json" if name == "pair" else "ablation.json")).write_text(json.dumps(payload))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / file).write_text(json.dumps(payload))
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def raw(tmp_path: Path) -> Path:
     for seed in (3, 4):
         for k, value in enumerate(NTP[seed]):
             if k == 0:
-                write(tmp_path, "pair", seed, {"pass@1": value})
+                write(tmp_path, "pair", seed, {"pass@1": value}, "ntp.json")
             else:
                 write(tmp_path, f"ntp_order{k}", seed, {"eval": {"ntp": {"pass@1": value}}})
         for name, values in (("ra3_stream", RA3), ("think100_stream", MACHINERY)):
@@ -38,8 +38,8 @@ def raw(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_orders_are_those_every_arm_has_on_every_seed(raw):
-    assert order_table.common_orders(raw, [3, 4]) == [0, 1]
+def test_orders_are_those_every_arm_has_on_the_seed(raw):
+    assert order_table.seed_orders(raw, 3) == order_table.seed_orders(raw, 4) == [0, 1]
     assert order_table.pass_at_1(raw, "NTP", 3, 2) == 0.45 and order_table.pass_at_1(raw, "RA3", 3, 2) is None
 
 
@@ -62,3 +62,31 @@ def test_paired_differences_their_mean_over_seeds_and_the_reading(raw):
 )  # fmt: skip
 def test_reading_follows_the_protocol(mean, se, verdict):
     assert order_table.reading(mean, se).startswith(verdict)
+
+
+def test_a_stream_pairing_gives_order_0_of_ntp_and_ra3_and_each_seed_weighs_as_one(raw):
+    # seed 0: paired with the shared stream (its own RA3 is order 0), machinery-only order 0 only -> orders [0]
+    write(raw, "pair_stream", 0, {"pass@1": 0.50}, "ntp.json")
+    write(raw, "pair_stream", 0, {"pass@1": 0.47}, "ra3.json")
+    write(raw, "think100_stream", 0, {"eval": {"ra3": {"pass@1": 0.44}}})
+    write(raw, "ntp_order1", 0, {"eval": {"ntp": {"pass@1": 0.52}}})  # no RA3 order 1: not used
+    assert order_table.seed_orders(raw, 0) == [0]
+    text = order_table.table(raw, [0, 3, 4])
+    assert "Orders per seed: 0: [0]; 3: [0, 1]; 4: [0, 1]." in text
+    assert "| 0 | 0 | 0.500 | 0.470 | 0.440 | -0.030 | -0.060 |" in text
+    # RA3 seed means -0.030, -0.020, 0.000 -> mean -0.01667 (seed 0 weighs as one, not as half of two orders)
+    assert "RA3 − NTP: per-seed means -0.030, -0.020, +0.000; over seeds -0.017 ±" in text
+    assert "below 0 in 4 of 5 pairs" in text
+    assert "per seed: nan, 0.014, 0.071" in text  # one order: no spread
+
+
+def test_order_0_in_two_places_is_refused(raw):
+    write(raw, "pair_stream", 3, {"pass@1": 0.41}, "ntp.json")  # seed 3's NTP order 0 is also in pair/
+    with pytest.raises(SystemExit, match="NTP order 0 on seed 3 is in more than one"):
+        order_table.pass_at_1(raw, "NTP", 3, 0)
+
+
+def test_a_seed_without_a_complete_order_is_named(raw):
+    write(raw, "pair_stream", 7, {"pass@1": 0.5}, "ntp.json")
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[7\]"):
+        order_table.table(raw, [3, 7])
