@@ -1,11 +1,11 @@
-"""The arms paired by seed *and* batch order (issue 29, protocol part 0c of ``docs/results/arms_and_oracle.md``).
+"""The arms paired by seed *and* batch order (issue 29, protocol parts 0c–0d of ``docs/results/arms_and_oracle.md``).
 
 The RA3 arm's M-phases draw the NTP arm's batch stream (``m_order: ntp``), and both arms take the same
 ``shuffle_seed``, so RA3 with order ``k`` and NTP with order ``k`` saw the same batches up to the rationales. This
 script reads the committed raw results and prints, for every seed, each arm's held-out pass@1 by order, the paired
 differences ``arm(s, k) - NTP(s, k)``, and over seeds their mean ± standard error with the protocol's reading::
 
-    python experiments/order_table.py docs/results/arms_and_oracle/raw --seeds 3 4 5
+    python experiments/order_table.py docs/results/arms_and_oracle/raw --seeds 0 1 2 3 4 5
 
 Where each order's number lives under the raw directory (order 0 is the pairing's NTP and the first stream runs):
 
