@@ -14,7 +14,8 @@ Where each order's number lives under the raw directory (order 0 is the pairing'
   pairing's own ``pair_stream/seed<S>/ra3.json``, and ``ra3_stream_order<k>/seed<S>``;
 - machinery only (``think_cost`` 100): ``think100_stream/seed<S>``, ``think100_stream_order<k>/seed<S>``.
 
-A seed counts with the orders every arm has on it; over seeds, each seed weighs as one (the mean of its orders).
+A seed counts with the distinct orders every arm has on it (``shuffle_seed`` defaults to the seed, so on seed ``k``
+order ``k`` is order 0 again and counts once); over seeds, each seed weighs as one (the mean of its orders).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def reading(mean: float, se: float) -> str:
 
 
 def seed_orders(raw: Path, seed: int, max_order: int = 9) -> list[int]:
-    """The orders every arm has on ``seed``."""
-    return [k for k in range(max_order + 1) if all(pass_at_1(raw, arm, seed, k) is not None for arm in ARMS)]
+    """The distinct orders every arm has on ``seed``. Order ``k >= 1`` is ``shuffle_seed: k`` and order 0 the pairing's,
+    whose ``shuffle_seed`` is the seed itself: on seed ``k`` order ``k`` repeats order 0's batches and is left out."""
+    orders = [k for k in range(max_order + 1) if k == 0 or k != seed]
+    return [k for k in orders if all(pass_at_1(raw, arm, seed, k) is not None for arm in ARMS)]
 
 
 def table(raw: Path, seeds: list[int]) -> str:

@@ -90,3 +90,16 @@ def test_a_seed_without_a_complete_order_is_named(raw):
     write(raw, "pair_stream", 7, {"pass@1": 0.5}, "ntp.json")
     with pytest.raises(SystemExit, match=r"seed\(s\) \[7\]"):
         order_table.table(raw, [3, 7])
+
+
+def test_on_seed_k_order_k_is_order_0_and_counts_once(raw):
+    # seed 1: shuffle_seed 1 is the pairing's own order; a run of it repeats order 0 and must not count twice
+    write(raw, "pair_stream", 1, {"pass@1": 0.70}, "ntp.json")
+    write(raw, "pair_stream", 1, {"pass@1": 0.72}, "ra3.json")
+    write(raw, "think100_stream", 1, {"eval": {"ra3": {"pass@1": 0.69}}})
+    write(raw, "ntp_order1", 1, {"eval": {"ntp": {"pass@1": 0.70}}})
+    for name, value in (("ra3_stream_order1", 0.72), ("think100_stream_order1", 0.69)):
+        write(raw, name, 1, {"eval": {"ra3": {"pass@1": value}}})
+    assert order_table.seed_orders(raw, 1) == [0]
+    # RA3 pairs: seed 1 +0.02 once (not twice), seed 3 -0.02 -0.02, seed 4 +0.01 -0.01
+    assert "below 0 in 3 of 5 pairs" in order_table.table(raw, [1, 3, 4]).split("\n")[-2]
