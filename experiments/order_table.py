@@ -105,7 +105,7 @@ def table(raw: Path, seeds: list[int]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("raw", type=Path, help="the raw results directory (docs/results/arms_and_oracle/raw)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
     print(table(args.raw, args.seeds))
 
