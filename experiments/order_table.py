@@ -69,18 +69,26 @@ def reading(mean: float, se: float) -> str:
     return f"unresolved at this resolution (2 s.e. = {2 * se:.3f})"
 
 
-def seed_orders(raw: Path, seed: int, max_order: int = 9) -> list[int]:
-    """The distinct orders every arm has on ``seed``. Order ``k >= 1`` is ``shuffle_seed: k`` and order 0 the pairing's,
-    whose ``shuffle_seed`` is the seed itself: on seed ``k`` order ``k`` repeats order 0's batches and is left out."""
+def seed_scores(raw: Path, seed: int, max_order: int = 9) -> dict[int, dict[str, float]]:
+    """pass@1 by arm of each distinct order every arm has on ``seed``. Order ``k >= 1`` is ``shuffle_seed: k`` and
+    order 0 the pairing's, whose ``shuffle_seed`` is the seed itself: on seed ``k`` order ``k`` repeats order 0's
+    batches and is left out."""
     orders = [k for k in range(max_order + 1) if k == 0 or k != seed]
-    return [k for k in orders if all(pass_at_1(raw, arm, seed, k) is not None for arm in ARMS)]
+    found = {k: {arm: pass_at_1(raw, arm, seed, k) for arm in ARMS} for k in orders}
+    return {k: by_arm for k, by_arm in found.items() if None not in by_arm.values()}
+
+
+def seed_orders(raw: Path, seed: int) -> list[int]:
+    """The distinct orders every arm has on ``seed``."""
+    return list(seed_scores(raw, seed))
 
 
 def table(raw: Path, seeds: list[int]) -> str:
-    orders = {s: seed_orders(raw, s) for s in seeds}
-    if missing := [s for s in seeds if not orders[s]]:
+    by_seed = {s: seed_scores(raw, s) for s in seeds}
+    if missing := [s for s in seeds if not by_seed[s]]:
         raise SystemExit(f"no batch order is complete for every arm on seed(s) {missing} under {raw}")
-    score = {(arm, s, k): pass_at_1(raw, arm, s, k) for arm in ARMS for s in seeds for k in orders[s]}
+    orders = {s: list(by_seed[s]) for s in seeds}
+    score = {(arm, s, k): by_seed[s][k][arm] for arm in ARMS for s in seeds for k in orders[s]}
     rows = ["| seed | order | NTP | RA3 | machinery only | RA3 − NTP | machinery − NTP |", "|---" * 7 + "|"]
     pairs = {arm: {s: [score[arm, s, k] - score["NTP", s, k] for k in orders[s]] for s in seeds} for arm in ARMS}
     for s in seeds:
