@@ -87,17 +87,15 @@ def table(raw: Path, seeds: list[int]) -> str:
     by_seed = {s: seed_scores(raw, s) for s in seeds}
     if missing := [s for s in seeds if not by_seed[s]]:
         raise SystemExit(f"no batch order is complete for every arm on seed(s) {missing} under {raw}")
-    orders = {s: list(by_seed[s]) for s in seeds}
-    score = {(arm, s, k): by_seed[s][k][arm] for arm in ARMS for s in seeds for k in orders[s]}
     rows = ["| seed | order | NTP | RA3 | machinery only | RA3 − NTP | machinery − NTP |", "|---" * 7 + "|"]
-    pairs = {arm: {s: [score[arm, s, k] - score["NTP", s, k] for k in orders[s]] for s in seeds} for arm in ARMS}
     for s in seeds:
-        for k in orders[s]:
-            n, ra3, mach = (score[arm, s, k] for arm in ARMS)
+        for k, by_arm in by_seed[s].items():
+            n, ra3, mach = (by_arm[arm] for arm in ARMS)
             rows.append(f"| {s} | {k} | {n:.3f} | {ra3:.3f} | {mach:.3f} | {ra3 - n:+.3f} | {mach - n:+.3f} |")
-    ntp_by_order = [[score["NTP", s, k] for k in orders[s]] for s in seeds]
+    pairs = {arm: {s: [o[arm] - o["NTP"] for o in by_seed[s].values()] for s in seeds} for arm in ARMS}
+    ntp_by_order = [[o["NTP"] for o in by_seed[s].values()] for s in seeds]
     order_sd = [statistics.stdev(values) if len(values) > 1 else math.nan for values in ntp_by_order]
-    lines = ["Orders per seed: " + "; ".join(f"{s}: {orders[s]}" for s in seeds) + ".", "", *rows, ""]
+    lines = ["Orders per seed: " + "; ".join(f"{s}: {list(by_seed[s])}" for s in seeds) + ".", "", *rows, ""]
     lines.append("NTP's order spread (sample std over orders) per seed: " + ", ".join(f"{x:.3f}" for x in order_sd))
     for arm in ("RA3", "machinery only"):
         means = [statistics.mean(pairs[arm][s]) for s in seeds]
